@@ -1,0 +1,235 @@
+"""Options shared by every tool, defined once, and the one error wrapper.
+
+Every tool spells a flag the same way because it takes the ``Annotated``
+types below. :class:`Tool` turns library errors into ``tool: error: message``
+on stderr and the exit status of :class:`tarproc.errors.ExitStatus`;
+``--debug`` (or ``TARPROC_DEBUG=1``) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+from typing import Annotated, Iterable, Iterator, Optional
+
+import click
+import typer
+
+from .. import __version__
+from ..compress import COMPRESSIONS
+from ..errors import ExitStatus, Interrupted, TarprocError
+
+EXIT_STATUS = """\
+0    success.
+1    bad data or I/O failure: corrupt or truncated archive, failed input or
+     output command, failed samples, members skipped with a warning.
+2    usage error: bad option or argument.
+130  interrupted by SIGINT; 143 by SIGTERM (temporary files removed,
+     child processes killed, no complete-looking output left).
+141  the downstream pipe was closed (quiet, like coreutils killed by SIGPIPE)."""
+
+
+def make_app(help: str, examples: str) -> typer.Typer:
+    """A single-command typer app with plain (non-rich) help, ``-h``, and an
+    epilog holding ``examples`` and the exit status."""
+    epilog = "\b\nExamples:\n" + examples.rstrip() + "\n\n\b\nExit status:\n" + EXIT_STATUS
+    app = typer.Typer(
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,
+        context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    )
+    app.info.help = help
+    app.info.epilog = epilog
+    return app
+
+
+def _version_callback(ctx: click.Context, value: bool) -> None:
+    if value:
+        typer.echo(f"{ctx.info_name} (tarproc) {__version__}")
+        raise typer.Exit()
+
+
+# ------------------------------------------------------------- shared options
+Inputs = Annotated[
+    Optional[list[str]],
+    typer.Argument(
+        help="Input shards: files, '-' for stdin, 'pipe:CMD', URLs (with fsspec), brace patterns"
+        " like 'shard-{0000..0147}.tgz'. Compression is detected. [default: -]",
+        show_default=False,
+        metavar="[INPUT]...",
+    ),
+]
+Verbose = Annotated[int, typer.Option("-v", "--verbose", count=True, help="Print a summary (and more with -vv) on stderr.")]
+Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="Print no warnings or command output on stderr.")]
+Debug = Annotated[
+    bool, typer.Option("--debug", envvar="TARPROC_DEBUG", help="Show a traceback on errors (env TARPROC_DEBUG=1).")
+]
+Version = Annotated[
+    bool,
+    typer.Option("--version", callback=_version_callback, is_eager=True, expose_value=False, help="Print the version and exit."),
+]
+Count = Annotated[Optional[int], typer.Option("--count", min=0, help="Stop after N samples.", metavar="N")]
+Skip = Annotated[int, typer.Option("--skip", min=0, help="Skip the first N samples.", metavar="N")]
+Strict = Annotated[bool, typer.Option("--strict", help="Members without a key are errors, not warnings.")]
+Parallel = Annotated[int, typer.Option("-p", "--parallel", min=1, help="Worker processes.", metavar="N")]
+Progress = Annotated[
+    Optional[bool],
+    typer.Option("--progress/--no-progress", help="Progress bar on stderr [default: when stderr is a terminal].", show_default=False),
+]
+Compress = Annotated[
+    Optional[str],
+    typer.Option(
+        "--compress",
+        click_type=click.Choice(COMPRESSIONS),
+        help="Output compression [default: from the output name: .gz/.tgz, .bz2, .xz, .zst].",
+        show_default=False,
+    ),
+]
+Mtime = Annotated[int, typer.Option("--mtime", help="Modification time stored in every member (seconds).", metavar="SECONDS")]
+
+
+def output_option(default: str | None, help: str):
+    """``-o/--output`` with a per-tool default and help."""
+    return Annotated[Optional[str] if default is None else str, typer.Option("-o", "--output", help=help, metavar="OUT")]
+
+
+class Tool:
+    """Per-run state of a command: messages on stderr and the exit status.
+
+    :param name: the tool's name, used as the message prefix
+    :param verbose: ``-v`` count
+    :param quiet: suppress warnings
+    :param debug: let tracebacks through
+    """
+
+    def __init__(self, name: str, verbose: int = 0, quiet: bool = False, debug: bool = False):
+        self.name = name
+        self.verbose = verbose
+        self.quiet = quiet
+        self.debug = debug
+        #: warnings about data that was skipped; any makes the exit status 1
+        self.problems = 0
+        self.started = time.monotonic()
+
+    def warn(self, message: str, problem: bool = True) -> None:
+        """Print ``tool: warning: message``; a ``problem`` (data skipped or
+        lost) makes the final exit status 1."""
+        if problem:
+            self.problems += 1
+        if not self.quiet:
+            print(f"{self.name}: warning: {message}", file=sys.stderr, flush=True)
+
+    def info(self, message: str, level: int = 1) -> None:
+        """Print ``tool: message`` when ``-v`` was given ``level`` times."""
+        if self.verbose >= level:
+            print(f"{self.name}: {message}", file=sys.stderr, flush=True)
+
+    def error(self, message: str) -> None:
+        print(f"{self.name}: error: {message}", file=sys.stderr, flush=True)
+
+    def elapsed(self) -> float:
+        """Seconds since the tool started."""
+        return time.monotonic() - self.started
+
+    def progress(self, iterable: Iterable, enabled: Optional[bool], unit: str = "sample", total: int | None = None):
+        """Wrap ``iterable`` in a tqdm bar on stderr when ``enabled`` (None:
+        when stderr is a terminal)."""
+        if enabled is None:
+            enabled = sys.stderr.isatty()
+        if not enabled:
+            return iterable
+        from tqdm import tqdm
+
+        return tqdm(iterable, file=sys.stderr, unit=unit, total=total, dynamic_ncols=True, leave=False)
+
+    @contextlib.contextmanager
+    def run(self) -> Iterator["Tool"]:
+        """Run the body of a command: map errors to messages and exit status.
+
+        SIGTERM raises :class:`tarproc.errors.Interrupted` in the main thread
+        so that ``finally`` blocks remove temporary files and kill children.
+        """
+        previous = None
+        with contextlib.suppress(ValueError):  # not in the main thread
+            previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+        try:
+            yield self
+        except TarprocError as exc:
+            if self.debug:
+                raise
+            self.error(str(exc))
+            raise typer.Exit(exc.exit_status) from None
+        except BrokenPipeError:
+            _silence_stdout()
+            raise typer.Exit(ExitStatus.SIGPIPE) from None
+        except KeyboardInterrupt:
+            self.error("interrupted")
+            raise typer.Exit(ExitStatus.SIGINT) from None
+        except Interrupted:
+            self.error("terminated")
+            raise typer.Exit(ExitStatus.SIGTERM) from None
+        except OSError as exc:  # I/O failure outside the library's own checks
+            if self.debug:
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            self.error(f"{where}{exc.strerror or exc}")
+            raise typer.Exit(ExitStatus.ERROR) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+        if self.problems:
+            raise typer.Exit(ExitStatus.ERROR)
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+def _silence_stdout() -> None:
+    """After EPIPE, point stdout at /dev/null so the interpreter's final
+    flush cannot fail again (Python docs, "Note on SIGPIPE")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is both
+        pass
+
+
+def refuse_terminal(output: str) -> None:
+    """Refuse to write tar bytes to a terminal, like GNU tar.
+
+    :raises UsageError:
+    """
+    from ..errors import UsageError
+
+    if output == "-" and sys.stdout.isatty():
+        raise UsageError("refusing to write archive data to a terminal (use -o FILE or a pipe)")
+
+
+def limit(samples: Iterable, skip: int = 0, count: int | None = None) -> Iterator:
+    """``--skip`` then ``--count`` over a sample iterator; stops reading as
+    soon as ``count`` samples were taken."""
+    it = iter(samples)
+    for _ in range(skip):
+        if next(it, None) is None:
+            return
+    if count is None:
+        yield from it
+        return
+    for n, sample in enumerate(it):
+        if n >= count:
+            return
+        yield sample
+
+
+def run_app(app: typer.Typer, name: str) -> None:
+    """Console-script entry point: run ``app`` as ``name``."""
+    try:
+        app(prog_name=name)
+    except BrokenPipeError:  # raised while flushing at exit
+        _silence_stdout()
+        sys.exit(ExitStatus.SIGPIPE)

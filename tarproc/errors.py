@@ -1,0 +1,84 @@
+"""The one error hierarchy of tarproc, and the exit status of every tool.
+
+The library raises only :class:`TarprocError` subclasses for problems with the
+data, the sources or the commands it runs; the command-line layer turns them
+into ``tool: error: message`` on stderr and the exit status of the error.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitStatus(enum.IntEnum):
+    """Exit status of every tarproc tool (documented in each man page)."""
+
+    OK = 0
+    #: bad data or I/O failure: corrupt archive, failed source or upload,
+    #: failed samples, skipped members
+    ERROR = 1
+    #: usage error: a bad option or argument
+    USAGE = 2
+    #: interrupted by SIGINT (128 + 2)
+    SIGINT = 130
+    #: the downstream pipe was closed (128 + SIGPIPE), like coreutils
+    SIGPIPE = 141
+    #: interrupted by SIGTERM (128 + 15)
+    SIGTERM = 143
+
+
+class TarprocError(Exception):
+    """Base class of every error the library raises on purpose.
+
+    ``str(error)`` is a one-line message meant for a user.
+    """
+
+    exit_status: int = ExitStatus.ERROR
+
+
+class ArchiveError(TarprocError):
+    """The tar stream is malformed (bad checksum, bad size, garbage, ...).
+
+    Follows POSIX.1-2001 ustar/pax (IEEE Std 1003.1, ``pax`` utility) and the
+    GNU tar format (GNU tar manual, "Basic Tar Format").
+    """
+
+
+class TruncatedError(ArchiveError):
+    """The stream ended inside a header, inside data or before the end marker."""
+
+
+class CompressionError(TarprocError):
+    """The compressed stream is corrupt (bad CRC, truncated, bad magic)."""
+
+
+class SampleError(TarprocError):
+    """The members do not form WebDataset samples (repeated field, key that
+    comes back after another key, member without a key under ``strict``)."""
+
+
+class SourceError(TarprocError):
+    """An input could not be opened or a ``pipe:`` command failed."""
+
+
+class OutputError(TarprocError):
+    """An output could not be written."""
+
+
+class CommandError(TarprocError):
+    """A per-sample command failed and the error policy says stop."""
+
+
+class UsageError(TarprocError):
+    """A bad combination of options or arguments detected after parsing."""
+
+    exit_status = ExitStatus.USAGE
+
+
+class Interrupted(BaseException):
+    """Raised in the main process when SIGTERM arrives (SIGINT raises
+    :class:`KeyboardInterrupt`); the CLI exits with 143."""
+
+    def __init__(self, signum: int = 15):
+        super().__init__(signum)
+        self.signum = signum

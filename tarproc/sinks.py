@@ -1,0 +1,141 @@
+"""Write samples to ``-`` (stdout), a file or ``pipe:CMD``.
+
+A file is written as ``NAME.partial`` and renamed to ``NAME`` only when the
+stream is complete (end-of-archive marker written, compressor flushed), so a
+crash or an error never leaves a complete-looking shard. Compression follows
+the output name (``.gz``/``.tgz``, ``.bz2``, ``.xz``, ``.zst``) unless given.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import BinaryIO
+
+from .compress import compressing_writer, compression_for_name
+from .errors import OutputError
+from .samples import Sample, sample_members
+from .tario import TarWriter
+
+PARTIAL = ".partial"
+
+
+class TarSink:
+    """A tar output that takes samples; use as a context manager.
+
+    On a clean exit of the ``with`` block the stream is finished (end marker,
+    compressor trailer) and a file output is renamed into place; on an
+    exception it is left incomplete: ``NAME.partial`` stays for inspection and
+    stdout gets no end-of-archive marker.
+
+    :param target: ``-`` for stdout, ``pipe:CMD`` or a file name
+    :param compression: ``none``/``gzip``/``bzip2``/``xz``/``zstd``, or None
+        to follow the file name
+    :param mtime: modification time of every member, seconds
+    :param mode: permission bits of every member
+    :raises OutputError: the file cannot be created, or a ``pipe:`` command
+        exits non-zero
+    """
+
+    def __init__(self, target: str, compression: str | None = None, mtime: int = 0, mode: int = 0o444):
+        self.target = target
+        self.path: str | None = None
+        self._proc: subprocess.Popen | None = None
+        if compression is None:
+            compression = "none" if target == "-" or target.startswith("pipe:") else compression_for_name(target)
+        self.compression = compression
+        if target == "-":
+            self._raw: BinaryIO = sys.stdout.buffer
+        elif target.startswith("pipe:"):
+            try:
+                self._proc = subprocess.Popen(["bash", "-c", target[5:]], stdin=subprocess.PIPE)
+            except OSError as exc:
+                raise OutputError(f"{target}: cannot start: {exc.strerror}") from None
+            self._raw = self._proc.stdin
+        else:
+            self.path = target
+            directory = os.path.dirname(os.path.abspath(target))
+            try:
+                self._raw = open(target + PARTIAL, "wb")
+            except OSError as exc:
+                if not os.path.isdir(directory):
+                    raise OutputError(f"{target}: cannot create: no such directory {directory!r}") from None
+                raise OutputError(f"{target}: cannot create: {exc.strerror}") from None
+        self._stream = compressing_writer(self._raw, compression)
+        self.writer = TarWriter(self._stream, mtime=mtime, mode=mode)
+        self.samples = 0
+        self.closed = False
+
+    @property
+    def bytes_written(self) -> int:
+        """Uncompressed tar bytes written so far."""
+        return self.writer.bytes_written
+
+    def write(self, sample: Sample) -> None:
+        """Write a sample's fields as members ``key.field``, in dict order
+        (meta entries starting with ``__`` are not written)."""
+        add = self.writer.add
+        for name, data in sample_members(sample):
+            add(name, data)
+        self.samples += 1
+
+    def close(self) -> None:
+        """Finish the stream and, for a file, rename ``NAME.partial`` to ``NAME``.
+
+        :raises OutputError: a ``pipe:`` command failed or the file could not
+            be written
+        """
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.writer.finish()
+            if self._stream is not self._raw:
+                self._stream.close()
+            if self._proc is not None:
+                self._raw.close()
+                status = self._proc.wait()
+                if status != 0:
+                    raise OutputError(f"{self.target}: command exited with status {status}")
+            elif self.path is not None:
+                self._raw.close()
+                os.replace(self.path + PARTIAL, self.path)
+            else:
+                self._raw.flush()
+        except OSError as exc:
+            if isinstance(exc, BrokenPipeError) and self.path is None and self._proc is None:
+                raise
+            raise OutputError(f"{self.target}: write failed: {exc.strerror or exc}") from None
+
+    def abort(self) -> None:
+        """Stop without an end-of-archive marker; ``NAME.partial`` stays."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if self._proc is not None:
+                self._raw.close()
+                self._proc.wait()
+            elif self.path is not None:
+                if self._stream is not self._raw:
+                    self._stream.close()  # flush what was written before the error
+                self._raw.close()
+            else:
+                self._raw.flush()
+        except OSError:
+            pass
+
+    def __enter__(self) -> "TarSink":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def open_sink(target: str, compression: str | None = None, mtime: int = 0, mode: int = 0o444) -> TarSink:
+    """Open a :class:`TarSink` (see there)."""
+    return TarSink(target, compression, mtime, mode)

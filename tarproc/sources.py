@@ -1,0 +1,164 @@
+"""Open inputs and iterate their samples.
+
+An input is ``-`` (stdin), a file path, ``pipe:CMD`` (the command's stdout,
+its exit status checked when its output has been read), a URL that fsspec
+can open (``http(s)://``, ``s3://``, ``gs://``; extra ``tarproc[cloud]``), or
+a brace pattern that expands to several of those
+(``imagenet_train-{0000..0147}.tgz``, via braceexpand). Compression is
+detected from magic bytes (:mod:`tarproc.compress`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+from typing import BinaryIO, Callable, Iterable, Iterator
+
+import braceexpand
+
+from .compress import decompressing_reader
+from .errors import SourceError, TarprocError
+from .samples import Sample, group_samples
+from .tario import iter_members
+
+Warn = Callable[[str], None]
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def expand_inputs(inputs: Iterable[str]) -> list[str]:
+    """Expand brace patterns (``a-{000..002}.tar``, ``{a,b}.tar``) in order.
+
+    ``pipe:`` inputs are passed through unexpanded, since the braces belong
+    to the command.
+    """
+    out: list[str] = []
+    for spec in inputs:
+        if spec.startswith("pipe:") or "{" not in spec:
+            out.append(spec)
+        else:
+            out.extend(braceexpand.braceexpand(spec))
+    return out
+
+
+class _PipeSource:
+    """The stdout of ``bash -c CMD``; :meth:`close` checks its exit status."""
+
+    def __init__(self, command: str):
+        self.command = command
+        try:
+            self.proc = subprocess.Popen(["bash", "-c", command], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        except OSError as exc:
+            raise SourceError(f"pipe:{command}: cannot start: {exc.strerror}") from None
+        self.stdout = self.proc.stdout
+
+    def read(self, n: int = -1) -> bytes:
+        return self.stdout.read(n)
+
+    def readinto(self, buf) -> int:
+        return self.stdout.readinto(buf)
+
+    def close(self, complete: bool = True) -> None:
+        """Wait for the command; raise :class:`SourceError` on a non-zero
+        exit if its output was read to the end (``complete``)."""
+        if not complete:
+            # we stopped reading early: the command may die of SIGPIPE
+            self.stdout.close()
+            self.proc.wait()
+            return
+        self.stdout.close()
+        status = self.proc.wait()
+        if status != 0:
+            raise SourceError(f"pipe:{self.command}: command exited with status {status}")
+
+
+@contextlib.contextmanager
+def open_source(spec: str) -> Iterator[BinaryIO]:
+    """Open one (already expanded) input as a decompressed binary stream.
+
+    :param spec: ``-``, a path, ``pipe:CMD`` or a URL
+    :raises SourceError: the input cannot be opened, or a ``pipe:`` command
+        exits non-zero after its output was read completely
+    """
+    if spec == "-":
+        yield decompressing_reader(sys.stdin.buffer, "-")
+        return
+    if spec.startswith("pipe:"):
+        pipe = _PipeSource(spec[5:])
+        complete = False
+        try:
+            yield decompressing_reader(pipe, spec)
+            complete = True
+        finally:
+            pipe.close(complete)
+        return
+    if _URL.match(spec) and not spec.startswith("file://"):
+        try:
+            import fsspec
+        except ImportError:
+            raise SourceError(f"{spec}: URLs need fsspec (pip install 'tarproc[cloud]')") from None
+        try:
+            handle = fsspec.open(spec, "rb").open()
+        except (OSError, ValueError, ImportError) as exc:
+            raise SourceError(f"{spec}: cannot open: {exc}") from None
+        with handle:
+            yield decompressing_reader(handle, spec)
+        return
+    path = spec[7:] if spec.startswith("file://") else spec
+    try:
+        handle = open(path, "rb", buffering=0)
+    except OSError as exc:
+        raise SourceError(f"{spec}: cannot open: {exc.strerror}") from None
+    with handle:
+        yield decompressing_reader(handle, spec)
+
+
+def iter_source_samples(spec: str, warn: Warn | None = None, strict: bool = False) -> Iterator[Sample]:
+    """Yield the samples of one input; ``"__source__"`` is ``spec``.
+
+    :raises TarprocError: see :func:`open_source`, :class:`tarproc.tario.TarReader`
+        and :func:`tarproc.samples.group_samples`
+    """
+    with open_source(spec) as stream:
+        yield from group_samples(iter_members(stream, spec, warn or _ignore), spec, warn, strict)
+
+
+def iter_samples(inputs: Iterable[str], warn: Warn | None = None, strict: bool = False) -> Iterator[Sample]:
+    """Yield the samples of several inputs one after another.
+
+    Brace patterns are expanded (:func:`expand_inputs`); each input is opened
+    only when the previous one is finished.
+
+    >>> from tarproc import iter_samples
+    >>> for sample in iter_samples(["shard-{000..009}.tar"]):   # doctest: +SKIP
+    ...     print(sample["__key__"], sorted(sample))
+    """
+    for spec in expand_inputs(inputs):
+        yield from iter_source_samples(spec, warn, strict)
+
+
+def _ignore(message: str) -> None:
+    pass
+
+
+def check_inputs_exist(specs: Iterable[str]) -> None:
+    """Fail early, before any output is written, on local inputs that do not
+    exist. :raises SourceError:"""
+    for spec in specs:
+        if spec == "-" or spec.startswith("pipe:") or (_URL.match(spec) and not spec.startswith("file://")):
+            continue
+        path = spec[7:] if spec.startswith("file://") else spec
+        if not os.path.exists(path):
+            raise SourceError(f"{spec}: cannot open: No such file or directory")
+
+
+__all__ = [
+    "expand_inputs",
+    "open_source",
+    "iter_source_samples",
+    "iter_samples",
+    "check_inputs_exist",
+    "TarprocError",
+]

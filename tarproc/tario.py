@@ -1,0 +1,502 @@
+"""Streaming tar reader and deterministic tar writer.
+
+Formats follow POSIX.1-2001 (IEEE Std 1003.1-2001, ``pax`` utility: ustar
+headers and pax extended headers, typeflags ``x``/``g``) and GNU tar (GNU tar
+manual, "Basic Tar Format": ``L``/``K`` long-name records, base-256 sizes).
+
+The reader is strict: every header checksum is verified, a stream must end
+with the end-of-archive marker (two zero blocks), a cut anywhere is an error
+naming the byte offset, declared sizes are checked without allocating them,
+and long-name/pax records are capped. Zero blocks followed by another valid
+header are read through, so ``cat a.tar b.tar`` loses nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from zlib import adler32 as _adler32
+from dataclasses import dataclass
+from typing import BinaryIO, Callable, Iterator
+
+from .errors import ArchiveError, TruncatedError
+
+BLOCK = 512
+#: cap on a pax extended header or GNU long-name record, in bytes
+MAX_RECORD = 1 << 20
+#: data is read in pieces of at most this many bytes, so that a bogus size
+#: never allocates more than the stream actually holds
+READ_CHUNK = 1 << 24
+
+ZERO_BLOCK = bytes(BLOCK)
+_CHK_UNSIGNED = struct.Struct("148B8x356B")
+_CHK_SIGNED = struct.Struct("148b8x356b")
+
+REGULAR_TYPES = (b"0", b"\0", b"7")
+_TYPE_NAMES = {
+    b"1": "hard link",
+    b"2": "symbolic link",
+    b"3": "character device",
+    b"4": "block device",
+    b"6": "FIFO",
+    b"S": "GNU sparse file",
+    b"V": "volume label",
+    b"M": "multi-volume continuation",
+    b"D": "GNU dump directory",
+}
+
+Warn = Callable[[str], None]
+
+
+def _no_warn(message: str) -> None:
+    pass
+
+
+@dataclass(slots=True)
+class Member:
+    """One regular-file member of a tar stream.
+
+    :ivar name: member path, decoded as UTF-8 with surrogateescape
+    :ivar data: the member's bytes
+    :ivar offset: byte offset of its (first) header in the decompressed stream
+    :ivar header: its 512-byte ustar header (``mode`` and ``mtime`` are
+        parsed from it on demand, so reading stays fast)
+    """
+
+    name: str
+    data: bytes
+    offset: int = 0
+    header: bytes = b""
+
+    @property
+    def mode(self) -> int:
+        """Permission bits from the header (0o644 when there is none)."""
+        if not self.header:
+            return 0o644
+        return _number(self.header[100:108], "mode", self.offset) & 0o7777
+
+    @property
+    def mtime(self) -> int:
+        """Modification time from the header, seconds since the epoch."""
+        if not self.header:
+            return 0
+        return _number(self.header[136:148], "mtime", self.offset)
+
+
+def _nts(field: bytes) -> bytes:
+    end = field.find(b"\0")
+    return field if end < 0 else field[:end]
+
+
+def _fast_number(field: bytes, what: str, offset: int) -> int:
+    """:func:`_number` with a fast path for the usual ``%0*o\\0`` layout."""
+    try:
+        return int(field[:-1], 8)
+    except ValueError:
+        return _number(field, what, offset)
+
+
+def _number(field: bytes, what: str, offset: int) -> int:
+    """Parse an octal or GNU base-256 numeric header field."""
+    if field[:1] and field[0] & 0x80:
+        if field[0] == 0xFF:  # negative base-256
+            value = int.from_bytes(field, "big", signed=True)
+        else:
+            value = int.from_bytes(b"\0" + field[1:], "big") | ((field[0] & 0x7F) << (8 * (len(field) - 1)))
+        return value
+    text = _nts(field).strip(b" ")
+    if not text:
+        return 0
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise ArchiveError(f"bad {what} field {field!r} in header at offset {offset}") from None
+
+
+def _decode(name: bytes) -> str:
+    return name.decode("utf-8", "surrogateescape")
+
+
+def _byte_sum(block: bytes) -> int:
+    """Sum of the bytes of a 512-byte block with the checksum field read as
+    spaces. Adler-32's first half is 1 + the byte sum mod 65521 (RFC 1950),
+    exact for 256 bytes (at most 65280), so two calls give the exact sum in
+    a fraction of the time of ``sum(block)``."""
+    block = block[:148] + b"        " + block[156:]
+    return (_adler32(block[:256]) & 0xFFFF) + (_adler32(block[256:]) & 0xFFFF) - 2
+
+
+def _checksum_fast(header: bytes) -> bool:
+    """The usual case: a ``%06o\\0 `` checksum field matching the unsigned sum."""
+    try:
+        return int(header[148:154], 8) == _byte_sum(header)
+    except ValueError:
+        return False
+
+
+def checksum_ok(header: bytes) -> bool:
+    """True when the header's checksum field matches its bytes (unsigned or,
+    as some old writers did, signed sum; POSIX ``pax`` "ustar Interchange
+    Format")."""
+    try:
+        stored = int(_nts(header[148:156]).strip(b" ") or b"-1", 8)
+    except ValueError:
+        return False
+    if stored == _byte_sum(header):
+        return True
+    return stored == sum(_CHK_SIGNED.unpack_from(header)) + 256
+
+
+def parse_pax(data: bytes, offset: int) -> dict[str, str]:
+    """Parse pax extended header records ``"%d %s=%s\\n"`` (POSIX pax,
+    "pax Extended Header").
+
+    :raises ArchiveError: on a malformed record
+    """
+    records: dict[str, str] = {}
+    pos = 0
+    while pos < len(data):
+        if data[pos] == 0:  # NUL padding some writers leave
+            break
+        space = data.find(b" ", pos)
+        if space < 0:
+            raise ArchiveError(f"malformed pax record at offset {offset}")
+        try:
+            length = int(data[pos:space])
+        except ValueError:
+            raise ArchiveError(f"malformed pax record length at offset {offset}") from None
+        end = pos + length
+        if length <= 0 or end > len(data) or data[end - 1 : end] != b"\n":
+            raise ArchiveError(f"malformed pax record at offset {offset}")
+        keyval = data[space + 1 : end - 1]
+        eq = keyval.find(b"=")
+        if eq < 0:
+            raise ArchiveError(f"malformed pax record at offset {offset}")
+        records[keyval[:eq].decode("utf-8", "surrogateescape")] = keyval[eq + 1 :].decode(
+            "utf-8", "surrogateescape"
+        )
+        pos = end
+    return records
+
+
+class TarReader:
+    """Iterate the regular-file members of an (uncompressed) tar stream.
+
+    Memory is bounded by the largest member (plus one read buffer); sizes are
+    checked against what the stream actually holds, never allocated up front.
+
+    :param stream: a binary stream with ``read(n)``; see
+        :func:`tarproc.compress.decompressing_reader` for compressed input
+    :param source: a name for messages
+    :param warn: called with a one-line message for every member skipped
+        (links, devices, FIFOs, unknown types)
+    :raises ArchiveError: bad checksum, bad size or field, malformed pax
+        record, oversized long-name record, garbage after the end marker
+    :raises TruncatedError: the stream ends inside a header or data, or
+        without the end-of-archive marker
+    """
+
+    def __init__(self, stream: BinaryIO, source: str = "-", warn: Warn = _no_warn):
+        self.stream = stream
+        self.source = source
+        self.warn = warn
+        self.offset = 0  # bytes consumed so far
+        self._pad = 0  # padding of the last member, read with the next header
+        self._read = stream.read
+
+    def _read_exact(self, n: int, what: str, start: int) -> bytes:
+        """Read exactly ``n`` bytes or raise :class:`TruncatedError`."""
+        data = self._read(n) if n <= READ_CHUNK else b""
+        if len(data) == n:
+            self.offset += n
+            return data
+        parts = [data] if data else []
+        got = len(data)
+        while got < n:
+            chunk = self._read(min(n - got, READ_CHUNK))
+            if not chunk:
+                raise TruncatedError(
+                    f"{self.source}: stream is cut inside {what} at offset {self.offset + got}"
+                    f" (member header at offset {start})"
+                )
+            parts.append(chunk)
+            got += len(chunk)
+        self.offset += n
+        return b"".join(parts)
+
+    def _skip(self, n: int, what: str, start: int) -> None:
+        while n > 0:
+            step = min(n, READ_CHUNK)
+            self._read_exact(step, what, start)
+            n -= step
+
+    def _header(self) -> bytes | None:
+        """The next 512-byte block, or None at a clean end of stream.
+
+        The previous member's zero padding is read in the same call."""
+        pad = self._pad
+        self._pad = 0
+        want = pad + BLOCK
+        block = self._read(want)
+        if len(block) == want:
+            self.offset += want
+            return block[pad:] if pad else block
+        self.offset += len(block)
+        if len(block) < pad:  # cut inside the padding
+            self._read_exact(pad - len(block), "data padding", self.offset)
+            block = b""
+        else:
+            block = block[pad:]
+        if not block:
+            block = self._read(BLOCK)
+            if not block:
+                return None
+            self.offset += len(block)
+        if len(block) < BLOCK:  # a short read on a pipe: gather the rest
+            block += self._read_exact(BLOCK - len(block), "a header", self.offset - len(block))
+        return block
+
+    def __iter__(self) -> Iterator[Member]:
+        read_any = False
+        zero_blocks = 0
+        long_name: str | None = None
+        pax: dict[str, str] = {}
+        global_pax: dict[str, str] = {}
+        while True:
+            header = self._header()
+            start = self.offset - BLOCK
+            if header is None:
+                start = self.offset
+                if not read_any:
+                    raise TruncatedError(f"{self.source}: empty input (no tar data)")
+                if zero_blocks >= 2:
+                    return
+                if long_name is not None or pax:
+                    raise TruncatedError(
+                        f"{self.source}: stream is cut after an extended header at offset {start}"
+                    )
+                if zero_blocks == 1:
+                    raise TruncatedError(
+                        f"{self.source}: stream ends with a lone zero block at offset {start - BLOCK}"
+                        " (end-of-archive marker is two zero blocks)"
+                    )
+                raise TruncatedError(
+                    f"{self.source}: stream is cut at offset {start}: no end-of-archive marker"
+                )
+            read_any = True
+            if header == ZERO_BLOCK:
+                zero_blocks += 1
+                continue
+            if not (_checksum_fast(header) or checksum_ok(header)):
+                if zero_blocks >= 2:
+                    raise ArchiveError(
+                        f"{self.source}: garbage after the end-of-archive marker at offset {start}"
+                    )
+                raise ArchiveError(f"{self.source}: bad header checksum at offset {start}")
+            zero_blocks = 0
+            typeflag = header[156:157]
+            size = _fast_number(header[124:136], "size", start)
+            if size < 0:
+                raise ArchiveError(f"{self.source}: negative size {size} in header at offset {start}")
+            if "size" in pax:
+                try:
+                    size = int(pax["size"])
+                except ValueError:
+                    raise ArchiveError(f"{self.source}: bad pax size at offset {start}") from None
+                if size < 0:
+                    raise ArchiveError(f"{self.source}: negative size {size} in header at offset {start}")
+            padded = (size + BLOCK - 1) & ~(BLOCK - 1)
+
+            if typeflag in (b"L", b"K", b"x", b"g"):
+                if size > MAX_RECORD:
+                    raise ArchiveError(
+                        f"{self.source}: extended header of {size} bytes at offset {start}"
+                        f" exceeds the {MAX_RECORD}-byte limit"
+                    )
+                data = self._read_exact(padded, "an extended header", start)[:size]
+                if typeflag == b"L":
+                    long_name = _decode(_nts(data))
+                elif typeflag == b"x":
+                    pax.update(parse_pax(data, start))
+                elif typeflag == b"g":
+                    global_pax.update(parse_pax(data, start))
+                continue  # 'K' (long link name) only matters for links
+
+            if "path" in pax:
+                name = pax["path"]
+            elif long_name is not None:
+                name = long_name
+            elif "path" in global_pax:
+                name = global_pax["path"]
+            else:
+                end = header.find(b"\0", 0, 100)
+                raw = header[:end] if end >= 0 else header[:100]
+                if header[345] and header[257:263] == b"ustar\x00":  # POSIX ustar: prefix field
+                    raw = _nts(header[345:500]) + b"/" + raw
+                name = raw.decode("utf-8", "surrogateescape")
+            long_name = None
+            pax = {}
+
+            if typeflag in REGULAR_TYPES:
+                if name.endswith("/"):  # old-style directory
+                    self._skip(padded, "data", start)
+                    continue
+                data = self._read_exact(size, "data", start)
+                self._pad = padded - size
+                yield Member(name, data, start, header)
+                continue
+            if typeflag == b"5":  # directory: ignored
+                self._skip(padded, "data", start)
+                continue
+            kind = _TYPE_NAMES.get(typeflag, f"unknown type {typeflag!r}")
+            if typeflag in (b"1", b"2"):
+                target = _decode(_nts(header[157:257]))
+                self.warn(f"{self.source}: skipping {kind} {name!r} -> {target!r} at offset {start}")
+            else:
+                self.warn(f"{self.source}: skipping {kind} {name!r} at offset {start}")
+            # hard links and devices carry no data; sparse/unknown types may
+            self._skip(padded if typeflag not in (b"1", b"2", b"3", b"4", b"6") else 0, "data", start)
+
+
+def iter_members(stream: BinaryIO, source: str = "-", warn: Warn = _no_warn) -> Iterator[Member]:
+    """Yield the regular-file :class:`Member` s of an uncompressed tar stream.
+
+    See :class:`TarReader` for the rules and the errors raised.
+    """
+    return iter(TarReader(stream, source, warn))
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _octal(value: int, width: int) -> bytes:
+    """A NUL-terminated octal field of ``width`` bytes."""
+    return b"%0*o\0" % (width - 1, value)
+
+
+def _ustar_name(name: bytes) -> tuple[bytes, bytes] | None:
+    """Split a name into (prefix, name) fitting ustar's 155+100 bytes."""
+    if len(name) <= 100:
+        return b"", name
+    if len(name) > 256:
+        return None
+    # the prefix ends at a slash; the rest must fit in 100 bytes
+    cut = name.find(b"/", len(name) - 101)
+    while 0 < cut <= 155:
+        if len(name) - cut - 1 <= 100:
+            return name[:cut], name[cut + 1 :]
+        cut = name.find(b"/", cut + 1)
+    return None
+
+
+_MAX_OCTAL_SIZE = 8**11 - 1
+
+
+def _header(name: bytes, size: int, mode: int, mtime: int, typeflag: bytes, prefix: bytes = b"") -> bytes:
+    header = b"".join(
+        (
+            name.ljust(100, b"\0"),
+            _octal(mode, 8),
+            _octal(0, 8),  # uid
+            _octal(0, 8),  # gid
+            _octal(size, 12),
+            _octal(mtime, 12),
+            b"        ",  # checksum placeholder
+            typeflag,
+            bytes(100),  # linkname
+            b"ustar\x0000",
+            bytes(32),  # uname
+            bytes(32),  # gname
+            _octal(0, 8),  # devmajor
+            _octal(0, 8),  # devminor
+            prefix.ljust(155, b"\0"),
+            bytes(12),
+        )
+    )
+    chksum = b"%06o\0 " % (sum(_CHK_UNSIGNED.unpack_from(header)) + 256)
+    return header[:148] + chksum + header[156:]
+
+
+def _pax_record(key: str, value: bytes) -> bytes:
+    body = b" " + key.encode() + b"=" + value + b"\n"
+    length = len(body) + 1
+    while len(str(length)) + len(body) != length:
+        length = len(str(length)) + len(body)
+    return str(length).encode() + body
+
+
+def member_header(name: str, size: int, mode: int = 0o444, mtime: int = 0) -> bytes:
+    """The header block(s) for a regular-file member.
+
+    A ustar header (POSIX ustar, name split into prefix/name where needed),
+    preceded by a pax extended header carrying ``path`` (and ``size`` for
+    8 GiB and above) when they don't fit ustar. Owner is uid/gid 0 with empty
+    user/group names, so the bytes depend only on the arguments.
+
+    :param name: member path
+    :param size: data length in bytes
+    :param mode: permission bits
+    :param mtime: seconds since the epoch
+    :returns: a multiple of 512 bytes
+    """
+    raw = name.encode("utf-8", "surrogateescape")
+    split = _ustar_name(raw)
+    pax = b""
+    if split is None:
+        pax += _pax_record("path", raw)
+        split = (b"", raw[:100])
+    big = size > _MAX_OCTAL_SIZE
+    if big:
+        pax += _pax_record("size", str(size).encode())
+    header = _header(split[1], 0 if big else size, mode, mtime, b"0", split[0])
+    if not pax:
+        return header
+    pax_name = b"PaxHeaders/" + os.path.basename(raw)[:80]
+    block = _header(pax_name, len(pax), 0o444, mtime, b"x")
+    return block + pax + bytes(-len(pax) % BLOCK) + header
+
+
+class TarWriter:
+    """Write regular-file members as a deterministic tar stream.
+
+    Same calls, same bytes: fixed mtime (default 0), uid/gid 0, empty user and
+    group names, fixed mode. The end-of-archive marker (two zero blocks,
+    POSIX ustar) is written only by :meth:`finish`, so a stream cut short by
+    an error is recognisably incomplete.
+
+    :param stream: a writable binary stream; it is not closed
+    :param mtime: modification time stored in every header, seconds
+    :param mode: permission bits stored in every header
+    """
+
+    def __init__(self, stream: BinaryIO, mtime: int = 0, mode: int = 0o444):
+        self.stream = stream
+        self.mtime = mtime
+        self.mode = mode
+        #: bytes written so far
+        self.bytes_written = 0
+        self.members_written = 0
+        self.finished = False
+
+    def add(self, name: str, data: bytes) -> None:
+        """Write one member: header(s), data, zero padding to 512 bytes."""
+        header = member_header(name, len(data), self.mode, self.mtime)
+        pad = -len(data) % BLOCK
+        write = self.stream.write
+        if len(data) < 65536:
+            chunk = header + data + bytes(pad)
+            write(chunk)
+            self.bytes_written += len(chunk)
+        else:
+            write(header)
+            write(data)
+            if pad:
+                write(bytes(pad))
+            self.bytes_written += len(header) + len(data) + pad
+        self.members_written += 1
+
+    def finish(self) -> None:
+        """Write the end-of-archive marker (two zero blocks)."""
+        self.stream.write(bytes(2 * BLOCK))
+        self.bytes_written += 2 * BLOCK
+        self.finished = True
