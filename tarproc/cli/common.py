@@ -9,6 +9,7 @@ on stderr and the exit status of :class:`tarproc.errors.ExitStatus`;
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
 import signal
 import sys
@@ -47,6 +48,12 @@ def make_app(help: str, examples: str) -> typer.Typer:
     return app
 
 
+def command(app: typer.Typer):
+    """Decorator registering a tool's function with the help and epilog
+    given to :func:`make_app`."""
+    return app.command(help=app.info.help, epilog=app.info.epilog)
+
+
 def _version_callback(ctx: click.Context, value: bool) -> None:
     if value:
         typer.echo(f"{ctx.info_name} (tarproc) {__version__}")
@@ -60,10 +67,12 @@ Inputs = Annotated[
         help="Input shards: files, '-' for stdin, 'pipe:CMD', URLs (with fsspec), brace patterns"
         " like 'shard-{0000..0147}.tgz'. Compression is detected. [default: -]",
         show_default=False,
-        metavar="[INPUT]...",
+        metavar="INPUT",
     ),
 ]
-Verbose = Annotated[int, typer.Option("-v", "--verbose", count=True, help="Print a summary (and more with -vv) on stderr.")]
+Verbose = Annotated[
+    int, typer.Option("-v", "--verbose", count=True, show_default=False, help="Print a summary (and more with -vv) on stderr.")
+]
 Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="Print no warnings or command output on stderr.")]
 Debug = Annotated[
     bool, typer.Option("--debug", envvar="TARPROC_DEBUG", help="Show a traceback on errors (env TARPROC_DEBUG=1).")
@@ -80,15 +89,20 @@ Progress = Annotated[
     Optional[bool],
     typer.Option("--progress/--no-progress", help="Progress bar on stderr [default: when stderr is a terminal].", show_default=False),
 ]
+Compression = enum.Enum("Compression", {name: name for name in COMPRESSIONS}, type=str)
 Compress = Annotated[
-    Optional[str],
+    Optional[Compression],
     typer.Option(
         "--compress",
-        click_type=click.Choice(COMPRESSIONS),
         help="Output compression [default: from the output name: .gz/.tgz, .bz2, .xz, .zst].",
         show_default=False,
     ),
 ]
+
+
+def compression_name(value: Optional[Compression]) -> Optional[str]:
+    """The ``--compress`` value as a plain string (None: follow the name)."""
+    return None if value is None else value.value
 Mtime = Annotated[int, typer.Option("--mtime", help="Modification time stored in every member (seconds).", metavar="SECONDS")]
 
 
