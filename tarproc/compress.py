@@ -19,8 +19,11 @@ from .errors import CompressionError
 
 try:  # ISA-L gzip: several times faster than zlib
     from isal import igzip as _gzip
+    from isal.isal_zlib import error as _isal_error
 except ImportError:  # pragma: no cover - isal is a dependency, fallback kept
     import gzip as _gzip  # type: ignore[no-redef]
+
+    _isal_error = zlib.error  # type: ignore[misc,assignment]
 
 import zstandard
 
@@ -112,7 +115,7 @@ class _Checked(io.RawIOBase):
             raise CompressionError(
                 f"{self._source}: {self._name} stream is truncated ({exc})"
             ) from None
-        except (OSError, ValueError, lzma.LZMAError, zlib.error, zstandard.ZstdError) as exc:
+        except (OSError, ValueError, lzma.LZMAError, zlib.error, _isal_error, zstandard.ZstdError) as exc:
             raise CompressionError(f"{self._source}: corrupt {self._name} stream: {exc}") from None
 
     def close(self) -> None:

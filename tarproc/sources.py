@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 from typing import BinaryIO, Callable, Iterable, Iterator
@@ -60,18 +61,24 @@ class _PipeSource:
     def readinto(self, buf) -> int:
         return self.stdout.readinto(buf)
 
-    def close(self, complete: bool = True) -> None:
-        """Wait for the command; raise :class:`SourceError` on a non-zero
-        exit if its output was read to the end (``complete``)."""
-        if not complete:
-            # we stopped reading early: the command may die of SIGPIPE
-            self.stdout.close()
-            self.proc.wait()
-            return
+    def close(self, complete: bool = True) -> int:
+        """Wait for the command and return its exit status; raise
+        :class:`SourceError` on a non-zero exit if its output was read to the
+        end (``complete``). Calling it again returns the same status."""
         self.stdout.close()
         status = self.proc.wait()
-        if status != 0:
-            raise SourceError(f"pipe:{self.command}: command exited with status {status}")
+        # when we stopped reading early the command may die of SIGPIPE
+        if complete and status != 0:
+            raise SourceError(self.status_message())
+        return status
+
+    def failed(self) -> bool:
+        """True when the command exited non-zero for a reason other than
+        SIGPIPE (our closing the pipe)."""
+        return self.close(False) not in (0, -signal.SIGPIPE, 128 + signal.SIGPIPE)
+
+    def status_message(self) -> str:
+        return f"pipe:{self.command}: command exited with status {self.proc.returncode}"
 
 
 @contextlib.contextmanager
@@ -91,6 +98,12 @@ def open_source(spec: str) -> Iterator[BinaryIO]:
         try:
             yield decompressing_reader(pipe, spec)
             complete = True
+        except TarprocError as exc:
+            # a cut or empty stream is best explained by the command's failure
+            if pipe.failed():
+                message = str(exc).removeprefix(f"{spec}: ")
+                raise SourceError(f"{pipe.status_message()} ({message})") from None
+            raise
         finally:
             pipe.close(complete)
         return

@@ -19,7 +19,7 @@ from zlib import adler32 as _adler32
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator
 
-from .errors import ArchiveError, TruncatedError
+from .errors import ArchiveError, TruncatedError, UsageError
 
 BLOCK = 512
 #: cap on a pax extended header or GNU long-name record, in bytes
@@ -90,10 +90,12 @@ def _nts(field: bytes) -> bytes:
 
 def _fast_number(field: bytes, what: str, offset: int) -> int:
     """:func:`_number` with a fast path for the usual ``%0*o\\0`` layout."""
-    try:
-        return int(field[:-1], 8)
-    except ValueError:
-        return _number(field, what, offset)
+    if field[-1] in (0, 32):  # terminated: a field of 12 digits uses every byte
+        try:
+            return int(field[:-1], 8)
+        except ValueError:
+            pass
+    return _number(field, what, offset)
 
 
 def _number(field: bytes, what: str, offset: int) -> int:
@@ -202,6 +204,7 @@ class TarReader:
         self.warn = warn
         self.offset = 0  # bytes consumed so far
         self._pad = 0  # padding of the last member, read with the next header
+        self._pad_start = 0  # header offset of the member that padding belongs to
         self._read = stream.read
 
     def _read_exact(self, n: int, what: str, start: int) -> bytes:
@@ -230,10 +233,12 @@ class TarReader:
             self._read_exact(step, what, start)
             n -= step
 
-    def _header(self) -> bytes | None:
+    def _header(self, after_end: bool = False) -> bytes | None:
         """The next 512-byte block, or None at a clean end of stream.
 
-        The previous member's zero padding is read in the same call."""
+        The previous member's zero padding is read in the same call. After
+        the end-of-archive marker (``after_end``) a short tail of zero bytes
+        is a clean end and any other short tail is garbage."""
         pad = self._pad
         self._pad = 0
         want = pad + BLOCK
@@ -243,7 +248,7 @@ class TarReader:
             return block[pad:] if pad else block
         self.offset += len(block)
         if len(block) < pad:  # cut inside the padding
-            self._read_exact(pad - len(block), "data padding", self.offset)
+            self._read_exact(pad - len(block), "data padding", self._pad_start)
             block = b""
         else:
             block = block[pad:]
@@ -253,7 +258,17 @@ class TarReader:
                 return None
             self.offset += len(block)
         if len(block) < BLOCK:  # a short read on a pipe: gather the rest
-            block += self._read_exact(BLOCK - len(block), "a header", self.offset - len(block))
+            start = self.offset - len(block)
+            if not after_end:
+                return block + self._read_exact(BLOCK - len(block), "a header", start)
+            while len(block) < BLOCK:
+                chunk = self._read(BLOCK - len(block))
+                if not chunk:
+                    if block.count(0) == len(block):
+                        return None
+                    raise ArchiveError(f"{self.source}: garbage after the end-of-archive marker at offset {start}")
+                self.offset += len(chunk)
+                block += chunk
         return block
 
     def __iter__(self) -> Iterator[Member]:
@@ -263,7 +278,7 @@ class TarReader:
         pax: dict[str, str] = {}
         global_pax: dict[str, str] = {}
         while True:
-            header = self._header()
+            header = self._header(zero_blocks >= 2)
             start = self.offset - BLOCK
             if header is None:
                 start = self.offset
@@ -343,6 +358,7 @@ class TarReader:
                     continue
                 data = self._read_exact(size, "data", start)
                 self._pad = padded - size
+                self._pad_start = start
                 yield Member(name, data, start, header)
                 continue
             if typeflag == b"5":  # directory: ignored
@@ -438,7 +454,14 @@ def member_header(name: str, size: int, mode: int = 0o444, mtime: int = 0) -> by
     :param mode: permission bits
     :param mtime: seconds since the epoch
     :returns: a multiple of 512 bytes
+    :raises UsageError: ``mtime`` or ``mode`` does not fit its ustar field
+        (0 to 8**11 - 1 seconds, 0 to 0o7777777)
     """
+    if not (0 <= mtime <= _MAX_OCTAL_SIZE and 0 <= mode <= 0o7777777):
+        raise UsageError(
+            f"mtime {mtime} or mode {mode:o} out of range: ustar headers hold"
+            f" mtime 0..{_MAX_OCTAL_SIZE} seconds and mode 0..7777777 (octal)"
+        )
     raw = name.encode("utf-8", "surrogateescape")
     split = _ustar_name(raw)
     pax = b""
