@@ -53,6 +53,12 @@ class TarSink:
             except OSError as exc:
                 raise OutputError(f"{target}: cannot start: {exc.strerror}") from None
             self._raw = self._proc.stdin
+        elif os.path.exists(target) and not os.path.isfile(target):
+            # a device or FIFO (/dev/null, a named pipe): write to it directly
+            try:
+                self._raw = open(target, "wb")
+            except OSError as exc:
+                raise OutputError(f"{target}: cannot open: {exc.strerror}") from None
         else:
             self.path = target
             directory = os.path.dirname(os.path.abspath(target))
@@ -101,8 +107,10 @@ class TarSink:
             elif self.path is not None:
                 self._raw.close()
                 os.replace(self.path + PARTIAL, self.path)
-            else:
+            elif self._raw is sys.stdout.buffer:
                 self._raw.flush()
+            else:
+                self._raw.close()
         except OSError as exc:
             if isinstance(exc, BrokenPipeError) and self.path is None and self._proc is None:
                 raise
