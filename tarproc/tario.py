@@ -310,7 +310,10 @@ class TarReader:
                 raise ArchiveError(f"{self.source}: bad header checksum at offset {start}")
             zero_blocks = 0
             typeflag = header[156:157]
-            size = _fast_number(header[124:136], "size", start)
+            try:
+                size = _fast_number(header[124:136], "size", start)
+            except ArchiveError as exc:
+                raise ArchiveError(f"{self.source}: {exc}") from None
             if size < 0:
                 raise ArchiveError(f"{self.source}: negative size {size} in header at offset {start}")
             if "size" in pax:
@@ -331,10 +334,11 @@ class TarReader:
                 data = self._read_exact(padded, "an extended header", start)[:size]
                 if typeflag == b"L":
                     long_name = _decode(_nts(data))
-                elif typeflag == b"x":
-                    pax.update(parse_pax(data, start))
-                elif typeflag == b"g":
-                    global_pax.update(parse_pax(data, start))
+                elif typeflag in (b"x", b"g"):
+                    try:
+                        (pax if typeflag == b"x" else global_pax).update(parse_pax(data, start))
+                    except ArchiveError as exc:
+                        raise ArchiveError(f"{self.source}: {exc}") from None
                 continue  # 'K' (long link name) only matters for links
 
             if "path" in pax:
