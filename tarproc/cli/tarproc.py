@@ -1,0 +1,197 @@
+"""tarproc: run a shell command on every sample of a tar stream."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import CommandError, UsageError
+from ..executor import CommandSpec, print_log, run_samples
+from ..sinks import open_sink
+from ..sources import check_inputs_exist, expand_inputs, iter_samples
+from .common import (
+    Compress,
+    Count,
+    Debug,
+    Inputs,
+    Mtime,
+    Parallel,
+    Progress,
+    Quiet,
+    Skip,
+    Strict,
+    Tool,
+    Verbose,
+    Version,
+    command,
+    compression_name,
+    limit,
+    make_app,
+    refuse_terminal,
+    run_app,
+)
+
+HELP = """Run a shell command on every sample of tar shards and re-pack the results.
+
+Each sample is extracted into a fresh directory as BASE.EXT files (sample.jpg,
+sample.cls, ...) plus __key__ and __source__; the command runs there; every
+regular file BASE.EXT left there becomes a field of the output sample, under
+the key read back from __key__ (so a command may rename a sample). The
+command's stdout and stderr go to stderr (one sample's output together),
+never to stdout, which carries only tar bytes.
+
+A failed sample (non-zero exit, --timeout) is left out and reported with its
+key, status and last lines of output; the run goes on and exits 1 (like xargs
+and GNU parallel). --errors abort stops at the first failure; --errors ignore
+keeps the sample as the command left it; --failed FILE saves the failed
+input samples."""
+
+EXAMPLES = """\
+  # convert every JPEG to PPM, 8 processes, output order = input order
+  cat imagenet_train-0000.tgz | tarproc -p 8 -c 'convert sample.jpg sample.ppm; rm sample.jpg' -o out.tar
+  # what does a sample directory hold?
+  tarproc -c ls --count 3 shard.tar
+  # the first three keys (command output goes to stderr)
+  tarproc -c 'cat __key__; echo' --count 3 shard.tar
+  # stream to a re-sharder, keeping failures for later
+  tarproc -c ./resize.sh -o - --failed failed.tar 'train-{0000..0147}.tgz' | tarsplit -n 1000 -o 'out-%06d.tar'
+  # one sample -> many: each subdirectory with __key__ and sample.* becomes a sample
+  tarproc --subdirs -s crop.sh -o crops.tar shard.tar"""
+
+app = make_app(HELP, EXAMPLES)
+
+
+
+@command(app)
+def tarproc(
+    inputs: Inputs = None,
+    cmd: Annotated[Optional[str], typer.Option("-c", "--command", metavar="CMD", help="Shell command run in each sample's directory.")] = None,
+    script: Annotated[Optional[str], typer.Option("-s", "--script", metavar="FILE", help="Script run (with --shell) in each sample's directory.")] = None,
+    shell: Annotated[str, typer.Option("--shell", metavar="SHELL", help="Shell that runs the command.")] = "bash",
+    output: Annotated[Optional[str], typer.Option("-o", "--output", metavar="OUT", help="Output: '-' for stdout, a file (compressed by suffix), 'pipe:CMD'. Omitted: no archive.")] = None,
+    base: Annotated[str, typer.Option("-b", "--base", metavar="NAME", help="File stem of the fields in the sample directory.")] = "sample",
+    parallel: Parallel = 1,
+    unordered: Annotated[bool, typer.Option("--unordered", help="Write samples as they finish instead of in input order.")] = False,
+    errors: Annotated[str, typer.Option("-e", "--errors", metavar="abort|skip|ignore", help="What a failed sample does: stop the run, be left out, or be kept as the command left it.")] = "skip",
+    max_errors: Annotated[Optional[int], typer.Option("--max-errors", min=0, metavar="N", help="Stop when more than N samples failed.")] = None,
+    failed: Annotated[Optional[str], typer.Option("--failed", metavar="FILE", help="Write the failed input samples to this tar.")] = None,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", min=0, metavar="SECONDS", help="Kill a command's process group after this many seconds (the sample fails).")] = None,
+    add_log: Annotated[Optional[str], typer.Option("--add-log", metavar="EXT", help="Also store the command's output in the sample as field EXT.")] = None,
+    subdirs: Annotated[bool, typer.Option("--subdirs", help="Each subdirectory holding __key__ and BASE.* becomes an output sample.")] = False,
+    workdir: Annotated[Optional[str], typer.Option("-w", "--workdir", metavar="DIR", help="Where sample directories are made [default: $TMPDIR].")] = None,
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the sample directories (for debugging).")] = False,
+    count: Count = None,
+    skip: Skip = 0,
+    strict: Strict = False,
+    compress: Compress = None,
+    mtime: Mtime = 0,
+    progress: Progress = None,
+    verbose: Verbose = 0,
+    quiet: Quiet = False,
+    debug: Debug = False,
+    version: Version = False,
+) -> None:
+    tool = Tool("tarproc", verbose, quiet, debug)
+    with tool.run():
+        if (cmd is None) == (script is None):
+            raise UsageError("give exactly one of -c/--command or -s/--script")
+        if errors not in ("abort", "skip", "ignore"):
+            raise UsageError(f"--errors must be abort, skip or ignore, not {errors!r}")
+        if not base or "/" in base or "." in base:
+            raise UsageError(f"--base {base!r} must be a plain name without '/' or '.'")
+        if add_log is not None and (not add_log or "/" in add_log):
+            raise UsageError(f"--add-log {add_log!r} must be a field name")
+        if script is not None:
+            if not os.path.isfile(script):
+                raise UsageError(f"--script {script!r}: no such file")
+            argv = [shell, os.path.abspath(script)]
+        else:
+            argv = [shell, "-c", cmd]
+        if shutil.which(shell) is None:
+            raise UsageError(f"--shell {shell!r}: not found on PATH")
+        if output is not None:
+            refuse_terminal(output)
+        workdir = workdir or tempfile.gettempdir()
+        if not os.path.isdir(workdir):
+            raise UsageError(f"--workdir {workdir!r}: no such directory")
+        specs = expand_inputs(inputs or ["-"])
+        check_inputs_exist(specs)
+
+        root = tempfile.mkdtemp(prefix="tarproc-", dir=workdir)
+        spec = CommandSpec(argv, root, base, timeout, add_log, subdirs, keep, collect=output is not None)
+        stats = {"in": 0, "out": 0, "failed": 0}
+        sink = failed_sink = None
+        try:
+            sink = open_sink(output, compression_name(compress), mtime) if output is not None else None
+            failed_sink = open_sink(failed, mtime=mtime) if failed else None
+            samples = limit(iter_samples(specs, warn=tool.warn, strict=strict), skip, count)
+            results = run_samples(spec, samples, parallel, ordered=not unordered)
+            for inp, result in tool.progress(results, progress):
+                stats["in"] += 1
+                for message in result.warnings:
+                    tool.warn(message)
+                if result.failed:
+                    stats["failed"] += 1
+                    _report_failure(tool, result, errors, verbose)
+                    if failed_sink is not None:
+                        failed_sink.write(inp)
+                    if errors == "abort":
+                        raise CommandError(f"sample {result.key!r} failed: {result.reason} (--errors abort)")
+                    if max_errors is not None and stats["failed"] > max_errors:
+                        raise CommandError(f"{stats['failed']} samples failed, more than --max-errors {max_errors}")
+                    if errors != "ignore":
+                        continue
+                elif not quiet:
+                    print_log(result.log)
+                if keep and result.directory:
+                    tool.info(f"kept {result.directory}", 2)
+                if sink is not None:
+                    for out in result.outputs:
+                        sink.write(out)
+                        stats["out"] += 1
+            if sink is not None:
+                sink.close()
+            if failed_sink is not None:
+                failed_sink.close()
+        except BaseException:
+            for s in (sink, failed_sink):
+                if s is not None:
+                    s.abort()
+            raise
+        finally:
+            if keep:
+                tool.info(f"sample directories kept in {root}")
+            else:
+                shutil.rmtree(root, ignore_errors=True)
+            tool.info(
+                f"{stats['in']} samples in, {stats['out']} out, {stats['failed']} failed, {tool.elapsed():.2f} s"
+            )
+        if stats["failed"] and errors != "ignore":
+            tool.error(f"{stats['failed']} of {stats['in']} samples failed")
+            raise typer.Exit(1)
+
+
+def _report_failure(tool: Tool, result, errors: str, verbose: int) -> None:
+    action = "kept as is" if errors == "ignore" else "left out"
+    # printed even with -q, which silences only the commands' own output
+    print(f"{tool.name}: sample {result.key!r} failed: {result.reason} ({action})", file=sys.stderr)
+    if tool.quiet:
+        return
+    lines = result.log.decode("utf-8", "replace").splitlines()
+    tail = lines if verbose else lines[-5:]
+    for line in tail:
+        print(f"  | {line}", file=sys.stderr)
+    sys.stderr.flush()
+
+
+def main() -> None:
+    run_app(app, "tarproc")
+
+
+if __name__ == "__main__":
+    main()

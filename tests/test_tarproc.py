@@ -1,0 +1,340 @@
+"""The tarproc tool through real pipes and processes (and CliRunner for usage)."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import tarfile
+import time
+import uuid
+
+import pytest
+from conftest import run, tar_members, tool_env
+from typer.testing import CliRunner
+
+from tarproc import TruncatedError, iter_samples
+from tarproc.cli import tarproc as tarproc_cli
+
+FIELDS_LS = b"__key__\n__source__\nsample.cls\nsample.jpg\nsample.json\n"
+
+
+def sleeping(marker: str) -> bool:
+    """Whether a `sleep MARKER` process exists (not tarproc, whose argv holds the marker too)."""
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return any(line.startswith(f"sleep {marker}") for line in ps.splitlines())
+
+
+def keys_of(data: bytes) -> list[str]:
+    keys = []
+    for name, _ in tar_members(data):
+        key = name.split(".", 1)[0]
+        if not keys or keys[-1] != key:
+            keys.append(key)
+    return keys
+
+
+def shard_keys(path) -> list[str]:
+    return keys_of(open(path, "rb").read())
+
+
+@pytest.fixture
+def work(tmp_path):
+    """A private work dir for sample directories; checked empty afterwards."""
+    directory = tmp_path / "work"
+    directory.mkdir()
+    yield directory
+    assert list(directory.iterdir()) == [], "temporary sample directories were left behind"
+
+
+def test_ls_shows_the_sample_directory(imagenet_shard, work):
+    out = run(["tarproc", "-c", "ls", "--count", "3", "-w", str(work), str(imagenet_shard)])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == b""  # command output never reaches stdout
+    assert out.stderr == FIELDS_LS * 3
+
+
+def test_cat_key_prints_first_three_keys(imagenet_shard, work):
+    out = run(["tarproc", "-c", "cat __key__; echo", "--count", "3", "-w", str(work)], input=imagenet_shard.read_bytes())
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.decode().split() == shard_keys(imagenet_shard)[:3]
+
+
+def test_convert_with_imagemagick(imagenet_shard_gz, work, tmp_path, convert_dir):
+    env = tool_env(convert_dir)
+    cmd = f"cat {imagenet_shard_gz} | tarproc -c 'convert sample.jpg sample.ppm; rm sample.jpg' --count 3 -o out.tar -w {work}"
+    out = run(cmd, shell=True, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    members = tar_members((tmp_path / "out.tar").read_bytes())
+    assert [n.rsplit(".", 1)[1] for n, _ in members] == ["cls", "json", "ppm"] * 3
+    for name, data in members:
+        if name.endswith(".ppm"):
+            assert data.startswith(b"P6\n") or data.startswith(b"P6 ")
+
+
+def test_convert_parallel_whole_shard_is_ordered(imagenet_shard, work, tmp_path, convert_dir):
+    env = tool_env(convert_dir)
+    cmd = "tarproc -c 'convert sample.jpg sample.ppm; rm sample.jpg' -w {w} -o {o} {i}"
+    serial = run(cmd.format(w=work, o="p1.tar", i=imagenet_shard), shell=True, cwd=tmp_path, env=env)
+    par = run(cmd.format(w=work, o="p2.tar", i=imagenet_shard) + " -p 2", shell=True, cwd=tmp_path, env=env)
+    assert serial.returncode == 0 and par.returncode == 0, (serial.stderr, par.stderr)
+    p1, p2 = (tmp_path / "p1.tar").read_bytes(), (tmp_path / "p2.tar").read_bytes()
+    assert p1 == p2
+    assert keys_of(p2) == shard_keys(imagenet_shard)
+
+
+def test_stdout_to_dd(imagenet_shard, work, tmp_path):
+    cmd = f"set -o pipefail; tarproc -c true -o - -w {work} {imagenet_shard} | dd of=/dev/null bs=64k"
+    out = run(cmd, shell=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert b"bytes" in out.stderr  # dd's summary: the stream went through
+
+
+def test_parallel_output_equals_input_and_webdataset_reads_it(imagenet_shard, work, tmp_path):
+    out = run(["tarproc", "-p", "2", "-c", "true", "-o", "-", "-w", str(work), str(imagenet_shard)])
+    assert out.returncode == 0, out.stderr
+    assert tar_members(out.stdout) == tar_members(imagenet_shard.read_bytes())
+    wds = pytest.importorskip("webdataset")
+    (tmp_path / "o.tar").write_bytes(out.stdout)
+    keys = [s["__key__"] for s in wds.WebDataset(str(tmp_path / "o.tar"), shardshuffle=False)]
+    assert keys == shard_keys(imagenet_shard)
+
+
+def test_unordered_keeps_every_sample(imagenet_shard, work):
+    out = run(["tarproc", "-p", "2", "--unordered", "-c", "true", "-o", "-", "-w", str(work), str(imagenet_shard)])
+    assert out.returncode == 0, out.stderr
+    assert sorted(tar_members(out.stdout)) == sorted(tar_members(imagenet_shard.read_bytes()))
+
+
+def test_command_output_goes_to_stderr_and_quiet_silences_it(imagenet_shard, work):
+    out = run(["tarproc", "-c", "echo hello; echo oops >&2", "--count", "2", "-o", "-", "-w", str(work), str(imagenet_shard)])
+    assert out.returncode == 0
+    assert len(tar_members(out.stdout)) == 6
+    assert out.stderr == b"hello\noops\n" * 2
+    quiet = run(["tarproc", "-q", "-c", "echo hello", "--count", "2", "-o", "-", "-w", str(work), str(imagenet_shard)])
+    assert quiet.returncode == 0 and quiet.stderr == b""
+
+
+def test_rename_through_key_file_and_add_log(imagenet_shard, work):
+    cmd = 'echo "new_$(cat __key__)" > __key__; echo done; rm sample.jpg'
+    out = run(["tarproc", "-c", cmd, "--add-log", "log", "--count", "2", "-o", "-", "-q", "-w", str(work), str(imagenet_shard)])
+    assert out.returncode == 0, out.stderr
+    members = dict(tar_members(out.stdout))
+    first = shard_keys(imagenet_shard)[0]
+    assert members[f"new_{first}.log"] == b"done\n"
+    assert sorted(n for n in members if n.startswith(f"new_{first}.")) == [
+        f"new_{first}.{f}" for f in ("cls", "json", "log")
+    ]
+
+
+def test_subdirs_one_sample_to_many(imagenet_shard, work):
+    cmd = 'for i in 1 2; do mkdir c$i; echo "$(cat __key__)_$i" > c$i/__key__; cp sample.cls c$i/sample.cls; done'
+    out = run(["tarproc", "--subdirs", "-c", cmd, "--count", "2", "-o", "-", "-w", str(work), str(imagenet_shard)])
+    assert out.returncode == 0, out.stderr
+    k = shard_keys(imagenet_shard)[:2]
+    assert [n for n, _ in tar_members(out.stdout)] == [f"{k[0]}_1.cls", f"{k[0]}_2.cls", f"{k[1]}_1.cls", f"{k[1]}_2.cls"]
+
+
+def test_base_option_and_skip(imagenet_shard, work):
+    out = run(["tarproc", "-b", "img", "-c", "ls img.*", "--skip", "1", "--count", "1", "-w", str(work), str(imagenet_shard)])
+    assert out.returncode == 0
+    assert out.stderr == b"img.cls\nimg.jpg\nimg.json\n"
+
+
+FAIL_SECOND = 'k=$(cat __key__); echo "line for $k"; [ "$k" != "{key}" ] || {{ echo "bad sample" >&2; exit 3; }}'
+
+
+def _fail_cmd(shard):
+    return FAIL_SECOND.format(key=shard_keys(shard)[1])
+
+
+def test_failed_sample_is_left_out_and_reported(imagenet_shard, work, tmp_path):
+    key = shard_keys(imagenet_shard)[1]
+    out = run(["tarproc", "-c", _fail_cmd(imagenet_shard), "-q", "--count", "4", "-o", "out.tar", "--failed", "failed.tar",
+               "-w", str(work), str(imagenet_shard)], cwd=tmp_path)
+    assert out.returncode == 1
+    err = out.stderr.decode()
+    assert f"sample '{key}' failed: exit status 3" in err
+    assert "Traceback" not in err
+    written = keys_of((tmp_path / "out.tar").read_bytes())
+    assert written == [k for k in shard_keys(imagenet_shard)[:4] if k != key]
+    failed = tar_members((tmp_path / "failed.tar").read_bytes())
+    original = dict(tar_members(imagenet_shard.read_bytes()))
+    assert [n for n, _ in failed] == [f"{key}.cls", f"{key}.jpg", f"{key}.json"]
+    assert all(original[n] == d for n, d in failed)
+
+
+def test_failure_report_shows_last_lines(imagenet_shard, work):
+    out = run(["tarproc", "-c", _fail_cmd(imagenet_shard), "--count", "2", "-w", str(work), str(imagenet_shard)])
+    assert out.returncode == 1
+    assert b"  | bad sample" in out.stderr
+
+
+def test_errors_abort_leaves_only_partial(imagenet_shard, work, tmp_path):
+    out = run(["tarproc", "-e", "abort", "-q", "-c", _fail_cmd(imagenet_shard), "-o", "out.tar", "-w", str(work),
+               str(imagenet_shard)], cwd=tmp_path)
+    assert out.returncode == 1
+    assert b"--errors abort" in out.stderr
+    assert not (tmp_path / "out.tar").exists()
+    partial = tmp_path / "out.tar.partial"
+    assert keys_of_prefix(partial.read_bytes()) == shard_keys(imagenet_shard)[:1]
+    # no end-of-archive marker: recognisably incomplete to a strict reader
+    with pytest.raises(TruncatedError):
+        list(iter_samples([str(partial)]))
+
+
+def keys_of_prefix(data: bytes) -> list[str]:
+    """Keys of a tar stream without its end marker (read with tarfile, which tolerates that)."""
+    return keys_of(data + bytes(1024))
+
+
+def test_errors_ignore_keeps_sample(imagenet_shard, work):
+    out = run(["tarproc", "-e", "ignore", "-q", "-c", _fail_cmd(imagenet_shard), "--count", "3", "-o", "-", "-w", str(work),
+               str(imagenet_shard)])
+    assert out.returncode == 0
+    assert keys_of(out.stdout) == shard_keys(imagenet_shard)[:3]
+
+
+def test_max_errors(imagenet_shard, work):
+    out = run(["tarproc", "-q", "-c", "exit 1", "--max-errors", "2", "-o", "-", "-w", str(work), str(imagenet_shard)])
+    assert out.returncode == 1
+    assert b"3 samples failed, more than --max-errors 2" in out.stderr
+
+
+def test_timeout_kills_process_group(imagenet_shard, work):
+    marker = f"31.{uuid.uuid4().int % 10**6}"
+    out = run(["tarproc", "--timeout", "0.5", "-c", f"sleep {marker} & sleep {marker}", "--count", "1", "-o", "-",
+               "-w", str(work), str(imagenet_shard)])
+    assert out.returncode == 1
+    assert b"timed out after 0.5 s" in out.stderr
+    assert not sleeping(marker)
+
+
+def test_background_children_do_not_survive(imagenet_shard, work):
+    marker = f"32.{uuid.uuid4().int % 10**6}"
+    out = run(["tarproc", "-c", f"(sleep {marker} &) ; true", "--count", "2", "-w", str(work), str(imagenet_shard)])
+    assert out.returncode == 0, out.stderr
+    assert not sleeping(marker)
+
+
+def test_symlink_and_fifo_are_not_collected(imagenet_shard, work, tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"do not copy")
+    cmd = f"ln -s {secret} sample.txt; mkfifo sample.fifo; ln -s {tmp_path} sample.dir"
+    out = run(["tarproc", "-c", cmd, "--count", "1", "-o", "-", "-w", str(work), str(imagenet_shard)], timeout=30)
+    assert out.returncode == 1  # data the command made was not collected: reported
+    err = out.stderr.decode()
+    assert "not collecting symlink 'sample.txt'" in err
+    assert "not collecting FIFO 'sample.fifo'" in err
+    names = [n for n, _ in tar_members(out.stdout)]
+    assert [n.split(".", 1)[1] for n in names] == ["cls", "jpg", "json"]
+    assert b"do not copy" not in out.stdout
+
+
+def test_bad_key_from_command_fails_sample(imagenet_shard, work):
+    out = run(["tarproc", "-c", "echo a.b > __key__", "--count", "1", "-o", "-", "-w", str(work), str(imagenet_shard)])
+    assert out.returncode == 1
+    assert b"would not survive the WebDataset key rule" in out.stderr
+
+
+def test_output_compressed_by_suffix(imagenet_shard, work, tmp_path):
+    out = run(["tarproc", "-c", "true", "--count", "2", "-o", "o.tgz", "-w", str(work), str(imagenet_shard)], cwd=tmp_path)
+    assert out.returncode == 0
+    data = (tmp_path / "o.tgz").read_bytes()
+    assert data[:2] == b"\x1f\x8b"
+    assert len(tar_members(data)) == 6
+
+
+def test_verbose_summary(imagenet_shard, work):
+    out = run(["tarproc", "-v", "-c", "true", "--count", "5", "-o", "/dev/null", "-w", str(work), str(imagenet_shard)])
+    assert out.returncode == 0, out.stderr
+    assert b"tarproc: 5 samples in, 5 out, 0 failed" in out.stderr
+
+
+def test_closed_pipe_is_quiet(imagenet_shard, work):
+    cmd = f"tarproc -c true -o - -w {work} {imagenet_shard} | head -c 1000 > /dev/null; echo ${{PIPESTATUS[0]}} >&2"
+    out = run(cmd, shell=True)
+    assert out.stderr == b"141\n"
+
+
+@pytest.mark.parametrize("parallel", ["1", "2"])
+def test_sigterm_kills_children_and_removes_temp_dirs(imagenet_shard, work, tmp_path, parallel):
+    marker = f"33.{uuid.uuid4().int % 10**6}"
+    proc = subprocess.Popen(
+        ["tarproc", "-p", parallel, "-c", f"sleep {marker}", "-o", "out.tar", "-w", str(work), str(imagenet_shard)],
+        cwd=tmp_path, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 20
+    while not sleeping(marker):
+        assert time.monotonic() < deadline, "the command never started"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 143, err
+    assert b"Traceback" not in err
+    assert not sleeping(marker)
+    assert not (tmp_path / "out.tar").exists()
+
+
+def test_sigint_exits_130(imagenet_shard, work, tmp_path):
+    marker = f"34.{uuid.uuid4().int % 10**6}"
+    proc = subprocess.Popen(
+        ["tarproc", "-c", f"sleep {marker}", "-o", "out.tar", "-w", str(work), str(imagenet_shard)],
+        cwd=tmp_path, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 20
+    while not sleeping(marker):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err
+    assert not sleeping(marker)
+
+
+# ----------------------------------------------------------- usage (CliRunner)
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "give exactly one of -c/--command or -s/--script"),
+        (["-c", "true", "-s", "x.sh"], "give exactly one of"),
+        (["-c", "true", "-e", "explode"], "--errors must be abort, skip or ignore"),
+        (["-c", "true", "-b", "a.b"], "--base 'a.b' must be a plain name"),
+        (["-s", "/nonexistent/script.sh"], "no such file"),
+        (["-c", "true", "--shell", "no-such-shell-xyz"], "not found on PATH"),
+        (["-c", "true", "-w", "/nonexistent/dir"], "no such directory"),
+    ],
+)
+def test_usage_errors(args, message):
+    result = runner.invoke(tarproc_cli.app, args)
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+    assert result.stderr.startswith("tarproc: error: ")
+
+
+def test_bad_option_is_usage_error():
+    result = runner.invoke(tarproc_cli.app, ["--parallel", "zero"])
+    assert result.exit_code == 2
+
+
+def test_missing_input_file(tmp_path):
+    out = run(["tarproc", "-c", "true", "-o", "-", str(tmp_path / "nope.tar")])
+    assert out.returncode == 1
+    assert out.stderr.decode().strip() == f"tarproc: error: {tmp_path / 'nope.tar'}: cannot open: No such file or directory"
+
+
+def test_help_has_examples_and_exit_status():
+    result = runner.invoke(tarproc_cli.app, ["--help"])
+    assert result.exit_code == 0
+    assert "tarproc -p 8 -c 'convert sample.jpg sample.ppm; rm sample.jpg' -o out.tar" in result.stdout
+    assert "Exit status:" in result.stdout
+
+
+def test_version():
+    result = runner.invoke(tarproc_cli.app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.startswith("tarproc (tarproc) ")
