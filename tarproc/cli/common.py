@@ -51,7 +51,8 @@ def make_app(help: str, examples: str) -> typer.Typer:
 def command(app: typer.Typer):
     """Decorator registering a tool's function with the help and epilog
     given to :func:`make_app`."""
-    return app.command(help=app.info.help, epilog=app.info.epilog)
+    short = app.info.help.split("\n", 1)[0].rstrip(".")
+    return app.command(help=app.info.help, epilog=app.info.epilog, short_help=short)
 
 
 def _version_callback(ctx: click.Context, value: bool) -> None:
