@@ -1,0 +1,261 @@
+"""tarcats: concatenate, subset, shuffle, interleave and rekey shards."""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import UsageError
+from ..parallel import ParallelReader
+from ..sinks import open_sink
+from ..sources import check_inputs_exist, expand_inputs, iter_source_samples
+from ..stages import (
+    BadShards,
+    FieldSelector,
+    Rekeyer,
+    interleave,
+    parse_slice,
+    read_filelist,
+    shuffle_list,
+    shuffle_samples,
+    skip_count,
+    slice_samples,
+)
+from .common import (
+    Compress,
+    Count,
+    Debug,
+    Inputs,
+    Mtime,
+    Parallel,
+    Progress,
+    Quiet,
+    Skip,
+    Strict,
+    Tool,
+    Verbose,
+    Version,
+    command,
+    compression_name,
+    make_app,
+    output_option,
+    refuse_terminal,
+    run_app,
+)
+
+HELP = """\
+Concatenate tar shards of WebDataset samples into one tar stream.
+
+Inputs are read one after another (or round-robin with --interleave), their
+samples pass through the optional stages in this order: --shuffle, --fields,
+--slice, --skip/--count, --rekey; and are written to OUT with deterministic
+headers (mtime 0, uid/gid 0). With no options every member's name and bytes
+are reproduced in order; `cat a.tar b.tar | tarcats -o -` keeps both archives.
+Output compression follows the name of OUT (.gz/.tgz, .bz2, .xz, .zst) or
+--compress."""
+
+EXAMPLES = """\
+  tarcats 'train-{0000..0009}.tgz' -o train-small.tar
+  cat a.tar b.tar | tarcats -o - | tar tvf -
+  tarcats -T shards.txt --shuffle-shards --shuffle 1000 --seed 1 -o mixed.tar
+  tarcats in.tar -f 'img=jpg,jpeg,png cls' --missing skip -o slim.tar
+  tarcats a.tar b.tar --interleave --rekey '{shard}/{key}' -o both.tar
+  tarcats in.tar --slice 0:1000:10 -o every10th.tar
+  tarcats 'https://example.com/shard-{000..009}.tar' --max-bad-shards 2 -o -"""
+
+PCAT_HELP = """\
+Read many tar shards in parallel worker processes and merge their samples.
+
+Each of the -p N workers reads whole shards (decompressing them) and sends
+their samples back through a bounded queue; the parent writes them in input
+order, so every sample of every shard appears exactly once, and the output is
+the same as tarcats'. --shuffle N (with --seed) mixes samples of neighbouring
+shards; --shuffle-shards shuffles the input order. Takes every tarcats option
+except --interleave."""
+
+PCAT_EXAMPLES = """\
+  tarpcat -p 8 'train-{0000..0147}.tgz' -o train.tar
+  tarpcat -p 4 'train-{0000..0147}.tgz' --shuffle-shards --shuffle 5000 --seed 7 -o - | tarsplit -n 1000 -o mixed
+  tarpcat -p 4 -T shards.txt --count 10000 -o subset.tar"""
+
+
+class Missing(str, enum.Enum):
+    error = "error"
+    skip = "skip"
+
+
+Filelist = Annotated[
+    Optional[list[str]],
+    typer.Option("-T", "--filelist", help="Read inputs from FILE, one per line ('-': stdin).", metavar="FILE"),
+]
+SliceOpt = Annotated[
+    Optional[str], typer.Option("--slice", help="Keep samples START:STOP[:STEP] (0-based).", metavar="START:STOP[:STEP]")
+]
+ShuffleOpt = Annotated[int, typer.Option("--shuffle", min=0, help="Shuffle samples with a buffer of N.", metavar="N")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed for --shuffle and --shuffle-shards.", metavar="S")]
+ShuffleShards = Annotated[bool, typer.Option("--shuffle-shards", help="Shuffle the order of the inputs.")]
+FieldsOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "-f",
+        "--fields",
+        help="Keep and rename fields: 'img=jpg,jpeg,png cls' keeps cls and the first present of jpg/jpeg/png as img.",
+        metavar="SPEC",
+    ),
+]
+MissingOpt = Annotated[
+    Missing, typer.Option("--missing", help="A sample missing a wanted field: error, or skip (reported, counted).")
+]
+RekeyOpt = Annotated[
+    Optional[str],
+    typer.Option("--rekey", help="New keys: '{index:09d}', '{shard}/{key}', '{key}', '{source}'.", metavar="FORMAT"),
+]
+InterleaveOpt = Annotated[bool, typer.Option("--interleave", help="Round-robin over the inputs instead of one after another.")]
+MaxBad = Annotated[
+    int,
+    typer.Option(
+        "--max-bad-shards",
+        min=0,
+        help="Report and skip up to N corrupt inputs (keeping their samples before the fault); exit status 1 if any.",
+        metavar="N",
+    ),
+]
+
+
+def run_cats(
+    name: str,
+    inputs: Optional[list[str]],
+    filelist: Optional[list[str]],
+    output: str,
+    skip: int,
+    count: Optional[int],
+    slice_: Optional[str],
+    shuffle: int,
+    seed: Optional[int],
+    shuffle_shards: bool,
+    fields: Optional[list[str]],
+    missing: Missing,
+    rekey: Optional[str],
+    interleaved: bool,
+    max_bad_shards: int,
+    parallel: int,
+    compress,
+    mtime: int,
+    strict: bool,
+    progress: Optional[bool],
+    verbose: int,
+    quiet: bool,
+    debug: bool,
+) -> None:
+    """The body shared by tarcats and tarpcat."""
+    tool = Tool(name, verbose, quiet, debug)
+    with tool.run():
+        specs = expand_inputs(inputs or [])
+        for path in filelist or []:
+            if path == "-" and "-" in specs:
+                raise UsageError("stdin is used both as an input and as the file list")
+            specs += expand_inputs(read_filelist(path))
+        if not specs and not filelist:
+            specs = ["-"]
+        if specs.count("-") > 1:
+            raise UsageError("stdin ('-') can be read only once")
+        if interleaved and parallel > 1:
+            raise UsageError("--interleave needs every input open at once: use -p 1")
+        if parallel > 1 and "-" in specs:
+            raise UsageError("stdin ('-') cannot be read by parallel workers: use -p 1")
+        slicing = parse_slice(slice_) if slice_ else None
+        selector = FieldSelector(fields, missing.value, lambda m: tool.warn(m, problem=False)) if fields else None
+        rekeyer = Rekeyer(rekey) if rekey else None
+        refuse_terminal(output)
+        if shuffle_shards:
+            specs = shuffle_list(specs, seed)
+        if max_bad_shards == 0:
+            check_inputs_exist(specs)
+        bad = BadShards(max_bad_shards, tool.warn)
+        warn = tool.warn
+
+        reader = None
+        if parallel > 1 and len(specs) > 1:
+            reader = ParallelReader(specs, parallel, warn, strict)
+            per_shard = reader.shards()
+        else:
+            per_shard = ((spec, iter_source_samples(spec, warn, strict)) for spec in specs)
+        guarded = (bad.guard(samples, spec) for spec, samples in per_shard)
+        stream = interleave(list(guarded)) if interleaved else itertools.chain.from_iterable(guarded)
+        if shuffle > 1:
+            stream = shuffle_samples(stream, shuffle, seed)
+        if selector is not None:
+            stream = selector(stream)
+        if slicing is not None:
+            stream = slice_samples(stream, *slicing)
+        if skip or count is not None:
+            stream = skip_count(stream, skip, count)
+        if rekeyer is not None:
+            stream = rekeyer(stream)
+        try:
+            with open_sink(output, compression_name(compress), mtime) as sink:
+                for sample in tool.progress(stream, progress):
+                    sink.write(sample)
+        finally:
+            if reader is not None:
+                reader.close()
+        if selector is not None and selector.skipped:
+            tool.warn(f"{selector.skipped} samples skipped for a missing field", problem=False)
+        if bad.bad:
+            tool.warn(f"{len(bad.bad)} bad shards: " + ", ".join(s for s, _ in bad.bad), problem=False)
+        tool.info(
+            f"{sink.samples} samples, {sink.bytes_written} tar bytes from {len(specs)} inputs"
+            f" to {output} in {tool.elapsed():.2f} s"
+        )
+
+
+def build_app(name: str, help: str, examples: str, default_parallel: int) -> typer.Typer:
+    """The typer app of tarcats (``default_parallel`` 1) or tarpcat."""
+    app = make_app(help, examples)
+
+    @command(app)
+    def cats(
+        inputs: Inputs = None,
+        output: output_option("-", "Output file, '-' for stdout, or 'pipe:CMD'.") = "-",
+        filelist: Filelist = None,
+        skip: Skip = 0,
+        count: Count = None,
+        slice_: SliceOpt = None,
+        shuffle: ShuffleOpt = 0,
+        seed: SeedOpt = None,
+        shuffle_shards: ShuffleShards = False,
+        fields: FieldsOpt = None,
+        missing: MissingOpt = Missing.error,
+        rekey: RekeyOpt = None,
+        interleaved: InterleaveOpt = False,
+        max_bad_shards: MaxBad = 0,
+        parallel: Parallel = default_parallel,
+        compress: Compress = None,
+        mtime: Mtime = 0,
+        strict: Strict = False,
+        progress: Progress = None,
+        verbose: Verbose = 0,
+        quiet: Quiet = False,
+        debug: Debug = False,
+        version: Version = False,
+    ) -> None:
+        run_cats(
+            name, inputs, filelist, output, skip, count, slice_, shuffle, seed, shuffle_shards, fields, missing,
+            rekey, interleaved, max_bad_shards, parallel, compress, mtime, strict, progress, verbose, quiet, debug,
+        )  # fmt: skip
+
+    return app
+
+
+app = build_app("tarcats", HELP, EXAMPLES, 1)
+
+
+def main() -> None:
+    run_app(app, "tarcats")
+
+
+if __name__ == "__main__":
+    main()

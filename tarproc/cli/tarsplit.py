@@ -1,0 +1,153 @@
+"""tarsplit: split a stream of WebDataset samples into shards."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import UsageError
+from ..shards import ShardInfo, ShardPattern, ShardWriter, open_manifest, parse_size
+from ..sources import check_inputs_exist, expand_inputs, iter_samples
+from .common import (
+    Compress,
+    Debug,
+    Inputs,
+    Mtime,
+    Progress,
+    Quiet,
+    Strict,
+    Tool,
+    Verbose,
+    Version,
+    command,
+    compression_name,
+    make_app,
+    run_app,
+)
+
+HELP = """\
+Split a stream of WebDataset samples into shards of N samples or B bytes.
+
+A sample never straddles two shards: a shard is finished when it holds
+--maxcount samples, or before a sample that would take its (uncompressed) tar
+size past --maxsize; a single sample larger than --maxsize gets a shard of its
+own, with a warning. Each shard is written as NAME.partial and renamed when
+complete. Output compression follows the shard name (.gz/.tgz, .bz2, .xz,
+.zst), -z or --compress.
+
+The pattern -o is printf style (out-%06d.tar), format style
+(out-{shard:06d}.tar), a plain prefix (out -> out-000000.tar, out.tgz ->
+out-000000.tgz) or pipe:CMD, which streams each shard into CMD (with the
+same placeholders).
+
+--post CMD runs after each finished shard, while the next one is written
+(at most --post-parallel at once), with {shard} (the path), {basename} and
+{index} substituted shell-quoted (or %s for the path; also $SHARD, $BASENAME,
+$INDEX in its environment). A failing post command is reported with the
+shard's name and makes the exit status 1; the other shards are unaffected.
+--manifest writes one JSON line per shard: name, samples, bytes and sha256
+of the file as written."""
+
+EXAMPLES = """\
+  tarsplit big.tar -n 1000 -o 'train-%06d.tar'
+  tarproc -c 'convert - -resize 256x256 jpg:-' -i jpg in.tar -o - | tarsplit -s 1GB -o 'small-{shard:04d}.tgz'
+  tarsplit 'raw-{000..099}.tar' -s 500M -o out -C 'gsutil cp {shard} gs://bucket/ && rm {shard}'
+  tarsplit in.tar -n 100 -o 'pipe:aws s3 cp - s3://bucket/part-%04d.tar'
+  tarsplit in.tar -n 5000 -z -o shards/train --manifest shards/manifest.jsonl -v"""
+
+app = make_app(HELP, EXAMPLES)
+
+
+@command(app)
+def tarsplit(
+    inputs: Inputs = None,
+    output: Annotated[
+        Optional[str],
+        typer.Option("-o", "--output", help="Shard pattern: out-%06d.tar, out-{shard:06d}.tar, prefix, pipe:CMD.", metavar="PATTERN"),
+    ] = None,
+    maxcount: Annotated[Optional[int], typer.Option("-n", "--maxcount", min=1, help="Samples per shard.", metavar="N")] = None,
+    maxsize: Annotated[
+        Optional[str],
+        typer.Option("-s", "--maxsize", help="Uncompressed tar bytes per shard: 1e9, 500M (SI), 2GiB (IEC).", metavar="SIZE"),
+    ] = None,
+    gzip: Annotated[bool, typer.Option("-z", "--gzip", help="Compress every shard with gzip (a plain prefix gets .tar.gz).")] = False,
+    compress: Compress = None,
+    start: Annotated[int, typer.Option("--start", min=0, help="Number of the first shard.", metavar="N")] = 0,
+    maxshards: Annotated[
+        Optional[int], typer.Option("--maxshards", min=1, help="Write at most N shards, then stop reading.", metavar="N")
+    ] = None,
+    post: Annotated[
+        Optional[str],
+        typer.Option("-C", "--post", help="Shell command run after each finished shard ({shard}, {basename}, {index}).", metavar="CMD"),
+    ] = None,
+    post_parallel: Annotated[
+        int, typer.Option("--post-parallel", min=1, help="Post commands running at once (writing waits beyond).", metavar="N")
+    ] = 2,
+    manifest: Annotated[
+        Optional[str], typer.Option("--manifest", help="Write one JSON line per shard to FILE ('-': stdout).", metavar="FILE")
+    ] = None,
+    mtime: Mtime = 0,
+    strict: Strict = False,
+    progress: Progress = None,
+    verbose: Verbose = 0,
+    quiet: Quiet = False,
+    debug: Debug = False,
+    version: Version = False,
+) -> None:
+    tool = Tool("tarsplit", verbose, quiet, debug)
+    with tool.run():
+        if output is None:
+            raise UsageError("missing -o PATTERN (e.g. -o 'out-%06d.tar')")
+        if maxcount is None and maxsize is None:
+            raise UsageError("give -n/--maxcount and/or -s/--maxsize")
+        if gzip and compress is not None and compression_name(compress) != "gzip":
+            raise UsageError("-z and --compress disagree")
+        compression = "gzip" if gzip else compression_name(compress)
+        size = parse_size(maxsize) if maxsize is not None else None
+        pattern = ShardPattern(output, compression)
+        specs = expand_inputs(inputs or ["-"])
+        check_inputs_exist(specs)
+        manifest_file = open_manifest(manifest) if manifest else None
+
+        def finished(info: ShardInfo) -> None:
+            tool.info(f"{info.name}: {info.samples} samples, {info.bytes} bytes")
+
+        def post_failed(info: ShardInfo, message: str) -> None:
+            tool.error(f"{info.name}: {message}")
+            tool.problems += 1
+
+        try:
+            with ShardWriter(
+                pattern,
+                maxcount=maxcount,
+                maxsize=size,
+                start=start,
+                maxshards=maxshards,
+                compression=compression,
+                mtime=mtime,
+                post=post,
+                post_parallel=post_parallel,
+                manifest=manifest_file,
+                warn=lambda m: tool.warn(m, problem=False),
+                on_shard=finished,
+                on_post_error=post_failed,
+            ) as writer:
+                writer.write_all(tool.progress(iter_samples(specs, tool.warn, strict), progress))
+        finally:
+            if manifest_file is not None and manifest != "-":
+                manifest_file.close()
+        if writer.full:
+            tool.info(f"stopped after --maxshards {maxshards} shards; the rest of the input was not read")
+        total = sum(s.bytes for s in writer.shards)
+        tool.info(f"{writer.samples} samples in {len(writer.shards)} shards, {total} bytes, {tool.elapsed():.2f} s")
+        if not writer.shards:
+            tool.info("no samples: no shard written")
+
+
+def main() -> None:
+    run_app(app, "tarsplit")
+
+
+if __name__ == "__main__":
+    main()

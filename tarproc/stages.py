@@ -1,0 +1,367 @@
+"""Generator stages from samples to samples (the WebDataset pipeline style).
+
+Each stage takes an iterator of sample dicts (``"__key__"``, ``"__source__"``,
+field -> ``bytes``; see :mod:`tarproc.samples`) and yields sample dicts,
+reading its input only as far as it needs to, so stages compose into a
+streaming pipeline: open sources -> stages -> sink.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import random
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Sequence
+
+from .errors import SampleError, TarprocError, UsageError
+from .samples import Sample, split_name, unsafe_name
+from .sources import iter_source_samples
+
+Warn = Callable[[str], None]
+
+
+# ---------------------------------------------------------------- slicing
+def parse_slice(text: str) -> tuple[int, int | None, int]:
+    """Parse ``START:STOP[:STEP]`` (Python slice syntax, parts may be empty).
+
+    :returns: ``(start, stop, step)``; ``stop`` is None when open
+    :raises UsageError: not a slice, negative values (a stream has no end to
+        count from) or a step of 0
+    """
+    parts = text.split(":")
+    if len(parts) not in (2, 3):
+        raise UsageError(f"bad slice {text!r}: expected START:STOP[:STEP]")
+    try:
+        values = [int(p) if p.strip() else None for p in parts]
+    except ValueError:
+        raise UsageError(f"bad slice {text!r}: expected integers START:STOP[:STEP]") from None
+    start = values[0] or 0
+    stop = values[1]
+    step = values[2] if len(values) == 3 and values[2] is not None else 1
+    if start < 0 or (stop is not None and stop < 0) or step < 0:
+        raise UsageError(f"bad slice {text!r}: negative values are not supported on a stream")
+    if step == 0:
+        raise UsageError(f"bad slice {text!r}: step must not be 0")
+    return start, stop, step
+
+
+def slice_samples(
+    samples: Iterable[Sample], start: int = 0, stop: int | None = None, step: int = 1
+) -> Iterator[Sample]:
+    """Samples ``start``, ``start+step``, ... before ``stop`` (0-based); stops
+    reading its input at ``stop``."""
+    return itertools.islice(samples, start, stop, step)
+
+
+def skip_count(samples: Iterable[Sample], skip: int = 0, count: int | None = None) -> Iterator[Sample]:
+    """Drop the first ``skip`` samples, then yield at most ``count``."""
+    return itertools.islice(samples, skip, None if count is None else skip + count)
+
+
+# -------------------------------------------------------------- shuffling
+def shuffle_samples(samples: Iterable[Sample], bufsize: int, seed: int | None = None) -> Iterator[Sample]:
+    """Shuffle with a buffer of ``bufsize`` samples (memory: that many samples).
+
+    Once the buffer is full, each new sample replaces a randomly chosen one,
+    which is yielded; at the end the rest is shuffled. With a ``seed`` the
+    order is reproducible (:class:`random.Random`).
+    """
+    if bufsize <= 1:
+        yield from samples
+        return
+    rng = random.Random(seed)
+    buffer: list[Sample] = []
+    for sample in samples:
+        if len(buffer) < bufsize:
+            buffer.append(sample)
+            continue
+        i = rng.randrange(bufsize)
+        yield buffer[i]
+        buffer[i] = sample
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def shuffle_list(items: Sequence, seed: int | None = None) -> list:
+    """A shuffled copy of ``items`` (e.g. the input shards); reproducible with a seed."""
+    out = list(items)
+    random.Random(seed).shuffle(out)
+    return out
+
+
+# ------------------------------------------------------- field selection
+@dataclass(frozen=True)
+class FieldRule:
+    """Keep the first present of ``alternatives``, stored as ``name``
+    (None: under the name it was found with)."""
+
+    name: str | None
+    alternatives: tuple[str, ...]
+
+
+def parse_fields(spec: str | Iterable[str]) -> list[FieldRule]:
+    """Parse a field spec such as ``'img=jpg,jpeg,png cls'``.
+
+    Rules are separated by spaces (several specs may be given as a list).
+    ``NEW=A,B,C`` keeps the first present of ``A``, ``B``, ``C`` as ``NEW``;
+    ``A,B`` keeps the first present under its own name; ``A`` keeps ``A``.
+    ``;`` separates alternatives too (WebDataset's ``to_tuple("jpg;png")``).
+
+    :raises UsageError: an empty spec, an empty name, or an output field given twice
+    """
+    text = spec if isinstance(spec, str) else " ".join(spec)
+    rules: list[FieldRule] = []
+    seen: set[str] = set()
+    for token in text.split():
+        name, eq, alts = token.partition("=")
+        if not eq:
+            name, alts = None, token
+        alternatives = tuple(a for a in re.split(r"[,;]", alts))
+        if (eq and not name) or not alternatives or any(not a for a in alternatives):
+            raise UsageError(f"bad field rule {token!r} in {text!r}: expected NAME=A,B or A,B or A")
+        for out in [name] if name else alternatives:
+            if out in seen:
+                raise UsageError(f"field {out!r} is selected twice in {text!r}")
+            if out.startswith("__") or "/" in out:
+                raise UsageError(f"bad field name {out!r} in {text!r}")
+            seen.add(out)
+        rules.append(FieldRule(name, alternatives))
+    if not rules:
+        raise UsageError("empty field spec")
+    return rules
+
+
+class FieldSelector:
+    """Stage keeping (and renaming) the fields of :func:`parse_fields`.
+
+    Meta entries (``__key__``, ``__source__``) are kept; the output fields
+    are in the order of the rules.
+
+    :param rules: a spec string or parsed rules
+    :param missing: ``"error"``: a sample without any alternative of a rule
+        raises :class:`SampleError`; ``"skip"``: it is dropped, counted in
+        :attr:`skipped` and reported through ``warn``
+    :param warn: called with a message for each skipped sample
+    """
+
+    def __init__(self, rules: str | Iterable[str] | list[FieldRule], missing: str = "error", warn: Warn | None = None):
+        if isinstance(rules, list) and rules and isinstance(rules[0], FieldRule):
+            self.rules = rules
+        else:
+            self.rules = parse_fields(rules)  # type: ignore[arg-type]
+        if missing not in ("error", "skip"):
+            raise UsageError(f"missing policy must be 'error' or 'skip', not {missing!r}")
+        self.missing = missing
+        self.warn = warn
+        #: samples dropped for a missing field
+        self.skipped = 0
+
+    def select(self, sample: Sample) -> Sample | None:
+        """The selected sample, or None when a wanted field is missing and the
+        policy is skip. :raises SampleError: missing field, policy error"""
+        out = {k: v for k, v in sample.items() if k.startswith("__")}
+        for rule in self.rules:
+            for alt in rule.alternatives:
+                if alt in sample:
+                    out[rule.name or alt] = sample[alt]
+                    break
+            else:
+                wanted = " or ".join(repr(a) for a in rule.alternatives)
+                have = ", ".join(k for k in sample if not k.startswith("__")) or "none"
+                message = f"{sample.get('__source__', '-')}: sample {sample['__key__']!r} has no field {wanted} (it has {have})"
+                if self.missing == "error":
+                    raise SampleError(message + "; use --missing skip to drop such samples")
+                self.skipped += 1
+                if self.warn is not None:
+                    self.warn(f"skipping {message}")
+                return None
+        return out
+
+    def __call__(self, samples: Iterable[Sample]) -> Iterator[Sample]:
+        select = self.select
+        for sample in samples:
+            out = select(sample)
+            if out is not None:
+                yield out
+
+
+# ---------------------------------------------------------------- rekeying
+_SHARD_SUFFIXES = (".tar", ".tgz", ".tbz2", ".txz", ".tzst", ".gz", ".bz2", ".xz", ".zst")
+
+
+def shard_stem(source: str) -> str:
+    """The shard's name for ``{shard}``: the basename of ``source`` without
+    tar/compression suffixes (``data/train-0003.tar.gz`` -> ``train-0003``);
+    ``stdin`` for ``-`` and ``pipe`` for ``pipe:CMD``."""
+    if source == "-":
+        return "stdin"
+    if source.startswith("pipe:"):
+        return "pipe"
+    name = os.path.basename(source.rstrip("/").split("?", 1)[0]) or source
+    changed = True
+    while changed:
+        changed = False
+        for suffix in _SHARD_SUFFIXES:
+            if name.lower().endswith(suffix) and len(name) > len(suffix):
+                name = name[: -len(suffix)]
+                changed = True
+    return name
+
+
+class Rekeyer:
+    """Stage giving samples new keys from a format string.
+
+    Fields of the format: ``{index}`` (0-based position in the output),
+    ``{key}`` (the old key), ``{shard}`` (:func:`shard_stem` of the
+    sample's source) and ``{source}``: ``{index:09d}``, ``{shard}/{key}``.
+
+    :raises UsageError: a format with unknown fields or bad syntax
+    :raises SampleError: (while iterating) a new key that is not a valid
+        WebDataset key: a dot in its basename, empty, absolute or with ``..``
+    """
+
+    def __init__(self, fmt: str, start: int = 0):
+        self.fmt = fmt
+        self.index = start
+        try:
+            fmt.format(index=0, key="k", shard="s", source="s")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise UsageError(
+                f"bad key format {fmt!r} ({exc}): use {{index}}, {{key}}, {{shard}}, {{source}}"
+            ) from None
+
+    def __call__(self, samples: Iterable[Sample]) -> Iterator[Sample]:
+        fmt = self.fmt
+        for sample in samples:
+            source = sample.get("__source__", "-")
+            key = fmt.format(index=self.index, key=sample["__key__"], shard=shard_stem(source), source=source)
+            parts = split_name(key + ".x")
+            if parts is None or parts[0] != key or unsafe_name(key):
+                raise SampleError(
+                    f"new key {key!r} (from {sample['__key__']!r} with {fmt!r}) is not a valid key:"
+                    " its basename must be non-empty and have no dot, and it must be relative without '..'"
+                )
+            self.index += 1
+            out = dict(sample)
+            out["__key__"] = key
+            yield out
+
+
+# ------------------------------------------------------------- combining
+def interleave(iterables: Iterable[Iterable[Sample]]) -> Iterator[Sample]:
+    """Round-robin: one sample from each input in turn; an input that ends
+    drops out and the others go on. Every input is opened (its first sample
+    read) before the second sample of the first input."""
+    queue = collections.deque(iter(x) for x in iterables)
+    while queue:
+        it = queue.popleft()
+        try:
+            sample = next(it)
+        except StopIteration:
+            continue
+        yield sample
+        queue.append(it)
+
+
+class BadShards:
+    """Tolerate up to ``limit`` corrupt input shards.
+
+    :meth:`guard` wraps one shard's sample iterator: when it raises a
+    :class:`TarprocError` (corrupt or truncated archive, bad compression, an
+    input that cannot be opened, samples that are not grouped), the samples
+    before the fault have already been passed on (the core drops the partial
+    sample), the shard is reported through ``warn`` and recorded in
+    :attr:`bad`, and the stream goes on with the next shard. The shard
+    beyond ``limit`` re-raises its error. :class:`UsageError` always propagates.
+
+    :param limit: shards that may be bad (0: the first error ends the run)
+    :param warn: called with a message per bad shard
+    """
+
+    def __init__(self, limit: int = 0, warn: Warn | None = None):
+        self.limit = limit
+        self.warn = warn
+        #: (source, message) of every bad shard
+        self.bad: list[tuple[str, str]] = []
+
+    def guard(self, samples: Iterable[Sample], source: str) -> Iterator[Sample]:
+        """Yield ``samples``; report and stop quietly on a shard error."""
+        count = 0
+        try:
+            for sample in samples:
+                count += 1
+                yield sample
+        except UsageError:
+            raise
+        except TarprocError as exc:
+            if self.limit <= 0:
+                raise
+            self.bad.append((source, str(exc)))
+            if len(self.bad) > self.limit:
+                raise type(exc)(f"{exc} (more than --max-bad-shards {self.limit} bad shards)") from None
+            if self.warn is not None:
+                self.warn(f"bad shard {source} ({count} samples kept): {exc}")
+
+
+def open_shards(
+    specs: Sequence[str],
+    warn: Warn | None = None,
+    strict: bool = False,
+    bad: BadShards | None = None,
+    interleaved: bool = False,
+) -> Iterator[Sample]:
+    """The samples of several (expanded) inputs, one after another or
+    round-robin (``interleaved``), each guarded by ``bad`` when given.
+
+    Inputs are opened lazily: one at a time in sequence, all at once when
+    interleaved (one open file or command per input).
+    """
+
+    def one(spec: str) -> Iterator[Sample]:
+        samples = iter_source_samples(spec, warn, strict)
+        return bad.guard(samples, spec) if bad is not None else samples
+
+    if interleaved:
+        return interleave([one(spec) for spec in specs])
+    return itertools.chain.from_iterable(one(spec) for spec in specs)
+
+
+def read_filelist(path: str, stdin=None) -> list[str]:
+    """Read inputs, one per line, from a file or ``-`` (stdin); blank lines
+    and lines starting with ``#`` are ignored. :raises SourceError:"""
+    import sys
+
+    from .errors import SourceError
+
+    if path == "-":
+        text = (stdin or sys.stdin).read()
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", "surrogateescape")
+    else:
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as handle:
+                text = handle.read()
+        except OSError as exc:
+            raise SourceError(f"{path}: cannot open file list: {exc.strerror}") from None
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+__all__ = [
+    "BadShards",
+    "FieldRule",
+    "FieldSelector",
+    "Rekeyer",
+    "interleave",
+    "open_shards",
+    "parse_fields",
+    "parse_slice",
+    "read_filelist",
+    "shard_stem",
+    "shuffle_list",
+    "shuffle_samples",
+    "skip_count",
+    "slice_samples",
+]
