@@ -125,6 +125,25 @@ MaxBad = Annotated[
 ]
 
 
+#: samples skipped for a missing field that are reported one by one (then only counted)
+MAX_SKIP_MESSAGES = 20
+
+
+def _capped(tool: Tool, limit: int):
+    """A warn function printing the first ``limit`` messages (not problems:
+    skipping was asked for), then one line saying the rest are only counted."""
+    seen = [0]
+
+    def warn(message: str) -> None:
+        seen[0] += 1
+        if seen[0] <= limit:
+            tool.warn(message, problem=False)
+        elif seen[0] == limit + 1:
+            tool.warn("more samples skipped for a missing field: counted, not listed", problem=False)
+
+    return warn
+
+
 def run_cats(
     name: str,
     inputs: Optional[list[str]],
@@ -167,7 +186,7 @@ def run_cats(
         if parallel > 1 and "-" in specs:
             raise UsageError("stdin ('-') cannot be read by parallel workers: use -p 1")
         slicing = parse_slice(slice_) if slice_ else None
-        selector = FieldSelector(fields, missing.value, lambda m: tool.warn(m, problem=False)) if fields else None
+        selector = FieldSelector(fields, missing.value, _capped(tool, MAX_SKIP_MESSAGES)) if fields else None
         rekeyer = Rekeyer(rekey) if rekey else None
         refuse_terminal(output)
         if shuffle_shards:
