@@ -1,7 +1,7 @@
 """Streaming tar reader and deterministic tar writer.
 
 Formats follow POSIX.1-2001 (IEEE Std 1003.1-2001, ``pax`` utility: ustar
-headers and pax extended headers, typeflags ``x``/``g``) and GNU tar (GNU tar
+headers and pax extended headers, typeflags ``x``/``g``; Solaris ``X``) and GNU tar (GNU tar
 manual, "Basic Tar Format": ``L``/``K`` long-name records, base-256 sizes).
 
 The reader is strict: every header checksum is verified, a stream must end
@@ -33,6 +33,8 @@ _CHK_UNSIGNED = struct.Struct("148B8x356B")
 _CHK_SIGNED = struct.Struct("148b8x356b")
 
 REGULAR_TYPES = (b"0", b"\0", b"7")
+#: headers that describe the next member: GNU long name/link, pax, Solaris pax
+_EXTENDED = (b"L", b"K", b"x", b"g", b"X")
 _TYPE_NAMES = {
     b"1": "hard link",
     b"2": "symbolic link",
@@ -191,7 +193,7 @@ class TarReader:
         :func:`tarproc.compress.decompressing_reader` for compressed input
     :param source: a name for messages
     :param warn: called with a one-line message for every member skipped
-        (links, devices, FIFOs, unknown types)
+        (links, devices, FIFOs, GNU sparse files, unknown types)
     :raises ArchiveError: bad checksum, bad size or field, malformed pax
         record, oversized long-name record, garbage after the end marker
     :raises TruncatedError: the stream ends inside a header or data, or
@@ -275,6 +277,7 @@ class TarReader:
         read_any = False
         zero_blocks = 0
         long_name: str | None = None
+        long_link: str | None = None
         pax: dict[str, str] = {}
         global_pax: dict[str, str] = {}
         while True:
@@ -286,7 +289,7 @@ class TarReader:
                     raise TruncatedError(f"{self.source}: empty input (no tar data)")
                 if zero_blocks >= 2:
                     return
-                if long_name is not None or pax:
+                if long_name is not None or long_link is not None or pax:
                     raise TruncatedError(
                         f"{self.source}: stream is cut after an extended header at offset {start}"
                     )
@@ -316,7 +319,7 @@ class TarReader:
                 raise ArchiveError(f"{self.source}: {exc}") from None
             if size < 0:
                 raise ArchiveError(f"{self.source}: negative size {size} in header at offset {start}")
-            if "size" in pax:
+            if "size" in pax and typeflag not in _EXTENDED:  # the size of the next real member
                 try:
                     size = int(pax["size"])
                 except ValueError:
@@ -325,7 +328,7 @@ class TarReader:
                     raise ArchiveError(f"{self.source}: negative size {size} in header at offset {start}")
             padded = (size + BLOCK - 1) & ~(BLOCK - 1)
 
-            if typeflag in (b"L", b"K", b"x", b"g"):
+            if typeflag in _EXTENDED:
                 if size > MAX_RECORD:
                     raise ArchiveError(
                         f"{self.source}: extended header of {size} bytes at offset {start}"
@@ -334,12 +337,14 @@ class TarReader:
                 data = self._read_exact(padded, "an extended header", start)[:size]
                 if typeflag == b"L":
                     long_name = _decode(_nts(data))
-                elif typeflag in (b"x", b"g"):
+                elif typeflag == b"K":
+                    long_link = _decode(_nts(data))
+                elif typeflag in (b"x", b"g", b"X"):
                     try:
-                        (pax if typeflag == b"x" else global_pax).update(parse_pax(data, start))
+                        (global_pax if typeflag == b"g" else pax).update(parse_pax(data, start))
                     except ArchiveError as exc:
                         raise ArchiveError(f"{self.source}: {exc}") from None
-                continue  # 'K' (long link name) only matters for links
+                continue
 
             if "path" in pax:
                 name = pax["path"]
@@ -353,10 +358,16 @@ class TarReader:
                 if header[345] and header[257:263] == b"ustar\x00":  # POSIX ustar: prefix field
                     raw = _nts(header[345:500]) + b"/" + raw
                 name = raw.decode("utf-8", "surrogateescape")
+            sparse = typeflag == b"S"
+            if pax and any(k.startswith("GNU.sparse.") for k in pax):
+                # GNU pax sparse formats 0.0/0.1/1.0: the stored data is not the file
+                sparse = True
+                name = pax.get("GNU.sparse.name", name)
             long_name = None
+            link_name, long_link = pax.get("linkpath", long_link), None
             pax = {}
 
-            if typeflag in REGULAR_TYPES:
+            if typeflag in REGULAR_TYPES and not sparse:
                 if name.endswith("/"):  # old-style directory
                     self._skip(padded, "data", start)
                     continue
@@ -368,9 +379,13 @@ class TarReader:
             if typeflag == b"5":  # directory: ignored
                 self._skip(padded, "data", start)
                 continue
-            kind = _TYPE_NAMES.get(typeflag, f"unknown type {typeflag!r}")
+            kind = "GNU sparse file" if sparse else _TYPE_NAMES.get(typeflag, f"unknown type {typeflag!r}")
+            if sparse:
+                extended = typeflag == b"S" and header[482]
+                while extended:  # old GNU sparse map continued in extension blocks
+                    extended = self._read_exact(BLOCK, "a sparse header", start)[504]
             if typeflag in (b"1", b"2"):
-                target = _decode(_nts(header[157:257]))
+                target = link_name if link_name is not None else _decode(_nts(header[157:257]))
                 self.warn(f"{self.source}: skipping {kind} {name!r} -> {target!r} at offset {start}")
             else:
                 self.warn(f"{self.source}: skipping {kind} {name!r} at offset {start}")
