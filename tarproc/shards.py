@@ -36,8 +36,8 @@ Warn = Callable[[str], None]
 #: bytes of the end-of-archive marker (two zero blocks, POSIX ustar)
 END_MARKER = 2 * BLOCK
 
-_SIZE = re.compile(r"^([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*(?:([kKmMgGtTpPeE])(i?)[bB]?|[bB])?$")
-_POWERS = {"k": 1, "m": 2, "g": 3, "t": 4, "p": 5, "e": 6}
+_SIZE = re.compile(r"^([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*(?:([kKmMgGtTpP])(i?)[bB]?|[bB])?$")
+_POWERS = {"k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
 
 
 def parse_size(text: str | int) -> int:
