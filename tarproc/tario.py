@@ -60,7 +60,9 @@ class Member:
 
     :ivar name: member path, decoded as UTF-8 with surrogateescape
     :ivar data: the member's bytes
-    :ivar offset: byte offset of its (first) header in the decompressed stream
+    :ivar offset: byte offset of its first header (the pax or GNU long-name
+        header when there is one, like :attr:`tarfile.TarInfo.offset`) in
+        the decompressed stream
     :ivar header: its 512-byte ustar header (``mode`` and ``mtime`` are
         parsed from it on demand, so reading stays fast)
     """
@@ -278,6 +280,7 @@ class TarReader:
         zero_blocks = 0
         long_name: str | None = None
         long_link: str | None = None
+        first: int | None = None  # offset of the first extended header of a member
         pax: dict[str, str] = {}
         global_pax: dict[str, str] = {}
         while True:
@@ -335,6 +338,8 @@ class TarReader:
                         f" exceeds the {MAX_RECORD}-byte limit"
                     )
                 data = self._read_exact(padded, "an extended header", start)[:size]
+                if first is None:
+                    first = start
                 if typeflag == b"L":
                     long_name = _decode(_nts(data))
                 elif typeflag == b"K":
@@ -359,23 +364,28 @@ class TarReader:
                     raw = _nts(header[345:500]) + b"/" + raw
                 name = raw.decode("utf-8", "surrogateescape")
             sparse = typeflag == b"S"
-            if pax and any(k.startswith("GNU.sparse.") for k in pax):
-                # GNU pax sparse formats 0.0/0.1/1.0: the stored data is not the file
-                sparse = True
-                name = pax.get("GNU.sparse.name", name)
-            long_name = None
-            link_name, long_link = pax.get("linkpath", long_link), None
-            pax = {}
+            link_name = long_link
+            if pax:
+                link_name = pax.get("linkpath", link_name)
+                if any(k.startswith("GNU.sparse.") for k in pax):
+                    # GNU pax sparse formats 0.0/0.1/1.0: the stored data is not the file
+                    sparse = True
+                    name = pax.get("GNU.sparse.name", name)
+                pax = {}
+            long_name = long_link = None
 
             if typeflag in REGULAR_TYPES and not sparse:
                 if name.endswith("/"):  # old-style directory
+                    first = None
                     self._skip(padded, "data", start)
                     continue
                 data = self._read_exact(size, "data", start)
                 self._pad = padded - size
                 self._pad_start = start
-                yield Member(name, data, start, header)
+                yield Member(name, data, start if first is None else first, header)
+                first = None
                 continue
+            first = None
             if typeflag == b"5":  # directory: ignored
                 self._skip(padded, "data", start)
                 continue
