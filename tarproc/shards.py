@@ -305,10 +305,7 @@ class ShardWriter:
             return False
         size = sample_tar_size(sample) if self.maxsize is not None else 0
         sink = self._sink
-        if sink is not None and (
-            (self.maxcount is not None and sink.samples >= self.maxcount)
-            or (self.maxsize is not None and sink.writer.bytes_written + size + END_MARKER > self.maxsize)
-        ):
+        if sink is not None and self.maxsize is not None and sink.writer.bytes_written + size + END_MARKER > self.maxsize:
             self._finish()
             sink = None
         if sink is None:
@@ -323,6 +320,8 @@ class ShardWriter:
             )
         sink.write(sample)
         self.samples += 1
+        if self.maxcount is not None and sink.samples >= self.maxcount:
+            self._finish()  # complete now: its post command can start at once
         return True
 
     def write_all(self, samples: Iterable[Sample]) -> int:
