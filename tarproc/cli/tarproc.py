@@ -125,7 +125,7 @@ def tarproc(
         root = tempfile.mkdtemp(prefix="tarproc-", dir=workdir)
         spec = CommandSpec(argv, root, base, timeout, add_log, subdirs, keep, collect=output is not None)
         stats = {"in": 0, "out": 0, "failed": 0}
-        sink = failed_sink = None
+        sink = failed_sink = results = None
         try:
             sink = open_sink(output, compression_name(compress), mtime) if output is not None else None
             failed_sink = open_sink(failed, mtime=mtime) if failed else None
@@ -164,6 +164,8 @@ def tarproc(
                     s.abort()
             raise
         finally:
+            if results is not None:
+                results.close()  # stops the pool and kills running commands before the cleanup
             if keep:
                 tool.info(f"sample directories kept in {root}")
             else:
