@@ -229,6 +229,7 @@ def compressing_writer(stream: BinaryIO, compression: str, level: int | None = N
     if compression == "xz":
         return lzma.LZMAFile(stream, mode="wb", preset=level)
     if compression == "zstd":
-        cctx = zstandard.ZstdCompressor(level=level or 3)
+        # with a content checksum, like the zstd tool, so corruption is detected
+        cctx = zstandard.ZstdCompressor(level=level or 3, write_checksum=True)
         return cctx.stream_writer(stream, closefd=False)
     raise ValueError(f"unknown compression {compression!r}")
