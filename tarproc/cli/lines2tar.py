@@ -1,0 +1,102 @@
+"""lines2tar: one sample per line of text."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from ..create import DEFAULT_KEYFORMAT, KeyNumbers, line_samples, parse_fields
+from ..errors import UsageError
+from ..sinks import open_sink
+from ..sources import check_inputs_exist, expand_inputs, open_source
+from .common import (
+    Compress,
+    Debug,
+    Inputs,
+    Mtime,
+    Progress,
+    Quiet,
+    Tool,
+    Verbose,
+    Version,
+    command,
+    compression_name,
+    make_app,
+    output_option,
+    refuse_terminal,
+    run_app,
+)
+
+app = make_app(
+    help="Turn each line of text into a sample with the fields named by -k.\n\n"
+    "A line is split at SEP (default: runs of whitespace) into as many values as there are fields; the"
+    " last field takes the rest of the line. Values are stored as the bytes given (no trailing newline)."
+    " Empty lines are skipped; a line with fewer values is an error. A field named __key__ gives the"
+    " sample's key; otherwise keys are numbered with --keyformat from --start, continuing across inputs."
+    " Fields are written in sorted order, so the same input gives the same bytes.",
+    examples="""\
+  lines2tar -k 'url txt' urls.txt -o urls.tar
+  printf 'cat.0001\\tA cat.\\n' | lines2tar -k '__key__ txt' -s '\\t' -o captions.tar
+  cut -f1 list.tsv | lines2tar -k url --keyformat 'img{:06d}' -o - | tarsplit -n 1000 -o 'urls-%04d.tar'""",
+)
+
+FieldsOpt = Annotated[str, typer.Option("-k", "--fields", help="Field names of the values of a line, e.g. 'url txt'.",
+                                        metavar="FIELDS")]
+Sep = Annotated[
+    Optional[str],
+    typer.Option("-s", "--separator", help="Value separator; '\\t' means a tab [default: runs of whitespace].",
+                 metavar="SEP"),
+]
+KeyFormat = Annotated[str, typer.Option("--keyformat", help="Key of the N-th sample: a Python format of N.",
+                                        metavar="FORMAT")]
+Start = Annotated[int, typer.Option("--start", min=0, help="Number of the first key.", metavar="N")]
+
+
+def parse_separator(sep: str | None) -> bytes | None:
+    """The separator as bytes; ``\\t`` is a tab. :raises UsageError: empty"""
+    if sep is None:
+        return None
+    if sep == "":
+        raise UsageError("the separator must not be empty")
+    return sep.replace("\\t", "\t").encode("utf-8", "surrogateescape")
+
+
+@command(app)
+def lines2tar(
+    inputs: Inputs = None,
+    fields: FieldsOpt = ...,
+    output: output_option("-", "Output: a file (compressed by its suffix), '-' for stdout, or 'pipe:CMD'.") = "-",
+    separator: Sep = None,
+    keyformat: KeyFormat = DEFAULT_KEYFORMAT,
+    start: Start = 0,
+    compress: Compress = None,
+    mtime: Mtime = 0,
+    progress: Progress = None,
+    verbose: Verbose = 0,
+    quiet: Quiet = False,
+    debug: Debug = False,
+    version: Version = False,
+):
+    tool = Tool("lines2tar", verbose, quiet, debug)
+    with tool.run():
+        names = parse_fields(fields)
+        sep = parse_separator(separator)
+        keys = KeyNumbers(keyformat, start)
+        refuse_terminal(output)
+        specs = expand_inputs(inputs or ["-"])
+        check_inputs_exist(specs)
+        with open_sink(output, compression_name(compress), mtime=mtime) as sink:
+            for spec in specs:
+                with open_source(spec) as stream:
+                    for sample in tool.progress(line_samples(stream, names, sep, source=spec, keys=keys), progress):
+                        sink.write(sample)
+        tool.info(f"wrote {sink.samples} samples to {output}")
+
+
+def main() -> None:
+    run_app(app, "lines2tar")
+
+
+if __name__ == "__main__":
+    main()

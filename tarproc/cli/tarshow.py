@@ -1,0 +1,151 @@
+"""tarshow: look inside shards before using them."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from ..describe import Stats, contact_sheet, format_summary, summarize
+from ..errors import UsageError
+from ..sources import check_inputs_exist, expand_inputs, iter_samples
+from .common import (
+    Count,
+    Debug,
+    Inputs,
+    Progress,
+    Quiet,
+    Skip,
+    Strict,
+    Tool,
+    Verbose,
+    Version,
+    command,
+    limit,
+    make_app,
+    run_app,
+)
+
+app = make_app(
+    help="Show the samples of tar shards: each key, then each field with its size in bytes and a preview"
+    " (the first line of text, truncated; binary data described by its magic number, e.g. 'JPEG 500x375"
+    " RGB', 'PNG', 'gzip', 'npy float32 (3, 224, 224)').\n\n"
+    "--stats summarises the whole stream instead: samples, members, bytes, how many samples carry each"
+    " field, size percentiles per field (nearest rank), skipped members, first and last key."
+    " --contact-sheet draws the first images in a grid captioned with their keys (needs Pillow:"
+    " pip install 'tarproc[images]').",
+    examples="""\
+  tarshow --count 3 imagenet-0000.tar
+  tarshow --json imagenet-0000.tar | jq .fields.jpg.size
+  tarshow --stats 'imagenet-{0000..0147}.tgz'
+  tarshow -f jpg --skip 10 --count 1 imagenet-0000.tar | display
+  tarshow --contact-sheet sheet.png --count 48 imagenet-0000.tar""",
+)
+
+Field = Annotated[
+    Optional[str],
+    typer.Option("-f", "--field", help="Write the raw bytes of FIELD of each sample to stdout, nothing else.",
+                 metavar="FIELD"),
+]
+Json = Annotated[bool, typer.Option("--json", help="One JSON object per sample (or the --stats as JSON).")]
+StatsOpt = Annotated[bool, typer.Option("--stats", help="Print statistics over all samples read.")]
+Sheet = Annotated[
+    Optional[str],
+    typer.Option("--contact-sheet", help="Write a grid of the first images (--count, default 64) to FILE (.png, .jpg).",
+                 metavar="FILE"),
+]
+ImageField = Annotated[
+    Optional[str],
+    typer.Option("--image-field", help="Field of the contact sheet's images [default: the first jpg/png/... field].",
+                 metavar="FIELD"),
+]
+Columns = Annotated[int, typer.Option("--columns", min=1, help="Images per row of the contact sheet.", metavar="N")]
+Thumb = Annotated[int, typer.Option("--thumb", min=16, help="Cell size of the contact sheet in pixels.", metavar="PX")]
+Width = Annotated[int, typer.Option("--width", min=10, help="Width of text previews in characters.", metavar="N")]
+
+
+@command(app)
+def tarshow(
+    inputs: Inputs = None,
+    count: Count = None,
+    skip: Skip = 0,
+    field: Field = None,
+    json_out: Json = False,
+    stats: StatsOpt = False,
+    sheet: Sheet = None,
+    image_field: ImageField = None,
+    columns: Columns = 8,
+    thumb: Thumb = 128,
+    width: Width = 60,
+    strict: Strict = False,
+    progress: Progress = None,
+    verbose: Verbose = 0,
+    quiet: Quiet = False,
+    debug: Debug = False,
+    version: Version = False,
+):
+    tool = Tool("tarshow", verbose, quiet, debug)
+    with tool.run():
+        modes = [name for name, on in (("-f", field), ("--stats", stats), ("--contact-sheet", sheet)) if on]
+        if len(modes) > 1:
+            raise UsageError(f"{' and '.join(modes)} cannot be combined")
+        if json_out and (field or sheet):
+            raise UsageError("--json goes with the listing or --stats, not with -f or --contact-sheet")
+        specs = expand_inputs(inputs or ["-"])
+        check_inputs_exist(specs)
+        summary = Stats()
+
+        def warn(message: str) -> None:
+            summary.skipped(message)
+            tool.warn(message)
+
+        samples = limit(iter_samples(specs, warn, strict), skip, count)
+        samples = tool.progress(samples, progress)
+        out = sys.stdout.buffer
+        if sheet:
+            n = contact_sheet(samples, sheet, limit=count if count is not None else 64, columns=columns,
+                              thumb=thumb, field=image_field, warn=tool.warn)
+            tool.info(f"wrote {sheet}: {n} images")
+        elif stats:
+            for sample in samples:
+                summary.add(sample)
+            if json_out:
+                out.write(json_line(summary.to_dict()))
+            else:
+                out.write(summary.format().encode("utf-8", "surrogateescape") + b"\n")
+        elif field:
+            missing = 0
+            for sample in samples:
+                value = sample.get(field)
+                if value is None:
+                    missing += 1
+                    continue
+                out.write(value)
+            if missing:
+                tool.warn(f"{missing} samples have no field {field!r}", problem=False)
+        else:
+            first = True
+            for sample in samples:
+                if json_out:
+                    out.write(json_line(summarize(sample, width)))
+                else:
+                    text = ("" if first else "\n") + format_summary(sample, width)
+                    out.write(text.encode("utf-8", "surrogateescape") + b"\n")
+                first = False
+        out.flush()
+
+
+def json_line(obj) -> bytes:
+    """One line of JSON in UTF-8; a name that is not UTF-8 (surrogate
+    escapes) comes out as a JSON ``\\udcXX`` escape, so the line stays valid."""
+    return json.dumps(obj, ensure_ascii=False).encode("utf-8", "backslashreplace") + b"\n"
+
+
+def main() -> None:
+    run_app(app, "tarshow")
+
+
+if __name__ == "__main__":
+    main()

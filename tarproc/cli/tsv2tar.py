@@ -1,0 +1,85 @@
+"""tsv2tar: samples from a TSV plan."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ..create import DEFAULT_KEYFORMAT, tsv_samples
+from ..sinks import open_sink
+from ..sources import check_inputs_exist, open_source
+from .common import (
+    Compress,
+    Debug,
+    Mtime,
+    Progress,
+    Quiet,
+    Tool,
+    Verbose,
+    Version,
+    command,
+    compression_name,
+    make_app,
+    output_option,
+    refuse_terminal,
+    run_app,
+)
+
+app = make_app(
+    help="Make one sample per row of a TSV plan.\n\n"
+    "The first row names the fields. A column named FIELD holds the text of that field; a column named"
+    " @FIELD holds a file path whose content becomes the field (relative paths are relative to -C DIR);"
+    " an optional __key__ column holds the keys, otherwise they are numbered with --keyformat. Columns"
+    " are separated by single tabs, without quoting. An empty cell leaves that field out of the sample;"
+    " empty lines are skipped. Fields are written in sorted order, so the same plan and files give the"
+    " same bytes.",
+    examples="""\
+  printf '__key__\\t@jpg\\tcls\\nn0144_1\\timg/1.jpg\\t0\\n' > plan.tsv
+  tsv2tar plan.tsv -o train.tar
+  tsv2tar -C /data/images plan.tsv -o - | tarsplit -n 10000 -o 'train-%06d.tar'
+  cat plan.tsv | tsv2tar - -o train.tgz""",
+)
+
+Plan = Annotated[str, typer.Argument(help="The TSV plan: a file, '-' for stdin, 'pipe:CMD' or a URL.",
+                                     metavar="PLAN", show_default=False)]
+Directory = Annotated[str, typer.Option("-C", "--directory", help="Base directory of relative @FIELD paths.",
+                                        metavar="DIR")]
+KeyFormat = Annotated[str, typer.Option("--keyformat", help="Key of the N-th row without __key__: a Python format of N.",
+                                        metavar="FORMAT")]
+Start = Annotated[int, typer.Option("--start", min=0, help="Number of the first key.", metavar="N")]
+
+
+@command(app)
+def tsv2tar(
+    plan: Plan = "-",
+    output: output_option("-", "Output: a file (compressed by its suffix), '-' for stdout, or 'pipe:CMD'.") = "-",
+    directory: Directory = ".",
+    keyformat: KeyFormat = DEFAULT_KEYFORMAT,
+    start: Start = 0,
+    compress: Compress = None,
+    mtime: Mtime = 0,
+    progress: Progress = None,
+    verbose: Verbose = 0,
+    quiet: Quiet = False,
+    debug: Debug = False,
+    version: Version = False,
+):
+    tool = Tool("tsv2tar", verbose, quiet, debug)
+    with tool.run():
+        refuse_terminal(output)
+        check_inputs_exist([plan])
+        with open_source(plan) as stream:
+            samples = tsv_samples(stream, directory, keyformat, start, source=plan)
+            with open_sink(output, compression_name(compress), mtime=mtime) as sink:
+                for sample in tool.progress(samples, progress):
+                    sink.write(sample)
+        tool.info(f"wrote {sink.samples} samples to {output}")
+
+
+def main() -> None:
+    run_app(app, "tsv2tar")
+
+
+if __name__ == "__main__":
+    main()

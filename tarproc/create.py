@@ -1,0 +1,403 @@
+"""Create samples from lines of text, a TSV plan, or a directory tree.
+
+Every creator is deterministic: the same input gives the same samples in the
+same order, with fields in sorted order (the tarproc convention for samples
+made by a command), so written with :class:`tarproc.sinks.TarSink` the same
+input gives the same bytes.
+
+Keys and fields follow the WebDataset rule (see :mod:`tarproc.samples`): a
+key must not be empty, absolute, contain a ``..`` component, or have a dot
+in its last path component, since the member ``key.field`` would then be
+read back with another key.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
+
+from .errors import SampleError, SourceError, UsageError
+from .samples import MAX_SEEN_KEYS, Sample, split_name, unsafe_name
+
+Warn = Callable[[str], None]
+
+DEFAULT_KEYFORMAT = "{:09d}"
+
+
+def _ignore(message: str) -> None:
+    pass
+
+
+def parse_fields(spec: str) -> list[str]:
+    """Split a field list like ``'url txt'`` or ``'url,txt'``.
+
+    :raises UsageError: empty list, a repeated name, or an invalid field name
+    """
+    names = [name for name in re.split(r"[\s,]+", spec.strip()) if name]
+    if not names:
+        raise UsageError("no field names given")
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise UsageError(f"field {name!r} given twice")
+        seen.add(name)
+        if name != "__key__":
+            check_field(name, UsageError)
+    return names
+
+
+def check_field(field: str, error: type = SampleError) -> None:
+    """Raise ``error`` unless ``field`` can be a member's extension: not
+    empty, no ``/``, not starting with a dot or ``__`` (meta entries), not
+    ending with a dot."""
+    if not field or "/" in field or field.startswith((".", "__")) or field.endswith(".") or "\0" in field:
+        raise error(f"invalid field name {field!r}")
+
+
+def check_key(key: str, where: str = "") -> None:
+    """Raise :class:`SampleError` unless members ``key.FIELD`` read back with
+    this key (WebDataset rule) and are safe to extract (not absolute, no
+    ``..``)."""
+    prefix = f"{where}: " if where else ""
+    problem = None
+    if not key:
+        problem = "empty key"
+    elif "\0" in key or "\n" in key:
+        problem = "key contains a NUL or newline"
+    elif key.endswith("/"):
+        problem = "key ends with '/'"
+    else:
+        problem = unsafe_name(key)
+        if problem is None and split_name(key + ".x") != (key, "x"):
+            problem = "the last path component of a key must not contain a dot or start with one"
+    if problem:
+        raise SampleError(f"{prefix}{problem}: {key!r}")
+
+
+class KeyNumbers:
+    """Keys ``keyformat.format(n)`` for n = start, start+1, ...
+
+    :raises UsageError: the format is not a ``str.format`` pattern taking one
+        number
+    """
+
+    def __init__(self, keyformat: str = DEFAULT_KEYFORMAT, start: int = 0):
+        try:
+            keyformat.format(start)
+        except (IndexError, KeyError, ValueError) as exc:
+            raise UsageError(f"bad --keyformat {keyformat!r}: {exc}") from None
+        self.keyformat = keyformat
+        self.next = start
+
+    def __call__(self) -> str:
+        key = self.keyformat.format(self.next)
+        self.next += 1
+        return key
+
+
+class UniqueKeys:
+    """Remember keys to reject one given twice (memory bounded like
+    :data:`tarproc.samples.MAX_SEEN_KEYS`)."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def check(self, key: str, where: str) -> None:
+        if key in self.seen:
+            raise SampleError(f"{where}: key {key!r} given twice")
+        if len(self.seen) < MAX_SEEN_KEYS:
+            self.seen.add(key)
+
+
+def _sample(key: str, values: dict[str, bytes]) -> Sample:
+    sample: Sample = {"__key__": key}
+    for name in sorted(values):
+        sample[name] = values[name]
+    return sample
+
+
+def _decode(value: bytes) -> str:
+    return value.decode("utf-8", "surrogateescape")
+
+
+def _lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """(line number, line without ``\\n`` or ``\\r\\n``) of a binary stream."""
+    for lineno, line in enumerate(stream, 1):
+        if line.endswith(b"\n"):
+            line = line[:-1]
+            if line.endswith(b"\r"):
+                line = line[:-1]
+        yield lineno, line
+
+
+# -------------------------------------------------------------- lines2tar
+
+
+def line_samples(
+    stream: BinaryIO,
+    fields: Sequence[str],
+    sep: bytes | None = None,
+    keyformat: str = DEFAULT_KEYFORMAT,
+    start: int = 0,
+    source: str = "-",
+    keys: KeyNumbers | None = None,
+) -> Iterator[Sample]:
+    """One sample per non-empty line of ``stream``.
+
+    The line (without its ``\\n`` or ``\\r\\n``) is split into
+    ``len(fields)`` values at ``sep`` (default: runs of whitespace); the
+    last field takes the rest of the line. Empty lines are skipped. A field
+    named ``__key__`` gives the key; otherwise keys are numbered with
+    ``keyformat`` (``{:09d}``: ``000000000``, ``000000001``...) from ``start``.
+
+    :param stream: binary lines (UTF-8 expected for keys; values are kept as bytes)
+    :param fields: field names, possibly including ``__key__``
+    :param sep: separator bytes, or None for whitespace
+    :param keys: a shared key counter (so several inputs number on)
+    :raises SampleError: a line with fewer values than fields, an invalid or
+        repeated key
+    """
+    fields = list(fields)
+    n = len(fields)
+    keys = keys or KeyNumbers(keyformat, start)
+    unique = UniqueKeys()
+    has_key = "__key__" in fields
+    for lineno, line in _lines(stream):
+        if not line:
+            continue
+        values = line.split(sep, n - 1) if n > 1 else [line]
+        where = f"{source}:{lineno}"
+        if len(values) < n:
+            raise SampleError(f"{where}: expected {n} values ({' '.join(fields)}), got {len(values)}")
+        record = dict(zip(fields, values))
+        if has_key:
+            key = _decode(record.pop("__key__"))
+        else:
+            key = keys()
+        check_key(key, where)
+        unique.check(key, where)
+        yield _sample(key, record)
+
+
+# ---------------------------------------------------------------- tsv2tar
+
+
+def tsv_samples(
+    stream: BinaryIO,
+    base_dir: str = ".",
+    keyformat: str = DEFAULT_KEYFORMAT,
+    start: int = 0,
+    source: str = "-",
+) -> Iterator[Sample]:
+    """Samples from a TSV plan: a header row of field names, then one row
+    per sample (columns separated by one tab, no quoting).
+
+    - a column ``NAME`` holds the text of field ``NAME`` (UTF-8 bytes as given)
+    - a column ``@NAME`` holds a file path whose content is field ``NAME``;
+      relative paths are relative to ``base_dir``
+    - an optional column ``__key__`` holds the key; otherwise keys are
+      numbered with ``keyformat`` from ``start``
+    - an empty cell leaves the field out of that sample; empty lines are skipped
+
+    :raises SourceError: a missing or malformed header, a row with the
+        wrong number of columns, a file that cannot be read
+    :raises SampleError: an invalid or repeated key, a row with no fields
+    """
+    lines = _lines(stream)
+    header = None
+    for lineno, line in lines:
+        if line:
+            header = _decode(line).split("\t")
+            break
+    if header is None:
+        raise SourceError(f"{source}: empty plan (expected a header row of field names)")
+    columns: list[tuple[str, bool]] = []  # (field, is_file)
+    seen = set()
+    for name in header:
+        is_file = name.startswith("@")
+        field = name[1:] if is_file else name
+        if field == "__key__":
+            if is_file:
+                raise SourceError(f"{source}: the key column cannot be a file column: {name!r}")
+        else:
+            try:
+                check_field(field, SourceError)
+            except SourceError as exc:
+                raise SourceError(f"{source}: header: {exc}") from None
+        if field in seen:
+            raise SourceError(f"{source}: header: field {field!r} given twice")
+        seen.add(field)
+        columns.append((field, is_file))
+    if all(field == "__key__" for field, _ in columns):
+        raise SourceError(f"{source}: header has no field columns")
+    keys = KeyNumbers(keyformat, start)
+    unique = UniqueKeys()
+    for lineno, line in lines:
+        if not line:
+            continue
+        where = f"{source}:{lineno}"
+        cells = line.split(b"\t")
+        if len(cells) != len(columns):
+            raise SourceError(f"{where}: expected {len(columns)} columns, got {len(cells)}")
+        key = None
+        values: dict[str, bytes] = {}
+        for (field, is_file), cell in zip(columns, cells):
+            if field == "__key__":
+                key = _decode(cell)
+                continue
+            if not cell:
+                continue
+            if is_file:
+                path = os.path.join(base_dir, os.fsdecode(cell))
+                try:
+                    with open(path, "rb") as handle:
+                        values[field] = handle.read()
+                except OSError as exc:
+                    raise SourceError(f"{where}: {path}: cannot read: {exc.strerror}") from None
+            else:
+                values[field] = cell
+        if key is None:
+            key = keys()
+        check_key(key, where)
+        unique.check(key, where)
+        if not values:
+            raise SampleError(f"{where}: sample {key!r} has no fields (every cell is empty)")
+        yield _sample(key, values)
+
+
+# ---------------------------------------------------------------- dir2tar
+
+
+def _matches(rel: str, name: str, patterns: Sequence[str]) -> bool:
+    for pattern in patterns:
+        if "/" in pattern.rstrip("/"):
+            if fnmatch.fnmatchcase(rel, pattern.strip("/")):
+                return True
+        elif fnmatch.fnmatchcase(name, pattern.rstrip("/")):
+            return True
+    return False
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb", buffering=0) as handle:
+        return handle.readall()
+
+
+def dir_samples(
+    root: str,
+    label_field: str | None = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    warn: Warn | None = None,
+    skip_paths: Iterable[str] = (),
+) -> Iterator[Sample]:
+    """The regular files under ``root`` as samples grouped by the WebDataset
+    key rule: ``train/cat/001.jpg`` and ``train/cat/001.json`` (paths
+    relative to ``root``) form the sample ``train/cat/001`` with fields
+    ``jpg`` and ``json``, so writing the samples recreates exactly those
+    member names.
+
+    The walk is deterministic and keeps each key's files adjacent: in each
+    directory the entries are ordered by (key or directory name, files
+    before a directory of the same name, field), by code point. Symbolic
+    links are never followed; they, other non-regular files, files whose
+    basename has no key (no dot, or a leading or trailing dot) and
+    unreadable files or directories are reported to ``warn`` and skipped.
+
+    :param root: the directory to walk
+    :param label_field: add this field holding the name of the file's parent
+        directory (for files directly in ``root``: the name of ``root``)
+    :param include: globs a file must match (any of them) to be taken
+    :param exclude: globs excluding files and pruning directories
+    :param skip_paths: absolute paths to leave out silently (e.g. the output)
+    :param warn: called with a message for each skipped entry
+    :raises SourceError: ``root`` is not a directory
+    :raises SampleError: a file's field is ``label_field``
+
+    A glob with a ``/`` matches the path relative to ``root``, one without
+    matches the basename (``fnmatch``, case-sensitive; ``*`` also matches ``/``).
+    """
+    warn = warn or _ignore
+    if not os.path.isdir(root):
+        raise SourceError(f"{root}: not a directory" if os.path.exists(root) else f"{root}: no such directory")
+    if label_field is not None:
+        check_field(label_field, UsageError)
+    skip = {os.path.abspath(p) for p in skip_paths}
+    root_label = os.path.basename(os.path.abspath(root)).encode("utf-8", "surrogateescape")
+    yield from _walk(root, "", root_label, label_field, list(include), list(exclude), warn, skip)
+
+
+def _walk(path: str, rel: str, label: bytes, label_field, include, exclude, warn, skip) -> Iterator[Sample]:
+    try:
+        with os.scandir(path) as it:
+            entries = list(it)
+    except OSError as exc:
+        warn(f"skipping directory {rel or '.'!r}: {exc.strerror}")
+        return
+    items = []  # (sort key, kind, field, entry); kind 0 = file, 1 = directory
+    for entry in entries:
+        name = entry.name
+        relname = rel + name
+        if exclude and _matches(relname, name, exclude):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                items.append((name, 1, "", entry))
+                continue
+            regular = entry.is_file(follow_symlinks=False)
+            link = not regular and entry.is_symlink()
+        except OSError as exc:
+            warn(f"skipping {relname!r}: {exc.strerror}")
+            continue
+        if include and not _matches(relname, name, include):
+            continue
+        if link:
+            try:
+                target = os.readlink(entry.path)
+            except OSError:
+                target = "?"
+            warn(f"skipping symbolic link {relname!r} -> {target!r} (links are not followed)")
+            continue
+        if not regular:
+            warn(f"skipping {relname!r}: not a regular file")
+            continue
+        if skip and os.path.abspath(entry.path) in skip:
+            continue
+        dot = name.find(".")
+        if dot <= 0 or dot == len(name) - 1:
+            warn(f"skipping {relname!r}: file has no key (WebDataset key.field)")
+            continue
+        items.append((name[:dot], 0, name[dot + 1 :], entry))
+    items.sort(key=lambda item: item[:3])
+    current_stem = None
+    values: dict[str, bytes] = {}
+    for stem, kind, field, entry in items:
+        if current_stem is not None and (kind == 1 or stem != current_stem):
+            yield _dir_sample(rel + current_stem, values, label, label_field)
+            current_stem, values = None, {}
+        if kind == 1:
+            yield from _walk(entry.path, rel + stem + "/", stem.encode("utf-8", "surrogateescape"),
+                             label_field, include, exclude, warn, skip)
+            continue
+        try:
+            data = _read_file(entry.path)
+        except OSError as exc:
+            warn(f"skipping {rel + entry.name!r}: cannot read: {exc.strerror}")
+            continue
+        current_stem = stem
+        values[field] = data
+    if current_stem is not None:
+        yield _dir_sample(rel + current_stem, values, label, label_field)
+
+
+def _dir_sample(key: str, values: dict[str, bytes], label: bytes, label_field: str | None) -> Sample:
+    if label_field is not None:
+        if label_field in values:
+            raise SampleError(
+                f"sample {key!r} has a file for field {label_field!r}, the field --label-from-dir would add"
+            )
+        values[label_field] = label
+    # fields arrive in sorted order already; the label needs its place
+    return _sample(key, values) if label_field is not None else {"__key__": key, **values}

@@ -1,0 +1,138 @@
+"""tarshow through CliRunner and real pipes."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from conftest import run
+from typer.testing import CliRunner
+
+from tarproc.cli import tarshow as tarshow_cli
+from tarproc.tario import TarWriter
+
+runner = CliRunner()
+
+
+def invoke(args, input: bytes | None = None):
+    return runner.invoke(tarshow_cli.app, args, input=input)
+
+
+def tar_bytes(members) -> bytes:
+    out = io.BytesIO()
+    writer = TarWriter(out)
+    for name, data in members:
+        writer.add(name, data)
+    writer.finish()
+    return out.getvalue()
+
+
+def test_listing_keys_sizes_previews(imagenet_shard):
+    result = invoke(["--count", "2", str(imagenet_shard)])
+    assert result.exit_code == 0, result.stderr
+    blocks = result.stdout.split("\n\n")
+    assert len(blocks) == 2
+    lines = blocks[0].splitlines()
+    assert lines[0] == "n01440764_10000"
+    assert lines[1].split() == ["cls", "1", "'0'"]
+    name, size, *desc = lines[2].split()
+    assert name == "jpg" and int(size) > 1000 and desc[0] == "JPEG" and desc[2] == "RGB"
+    assert lines[3].split()[:2] == ["json", "47"] and "synset" in lines[3]
+
+
+def test_skip_count_and_stdin(imagenet_shard):
+    data = imagenet_shard.read_bytes()
+    result = invoke(["--skip", "38", "--count", "5"], input=data)
+    assert result.exit_code == 0, result.stderr
+    keys = [line for line in result.stdout.splitlines() if line and not line.startswith(" ")]
+    assert keys == ["n03445777_10038", "n03888605_10039"]
+
+
+def test_json_lines(imagenet_shard):
+    result = invoke(["--json", "--count", "3", str(imagenet_shard)])
+    assert result.exit_code == 0
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["__key__"] for r in records] == ["n01440764_10000", "n02102040_10001", "n02979186_10002"]
+    assert records[1]["fields"]["cls"] == {"size": 1, "preview": "'1'"}
+    assert records[0]["fields"]["jpg"]["preview"].startswith("JPEG ")
+
+
+def test_field_writes_raw_bytes(imagenet_shard):
+    from tarproc import iter_samples
+
+    samples = list(iter_samples([str(imagenet_shard)]))
+    result = invoke(["-f", "jpg", "--skip", "3", "--count", "2", str(imagenet_shard)])
+    assert result.exit_code == 0
+    assert result.stdout_bytes == samples[3]["jpg"] + samples[4]["jpg"]
+    data = tar_bytes([("a.txt", b"A"), ("b.cls", b"1"), ("c.txt", b"C")])
+    result = invoke(["-f", "txt"], input=data)
+    assert result.exit_code == 0  # a missing field is reported, not an error
+    assert result.stdout_bytes == b"AC"
+    assert "1 samples have no field 'txt'" in result.stderr
+
+
+def test_stats(imagenet_shard):
+    result = invoke(["--stats", "--json", str(imagenet_shard)])
+    assert result.exit_code == 0
+    stats = json.loads(result.stdout)
+    assert (stats["samples"], stats["members"], stats["skipped_members"]) == (40, 120, 0)
+    assert (stats["first_key"], stats["last_key"]) == ("n01440764_10000", "n03888605_10039")
+    assert set(stats["fields"]) == {"cls", "jpg", "json"}
+    jpg = stats["fields"]["jpg"]
+    assert jpg["samples"] == 40 and jpg["min"] <= jpg["p50"] <= jpg["p90"] <= jpg["p99"] <= jpg["max"]
+    text = invoke(["--stats", str(imagenet_shard)]).stdout
+    assert "samples          40" in text and "jpg " in text and "p99" in text
+
+
+def test_stats_count_skipped_members_and_exit_1():
+    data = tar_bytes([("a.txt", b"A"), ("README", b"r"), ("b.txt", b"BB"), ("b.cls", b"1")])
+    result = invoke(["--stats", "--json"], input=data)
+    assert result.exit_code == 1
+    assert "skipping -: member has no key" in result.stderr and "'README'" in result.stderr
+    stats = json.loads(result.stdout)
+    assert stats["skipped_members"] == 1 and stats["samples"] == 2
+    assert stats["fields"]["cls"]["missing"] == 1
+
+
+def test_contact_sheet(imagenet_shard, tmp_path):
+    image = pytest.importorskip("PIL.Image")
+    sheet = tmp_path / "sheet.png"
+    result = invoke(["--contact-sheet", str(sheet), "--count", "6", "--columns", "3", "--thumb", "64", "-v",
+                     str(imagenet_shard)])
+    assert result.exit_code == 0, result.stderr
+    assert f"wrote {sheet}: 6 images" in result.stderr
+    assert result.stdout == ""
+    with image.open(sheet) as im:
+        assert im.format == "PNG" and im.size == (3 * 72, 2 * 86)
+
+
+def test_usage_errors():
+    result = invoke(["--stats", "-f", "jpg"])
+    assert result.exit_code == 2 and "cannot be combined" in result.stderr
+    result = invoke(["--json", "-f", "jpg"])
+    assert result.exit_code == 2
+    result = invoke(["--count", "-1"])
+    assert result.exit_code == 2
+
+
+def test_help_shows_examples():
+    result = invoke(["--help"])
+    assert result.exit_code == 0
+    assert "Examples:" in result.stdout and "tarshow --stats" in result.stdout
+
+
+def test_missing_input_and_corrupt_input(tmp_path, imagenet_shard):
+    result = invoke([str(tmp_path / "nope.tar")])
+    assert result.exit_code == 1 and "No such file" in result.stderr
+    cut = imagenet_shard.read_bytes()[:30000]
+    result = invoke(["--stats"], input=cut)
+    assert result.exit_code == 1 and "tarshow: error:" in result.stderr
+
+
+def test_pipes_gzip_and_head(imagenet_shard_gz):
+    out = run(f"cat {imagenet_shard_gz} | tarshow --json | head -n 2", shell=True)
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout.splitlines()) == 2
+    out = run(f"tarshow -f jpg {imagenet_shard_gz} | head -c 100", shell=True)
+    assert out.returncode == 0 and out.stdout[:3] == b"\xff\xd8\xff" and out.stderr == b""
