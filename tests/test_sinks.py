@@ -1,0 +1,169 @@
+"""tarproc.sinks: NAME.partial then rename, no end marker on error,
+compression by suffix, stdout and pipe: outputs."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import sys
+import tarfile
+
+import pytest
+import zstandard
+
+from tarproc.errors import OutputError, TruncatedError
+from tarproc.sinks import PARTIAL, TarSink, open_sink
+from tarproc.tario import BLOCK, iter_members
+
+SAMPLES = [
+    {"__key__": f"n0144_{i:03d}", "__source__": "in.tar", "jpg": bytes([i + 1]) * (300 + 97 * i), "cls": str(i % 3),
+     "json": b'{"i": %d}' % i}
+    for i in range(6)
+]
+EXPECTED = [(f"{s['__key__']}.{f}", s[f].encode() if isinstance(s[f], str) else s[f])
+            for s in SAMPLES for f in ("jpg", "cls", "json")]
+
+
+def tar_members(data: bytes) -> list[tuple[str, bytes]]:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tf:
+        return [(m.name, tf.extractfile(m).read()) for m in tf if m.isreg()]
+
+
+def write(target: str, samples=SAMPLES, **kwargs) -> TarSink:
+    with open_sink(target, **kwargs) as sink:
+        for sample in samples:
+            sink.write(sample)
+    return sink
+
+
+def test_file_is_written_as_partial_then_renamed(tmp_path):
+    path = tmp_path / "out.tar"
+    with open_sink(str(path)) as sink:
+        sink.write(SAMPLES[0])
+        assert (tmp_path / f"out.tar{PARTIAL}").exists()
+        assert not path.exists()
+        for sample in SAMPLES[1:]:
+            sink.write(sample)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tar"]
+    data = path.read_bytes()
+    assert tar_members(data) == EXPECTED
+    assert [(m.name, m.data) for m in iter_members(io.BytesIO(data))] == EXPECTED
+    assert data.endswith(bytes(2 * BLOCK))
+    assert sink.samples == len(SAMPLES) and sink.bytes_written == len(data)
+
+
+def test_error_leaves_only_the_partial_file_without_end_marker(tmp_path):
+    path = tmp_path / "out.tar"
+    with pytest.raises(RuntimeError):
+        with open_sink(str(path)) as sink:
+            for sample in SAMPLES[:3]:
+                sink.write(sample)
+            raise RuntimeError("boom")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tar.partial"]
+    data = (tmp_path / "out.tar.partial").read_bytes()
+    assert tar_members(data) == EXPECTED[:9]  # what was written before the error
+    with pytest.raises(TruncatedError, match="no end-of-archive marker"):
+        list(iter_members(io.BytesIO(data)))
+
+
+def test_abort_of_a_compressed_file(tmp_path):
+    path = tmp_path / "out.tar.gz"
+    sink = open_sink(str(path))
+    sink.write(SAMPLES[0])
+    sink.abort()
+    sink.close()  # no effect after abort
+    assert not path.exists()
+    data = gzip.decompress((tmp_path / "out.tar.gz.partial").read_bytes())
+    assert tar_members(data) == EXPECTED[:3] and not data.endswith(bytes(2 * BLOCK))
+
+
+@pytest.mark.parametrize(
+    "name,magic,decompress",
+    [
+        ("out.tar.gz", b"\x1f\x8b", gzip.decompress),
+        ("out.tgz", b"\x1f\x8b", gzip.decompress),
+        ("out.tar.bz2", b"BZh", bz2.decompress),
+        ("out.tar.xz", b"\xfd7zXZ\x00", lzma.decompress),
+        ("out.tar.zst", b"\x28\xb5\x2f\xfd", lambda d: zstandard.ZstdDecompressor().decompressobj().decompress(d)),
+        ("out.tar", b"n0144", lambda d: d),
+    ],
+)
+def test_compression_by_suffix_readable_by_tarfile(tmp_path, name, magic, decompress):
+    path = tmp_path / name
+    write(str(path))
+    raw = path.read_bytes()
+    assert raw.startswith(magic)
+    assert tar_members(decompress(raw)) == EXPECTED
+    if name.endswith(".zst"):
+        return  # tarfile has no zstd before Python 3.14
+    with tarfile.open(path) as tf:  # by content, as a user would
+        assert [(m.name, tf.extractfile(m).read()) for m in tf] == EXPECTED
+
+
+def test_explicit_compression_overrides_the_name(tmp_path):
+    path = tmp_path / "out.tar"
+    write(str(path), compression="gzip")
+    assert path.read_bytes()[:2] == b"\x1f\x8b"
+    write(str(tmp_path / "plain.tgz"), compression="none")
+    assert tar_members((tmp_path / "plain.tgz").read_bytes()) == EXPECTED
+
+
+def test_gzip_output_is_deterministic(tmp_path):
+    write(str(tmp_path / "a.tgz"))
+    write(str(tmp_path / "b.tgz"))
+    a = (tmp_path / "a.tgz").read_bytes()
+    assert a == (tmp_path / "b.tgz").read_bytes()
+    assert a[4:8] == b"\0\0\0\0" and not a[3] & 0x08  # no mtime, no file name
+
+
+def test_mtime_and_mode(tmp_path):
+    path = tmp_path / "out.tar"
+    write(str(path), mtime=1_234_567_890, mode=0o644)
+    with tarfile.open(path) as tf:
+        assert {(m.mtime, m.mode, m.uid, m.gid) for m in tf} == {(1_234_567_890, 0o644, 0, 0)}
+
+
+def test_stdout(monkeypatch):
+    out = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(out))
+    write("-")
+    assert tar_members(out.getvalue()) == EXPECTED
+
+
+def test_stdout_on_error_gets_no_end_marker(monkeypatch):
+    out = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(out))
+    with pytest.raises(RuntimeError):
+        with open_sink("-") as sink:
+            sink.write(SAMPLES[0])
+            raise RuntimeError
+    assert not out.getvalue().endswith(bytes(2 * BLOCK))
+    assert tar_members(out.getvalue()) == EXPECTED[:3]
+
+
+def test_pipe_output(tmp_path):
+    path = tmp_path / "piped.tar.gz"
+    write(f"pipe:gzip -n > {path}")
+    assert tar_members(gzip.decompress(path.read_bytes())) == EXPECTED
+
+
+def test_failing_pipe_output():
+    with pytest.raises(OutputError, match=r"pipe:cat >/dev/null; exit 3: command exited with status 3"):
+        write("pipe:cat >/dev/null; exit 3")
+
+
+def test_cannot_create(tmp_path):
+    with pytest.raises(OutputError, match="no such directory"):
+        open_sink(str(tmp_path / "missing" / "out.tar"))
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro" / "out.tar.partial").mkdir()  # in the way
+    with pytest.raises(OutputError, match="cannot create"):
+        open_sink(str(tmp_path / "ro" / "out.tar"))
+
+
+def test_meta_entries_are_not_written_and_text_is_utf8(tmp_path):
+    path = tmp_path / "out.tar"
+    write(str(path), [{"__key__": "k", "__source__": "s", "__url__": "u", "txt": "é", "bin": b"\0"}])
+    assert tar_members(path.read_bytes()) == [("k.txt", "é".encode()), ("k.bin", b"\0")]
