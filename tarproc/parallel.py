@@ -114,7 +114,7 @@ class ParallelReader:
         strict: bool = False,
         chunk_bytes: int = 1 << 22,
         chunk_samples: int = 256,
-        queue_chunks: int = 4,
+        queue_chunks: int = 8,
     ):
         if "-" in specs:
             raise UsageError("stdin ('-') cannot be read by parallel workers: use -p 1")
