@@ -21,7 +21,7 @@ from __future__ import annotations
 import queue as queue_module
 import signal
 import traceback
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from . import errors
 from .errors import TarprocError, UsageError
@@ -203,7 +203,7 @@ class ParallelReader:
             q.cancel_join_thread()
             q.close()
 
-    def __enter__(self) -> "ParallelReader":
+    def __enter__(self) -> ParallelReader:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -23,7 +23,8 @@ import shlex
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
-from typing import IO, Callable, Iterable
+from typing import IO
+from collections.abc import Callable, Iterable
 
 from .compress import compression_for_name
 from .errors import OutputError, UsageError
@@ -446,7 +447,7 @@ class ShardWriter:
         else:
             self.wait_posts()
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -14,7 +14,7 @@ import os
 import random
 import re
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from .errors import SampleError, TarprocError, UsageError
 from .samples import Sample, split_name, unsafe_name
