@@ -10,7 +10,7 @@ field name -> ``bytes``.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from .errors import SampleError, TarprocError
 from .tario import Member

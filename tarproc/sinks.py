@@ -134,7 +134,7 @@ class TarSink:
         except OSError:
             pass
 
-    def __enter__(self) -> "TarSink":
+    def __enter__(self) -> TarSink:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -16,7 +16,8 @@ import re
 import signal
 import subprocess
 import sys
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import BinaryIO
+from collections.abc import Callable, Iterable, Iterator
 
 import braceexpand
 

@@ -17,7 +17,8 @@ import os
 import struct
 from zlib import adler32 as _adler32
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
+from collections.abc import Callable, Iterator
 
 from .errors import ArchiveError, TruncatedError, UsageError
 

@@ -12,17 +12,13 @@ exactly the surviving samples.
 
 from __future__ import annotations
 
-import io
-import os
 import re
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from conftest import BIN, REPO, run, tool_env
+from conftest import BIN, run
 from malformed import Case, cases
 
 from tarproc import iter_source_samples
@@ -32,38 +28,11 @@ CASES = cases()
 IDS = [case.name for case in CASES]
 ESCAPES = [Path("/tmp/tarproc-malformed-absolute.txt"), Path("/tarproc-malformed-absolute.txt")]
 
-# Stand-in used only while the real `tarproc` tool does not run yet: read with
-# the library, write with open_sink, report through the shared Tool wrapper.
-FALLBACK = r"""
-import sys
-import click
-from tarproc import iter_samples, open_sink
-from tarproc.cli.common import Tool
-args = sys.argv[1:]
-tool = Tool("tarproc")
-try:
-    with tool.run():
-        with open_sink(args[args.index("-o") + 1]) as sink:
-            for sample in iter_samples(["-"], warn=tool.warn):
-                sink.write(sample)
-except click.exceptions.Exit as exc:
-    sys.exit(exc.exit_code)
-"""
-
-
-def tarproc_command() -> list[str]:
-    """The real tool when ``tarproc --version`` works, else the stand-in."""
-    tool = BIN / "tarproc"
-    try:
-        ok = subprocess.run([str(tool), "--version"], capture_output=True, timeout=60).returncode == 0
-    except OSError:
-        ok = False
-    return [str(tool)] if ok else [sys.executable, "-c", FALLBACK]
-
 
 @pytest.fixture(scope="module")
 def tarproc_cmd() -> list[str]:
-    return tarproc_command()
+    """The real ``tarproc`` console script of the venv."""
+    return [str(BIN / "tarproc")]
 
 
 def read_members(path: Path) -> list[tuple[str, bytes]]:

@@ -318,6 +318,7 @@ def test_gnu_tar_lists_and_extracts_what_we_write(tmp_path):
     assert extract.returncode == 0, extract.stderr
     for name, payload_ in members:
         assert (out / name).read_bytes() == payload_, name
+    env["TZ"] = "UTC"
     verbose = subprocess.run([tar, "tvf", str(path), "--numeric-owner"], capture_output=True, env=env, check=True)
     first = verbose.stdout.decode().splitlines()[0]
     assert first.startswith("-rw-r--r-- 0/0 ") and "2023-11-14" in first
