@@ -27,7 +27,8 @@ from .common import (
 )
 
 app = make_app(
-    help="Stream the regular files under DIR as one tar of samples grouped by the WebDataset key rule:"
+    help="Turn a directory tree into a tar stream of WebDataset samples.\n\n"
+    "The regular files under DIR are grouped by the WebDataset key rule:"
     " train/cat/001.jpg and train/cat/001.json (paths relative to DIR) become the sample"
     " train/cat/001 with fields jpg and json, written as members of exactly those names, so"
     " `tar xf` gives the files back.\n\n"

@@ -29,7 +29,8 @@ from .common import (
 )
 
 app = make_app(
-    help="Show the samples of tar shards: each key, then each field with its size in bytes and a preview"
+    help="Show what tar shards hold: samples, field sizes and previews, statistics, contact sheets.\n\n"
+    "By default each sample is shown as its key, then each field with its size in bytes and a preview"
     " (the first line of text, truncated; binary data described by its magic number, e.g. 'JPEG 500x375"
     " RGB', 'PNG', 'gzip', 'npy float32 (3, 224, 224)').\n\n"
     "--stats summarises the whole stream instead: samples, members, bytes, how many samples carry each"

@@ -31,8 +31,9 @@ from .common import (
 )
 
 app = make_app(
-    help="Sort the samples of tar shards by key (the default) or by a field's content, or shuffle them"
-    " in a deterministic hash order, and write one tar stream.\n\n"
+    help="Sort or shuffle the samples of tar shards with bounded memory.\n\n"
+    "Samples are sorted by key (the default) or by a field's content, or shuffled in a deterministic"
+    " hash order, and written as one tar stream.\n\n"
     "Keys and -S str fields compare by their bytes (like LC_ALL=C sort); -S int and -S float parse"
     " the text as a number (NaN sorts last). --shuffle orders by BLAKE2b of the key keyed with --seed:"
     " the same seed and keys give the same order whatever the input order, so sorting the concatenation"
