@@ -16,7 +16,8 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
+from typing import BinaryIO
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from .errors import SampleError, SourceError, UsageError
 from .samples import MAX_SEEN_KEYS, Sample, split_name, unsafe_name
@@ -207,7 +208,7 @@ def tsv_samples(
     """
     lines = _lines(stream)
     header = None
-    for lineno, line in lines:
+    for _, line in lines:
         if line:
             header = _decode(line).split("\t")
             break

@@ -16,7 +16,7 @@ import io
 import math
 import struct
 from array import array
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from .errors import TarprocError
 from .samples import Sample
@@ -45,6 +45,7 @@ _MAGIC: tuple[tuple[bytes, int, str], ...] = (
     (b"PAR1", 0, "Parquet"),
     (b"SQLite format 3\x00", 0, "SQLite"),
     (b"\x7fELF", 0, "ELF"),
+    (b"~TenBin~", 0, "tenbin"),
 )
 
 #: image formats recognised by magic (Pillow or the fallback parsers give the size)
@@ -402,8 +403,8 @@ def contact_sheet(
     :param samples: sample dicts; samples without an image are passed over
     :param limit: most images to draw
     :param columns: images per row
-    :param thumb: cell size in pixels (images are scaled to fit, keeping
-        their aspect ratio)
+    :param thumb: cell size in pixels (images are scaled up or down to fit,
+        keeping their aspect ratio)
     :param field: the image field (default: see :func:`pick_image_field`)
     :param warn: called for images Pillow cannot decode (they are left out)
     :returns: number of images drawn
@@ -424,7 +425,11 @@ def contact_sheet(
             with Image.open(io.BytesIO(sample[name])) as image:
                 image.draft("RGB", (thumb, thumb))  # fast JPEG downscale
                 image = image.convert("RGB")
-                image.thumbnail((thumb, thumb))
+                # scale to fit the cell, small images (MNIST...) up as well
+                scale = min(thumb / image.width, thumb / image.height)
+                size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+                resample = Image.Resampling.NEAREST if scale >= 2 else Image.Resampling.BICUBIC
+                image = image.resize(size, resample)
         except Exception as exc:  # noqa: BLE001 - Pillow raises many types on bad data
             if warn is not None:
                 warn(f"{sample['__key__']}.{name}: cannot decode image: {exc}")

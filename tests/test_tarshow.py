@@ -136,3 +136,24 @@ def test_pipes_gzip_and_head(imagenet_shard_gz):
     assert len(out.stdout.splitlines()) == 2
     out = run(f"tarshow -f jpg {imagenet_shard_gz} | head -c 100", shell=True)
     assert out.returncode == 0 and out.stdout[:3] == b"\xff\xd8\xff" and out.stderr == b""
+
+
+def test_shared_testdata_stats_match_webdataset(testdata):
+    wds = pytest.importorskip("webdataset")
+    for path in sorted(testdata.iterdir()):
+        result = invoke(["--stats", "--json", str(path)])
+        assert result.exit_code == 0, (path, result.stderr)
+        stats = json.loads(result.stdout)
+        samples = list(wds.WebDataset(str(path), shardshuffle=False))
+        assert stats["samples"] == len(samples), path
+        assert stats["first_key"] == samples[0]["__key__"] and stats["last_key"] == samples[-1]["__key__"]
+        fields = {k for s in samples for k in s if not k.startswith("__")}
+        assert set(stats["fields"]) == fields, path
+
+
+def test_shared_testdata_previews(testdata):
+    result = invoke(["--count", "1", str(testdata / "tarproc-sample.tar"), str(testdata / "webdataset-tendata.tar")])
+    assert result.exit_code == 0
+    assert result.stdout.splitlines()[2].split() == ["png", "306", "PNG", "28x28", "L"]
+    result = invoke(["--json", "--count", "1", str(testdata / "webdataset-tendata.tar")])
+    assert json.loads(result.stdout)["fields"]["ten"]["preview"] == "tenbin"

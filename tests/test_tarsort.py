@@ -21,10 +21,10 @@ from tarproc.tario import TarWriter
 runner = CliRunner()
 
 
-def make_input(n: int, size: int = 1000, seed: int = 0) -> bytes:
+def make_input(n: int, size: int = 1000, seed: int = 0, prefix: str = "s") -> bytes:
     """n samples with shuffled keys, a class and ``size`` random bytes."""
     rng = random.Random(seed)
-    keys = [f"s{i:06d}" for i in range(n)]
+    keys = [f"{prefix}{i:06d}" for i in range(n)]
     rng.shuffle(keys)
     out = io.BytesIO()
     writer = TarWriter(out)
@@ -149,3 +149,24 @@ def test_sigterm_removes_temporary_runs(big_input, tmp_path):
     assert b"terminated" in err
     assert os.listdir(tmp) == []
     assert not (tmp_path / "o.tar").exists()
+
+
+def test_cross_shard_shuffle_pipeline(tmp_path):
+    """tarcats | tarsort --shuffle | tarsplit: every sample once, in the hash order."""
+    shards = []
+    for i in range(3):
+        path = tmp_path / f"in-{i:04d}.tar"
+        path.write_bytes(make_input(20, 10, seed=i, prefix=f"shard{i}-"))
+        shards.append(path)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run(f"tarcats '{tmp_path}/in-{{0000..0002}}.tar' -o - | tarsort --shuffle --seed 3 -o -"
+                 f" | tarsplit -n 25 -o '{out}/out-%06d.tar'", shell=True)
+    assert result.returncode == 0, result.stderr
+    names = sorted(os.listdir(out))
+    assert names == ["out-000000.tar", "out-000001.tar", "out-000002.tar"]
+    got = [s for name in names for s in samples_of((out / name).read_bytes())]
+    expected = sorted(s for path in shards for s in samples_of(path.read_bytes()))
+    assert sorted(got) == expected and len(got) == 60
+    direct = runner.invoke(tarsort_cli.app, ["--shuffle", "--seed", "3", *map(str, shards)])
+    assert samples_of(direct.stdout_bytes) == got
