@@ -16,8 +16,8 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-from typing import BinaryIO
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import BinaryIO
 
 from .errors import SampleError, SourceError, UsageError
 from .samples import MAX_SEEN_KEYS, Sample, split_name, unsafe_name

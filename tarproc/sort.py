@@ -27,7 +27,8 @@ import pickle
 import re
 import shutil
 import tempfile
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from .errors import OutputError, SampleError, UsageError
 from .samples import Sample
