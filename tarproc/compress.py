@@ -19,10 +19,12 @@ from .errors import CompressionError
 
 try:  # ISA-L gzip: several times faster than zlib
     from isal import igzip as _gzip
+    from isal.isal_zlib import decompressobj as _gzip_decompressobj
     from isal.isal_zlib import error as _isal_error
 except ImportError:  # pragma: no cover - isal is a dependency, fallback kept
     import gzip as _gzip  # type: ignore[no-redef]
 
+    _gzip_decompressobj = zlib.decompressobj  # type: ignore[assignment]
     _isal_error = zlib.error  # type: ignore[misc,assignment]
 
 import zstandard
@@ -115,8 +117,12 @@ class _Checked(io.RawIOBase):
             raise CompressionError(
                 f"{self._source}: {self._name} stream is truncated ({exc})"
             ) from None
-        except (OSError, ValueError, lzma.LZMAError, zlib.error, _isal_error, zstandard.ZstdError) as exc:
-            raise CompressionError(f"{self._source}: corrupt {self._name} stream: {exc}") from None
+        except _DECOMPRESS_ERRORS as exc:
+            message = str(exc)
+            if self._name == "gzip" and "check" in message.lower():
+                # zlib: "incorrect data/length check"; ISA-L: "Incorrect checksum found"
+                message = f"CRC-32 or length check failed ({message})"
+            raise CompressionError(f"{self._source}: corrupt {self._name} stream: {message}") from None
 
     def close(self) -> None:
         try:
@@ -154,40 +160,58 @@ def decompressing_reader(stream: BinaryIO, source: str = "-", buffer_size: int =
     kind = detect(prefix)
     if kind == "none":
         return io.BufferedReader(raw, buffer_size)
-    buffered = io.BufferedReader(raw, buffer_size)
+    return io.BufferedReader(_Checked(_StreamDecompressor(raw, kind), kind, source), buffer_size)
+
+
+_DECOMPRESS_ERRORS = (OSError, ValueError, EOFError, lzma.LZMAError, zlib.error, _isal_error, zstandard.ZstdError)
+
+
+def _new_decompressor(kind: str):
+    """A fresh one-member decompressor object for ``kind``."""
     if kind == "gzip":
-        inner = _gzip.GzipFile(fileobj=buffered, mode="rb")
-    elif kind == "bzip2":
-        inner = bz2.BZ2File(buffered, mode="rb")
-    elif kind == "xz":
-        inner = lzma.LZMAFile(buffered, mode="rb")
-    else:
-        inner = _ZstdReader(buffered)
-    return io.BufferedReader(_Checked(inner, kind, source), buffer_size)
+        return _gzip_decompressobj(wbits=31)  # RFC 1952 member: header, deflate, CRC-32, ISIZE
+    if kind == "bzip2":
+        return bz2.BZ2Decompressor()
+    if kind == "xz":
+        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    return zstandard.ZstdDecompressor().decompressobj()
 
 
-class _ZstdReader(io.RawIOBase):
-    """Decompress a sequence of zstd frames (RFC 8878), raising
-    :class:`EOFError` when the input ends inside a frame (zstandard's own
-    ``stream_reader`` returns a silent short read there)."""
+class _StreamDecompressor(io.RawIOBase):
+    """Decompress a sequence of members (gzip members, bzip2/xz streams,
+    zstd frames) from a raw stream.
 
-    def __init__(self, stream: BinaryIO, chunk_size: int = 1 << 18):
+    Every byte decompressed before a fault is returned before the fault is
+    raised, so a cut or corrupt shard loses nothing that was already read:
+    :class:`EOFError` when the input ends inside a member (zstandard's own
+    ``stream_reader`` would return a silent short read there), the
+    decompressor's error for corrupt data or a bad CRC. Zero padding after a
+    gzip member or xz stream is allowed (gzip(1) and the xz format's stream
+    padding); any other trailing bytes must form another member.
+    """
+
+    def __init__(self, stream, kind: str, chunk_size: int = 1 << 18):
         self._stream = stream
+        self._kind = kind
         self._chunk_size = chunk_size
-        self._dctx = zstandard.ZstdDecompressor()
-        self._dobj = self._dctx.decompressobj()
-        self._in_frame = False
+        self._dobj = _new_decompressor(kind)
+        self._in_member = False
         self._pending = memoryview(b"")
+        self._error: BaseException | None = None
+        self._zero_padding = kind in ("gzip", "xz")
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buf) -> int:
         while not self._pending:
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
             chunk = self._stream.read(self._chunk_size)
             if not chunk:
-                if self._in_frame:
-                    raise EOFError("zstd stream ended inside a frame")
+                if self._in_member:
+                    raise EOFError(f"input ended inside a {self._kind} member")
                 return 0
             self._pending = memoryview(self._feed(chunk))
         n = min(len(buf), len(self._pending))
@@ -195,16 +219,25 @@ class _ZstdReader(io.RawIOBase):
         self._pending = self._pending[n:]
         return n
 
-    def _feed(self, chunk: bytes) -> bytes:
+    def _feed(self, data: bytes) -> bytes:
         out = []
-        while chunk:
-            self._in_frame = True
-            out.append(self._dobj.decompress(chunk))
-            if not self._dobj.eof:
-                break
-            self._in_frame = False
-            chunk = self._dobj.unused_data
-            self._dobj = self._dctx.decompressobj()
+        try:
+            while data:
+                if not self._in_member and self._zero_padding:
+                    data = data.lstrip(b"\0")
+                    if not data:
+                        break
+                self._in_member = True
+                out.append(self._dobj.decompress(data))
+                if not self._dobj.eof:
+                    break
+                self._in_member = False
+                data = self._dobj.unused_data
+                self._dobj = _new_decompressor(self._kind)
+        except _DECOMPRESS_ERRORS as exc:  # raised after the good bytes are returned
+            if not out:
+                raise
+            self._error = exc
         return b"".join(out)
 
 
