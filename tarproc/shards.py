@@ -72,6 +72,8 @@ def parse_size(text: str | int) -> int:
 TAR_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tar.zst", ".tgz", ".tbz2", ".txz", ".tzst", ".tar")
 _PRINTF = re.compile(r"%(%|[-0 +#]*[0-9]*d)")
 _BRACE = re.compile(r"\{shard(?::([^{}]*))?\}")
+#: something that looks like a format placeholder: ``{name}`` or ``{name:spec}``
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)(?::[^{}]*)?\}")
 
 
 class ShardPattern:
@@ -90,7 +92,9 @@ class ShardPattern:
     :param pattern: the pattern
     :param compression: the compression that will be used (only changes the
         suffix given to a plain prefix)
-    :raises UsageError: an empty pattern, or ``-`` (shards cannot go to stdout)
+    :raises UsageError: an empty pattern, ``-`` (shards cannot go to stdout),
+        a bad ``{shard:SPEC}``, and in a file pattern a ``%`` other than
+        ``%d``-style or ``%%``, or a placeholder other than ``{shard}``
     """
 
     def __init__(self, pattern: str, compression: str | None = None):
@@ -112,6 +116,20 @@ class ShardPattern:
                     break
             sep = "" if stem.endswith("/") else "-"
             self._plain = (stem + sep, suffix)
+        if not self.is_pipe:  # a shell command may hold any % or {...} of its own
+            if "%" in _PRINTF.sub("", pattern):
+                raise UsageError(
+                    f"bad shard pattern {pattern!r}: use %d, %06d (or %% for a literal %), or {{shard:06d}}"
+                )
+            for match in _PLACEHOLDER.finditer(pattern):
+                if match.group(1) != "shard":
+                    raise UsageError(
+                        f"bad shard pattern {pattern!r}: unknown placeholder {match.group(0)}; use {{shard}} or {{shard:06d}}"
+                    )
+        try:
+            self.name(0)
+        except (ValueError, TypeError) as exc:
+            raise UsageError(f"bad shard pattern {pattern!r}: {exc}") from None
 
     def name(self, index: int) -> str:
         """The name (or ``pipe:CMD``) of shard number ``index``."""
@@ -288,8 +306,10 @@ class ShardWriter:
         self.shards: list[ShardInfo] = []
         #: (shard, message) of every failed post command
         self.failures: list[tuple[ShardInfo, str]] = []
-        #: True once ``maxshards`` shards are finished
+        #: True once ``maxshards`` shards are finished and a sample was refused
         self.full = False
+        #: key of the first sample refused because ``maxshards`` was reached
+        self.refused: str | None = None
         self.samples = 0
         self._sink: TarSink | None = None
         self._hasher: _HashingStream | None = None
@@ -312,6 +332,7 @@ class ShardWriter:
         if sink is None:
             if self.maxshards is not None and len(self.shards) >= self.maxshards:
                 self.full = True
+                self.refused = sample["__key__"]
                 return False
             sink = self._open()
         if self.maxsize is not None and size + END_MARKER > self.maxsize and self.warn is not None:

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,33 @@ def test_shard_pattern_rejects_stdout(pattern):
         ShardPattern(pattern)
 
 
+@pytest.mark.parametrize(
+    "pattern,message",
+    [
+        ("x-%s.tar", "use %d"),  # not silently a prefix 'x-%s-000000.tar'
+        ("100%", "use %d"),
+        ("z-{shard:q}.tar", "Unknown format code"),  # was a traceback when the first shard opened
+        ("w-{other}.tar", "unknown placeholder {other}"),
+        ("w-{index:04d}.tar", "unknown placeholder"),
+    ],
+)
+def test_shard_pattern_rejects_bad_placeholders(pattern, message):
+    with pytest.raises(UsageError, match=re.escape(message)):
+        ShardPattern(pattern)
+
+
+@pytest.mark.parametrize(
+    "pattern,expected",
+    [
+        ("pipe:cat > x-$(date +%Y)-%02d.tar", "pipe:cat > x-$(date +%Y)-03.tar"),
+        ("pipe:cat > ${OUT:-o}/{shard}.tar", "pipe:cat > ${OUT:-o}/3.tar"),
+        ("pipe:awk '{print}' > s-%d", "pipe:awk '{print}' > s-3"),
+    ],
+)
+def test_pipe_pattern_keeps_the_shells_own_percent_and_braces(pattern, expected):
+    assert ShardPattern(pattern).name(3) == expected
+
+
 # -------------------------------------------------------------- tar sizes
 @pytest.mark.parametrize(
     "key",
@@ -154,7 +182,7 @@ def test_start_and_maxshards(tmp_path):
     samples = make_samples(10)
     with ShardWriter(str(tmp_path / "s-%02d.tar"), maxcount=2, start=5, maxshards=3) as writer:
         written = writer.write_all(iter(samples))
-    assert written == 6 and writer.full
+    assert written == 6 and writer.full and writer.refused == "s0006"
     assert [os.path.basename(s.name) for s in writer.shards] == ["s-05.tar", "s-06.tar", "s-07.tar"]
     assert writer.write(samples[0]) is False
 

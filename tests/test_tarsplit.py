@@ -95,15 +95,24 @@ def test_cli_maxcount_manifest_and_verbose(imagenet_shard, tmp_path):
 
 
 def test_cli_maxsize_plain_prefix_gzip_start_maxshards(imagenet_shard, tmp_path):
-    result = invoke([str(imagenet_shard), "-s", "20k", "-z", "-o", str(tmp_path / "pre"), "--start", "7", "--maxshards", "3", "-v"])
-    assert result.exit_code == 0, result.stderr
+    result = invoke([str(imagenet_shard), "-s", "20k", "-z", "-o", str(tmp_path / "pre"), "--start", "7", "--maxshards", "3"])
+    # the input goes on after 3 shards: said without -v, and exit status 1 (nothing dropped silently)
+    assert result.exit_code == 1, result.stderr
     files = shard_files(tmp_path)
     assert [f.name for f in files] == ["pre-000007.tar.gz", "pre-000008.tar.gz", "pre-000009.tar.gz"]
     for f in files:
         raw = f.read_bytes()
         assert raw[:2] == b"\x1f\x8b"
         assert len(gzip.decompress(raw)) <= 20000
-    assert "stopped after --maxshards 3" in result.stderr
+    assert "warning: --maxshards 3 reached: sample 'n" in result.stderr
+    assert "and the rest of the input were not written" in result.stderr
+
+
+def test_cli_maxshards_that_take_the_whole_input_succeed(imagenet_shard, tmp_path):
+    result = invoke([str(imagenet_shard), "-n", "10", "-o", str(tmp_path / "s-%d.tar"), "--maxshards", "4"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == ""
+    assert len(shard_files(tmp_path)) == 4
 
 
 def test_cli_oversized_sample_warns_but_succeeds(imagenet_shard, tmp_path):

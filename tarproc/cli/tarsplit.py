@@ -75,7 +75,12 @@ def tarsplit(
     compress: Compress = None,
     start: Annotated[int, typer.Option("--start", min=0, help="Number of the first shard.", metavar="N")] = 0,
     maxshards: Annotated[
-        Optional[int], typer.Option("--maxshards", min=1, help="Write at most N shards, then stop reading.", metavar="N")
+        Optional[int], typer.Option(
+            "--maxshards",
+            min=1,
+            help="Write at most N shards, then stop reading; exit status 1 (with a warning) if input was left.",
+            metavar="N",
+        )
     ] = None,
     post: Annotated[
         Optional[str],
@@ -138,7 +143,11 @@ def tarsplit(
             if manifest_file is not None and manifest != "-":
                 manifest_file.close()
         if writer.full:
-            tool.info(f"stopped after --maxshards {maxshards} shards; the rest of the input was not read")
+            # the input goes on: say so and exit 1 rather than drop samples silently
+            tool.warn(
+                f"--maxshards {maxshards} reached: sample {writer.refused!r} and the rest of the input"
+                f" were not written ({writer.samples} samples in {len(writer.shards)} shards)"
+            )
         total = sum(s.bytes for s in writer.shards)
         tool.info(f"{writer.samples} samples in {len(writer.shards)} shards, {total} bytes, {tool.elapsed():.2f} s")
         if not writer.shards:
