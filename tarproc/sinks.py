@@ -8,10 +8,11 @@ the output name (``.gz``/``.tgz``, ``.bz2``, ``.xz``, ``.zst``) unless given.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
-from typing import BinaryIO
+from typing import BinaryIO, NoReturn
 
 from .compress import compressing_writer, compression_for_name
 from .errors import OutputError
@@ -82,9 +83,34 @@ class TarSink:
         """Write a sample's fields as members ``key.field``, in dict order
         (meta entries starting with ``__`` are not written)."""
         add = self.writer.add
-        for name, data in sample_members(sample):
-            add(name, data)
+        try:
+            for name, data in sample_members(sample):
+                add(name, data)
+        except OSError as exc:
+            self._write_failed(exc)
         self.samples += 1
+
+    def _write_failed(self, exc: OSError) -> NoReturn:
+        """Re-raise a failed write: a closed stdout pipe stays
+        :class:`BrokenPipeError` (a quiet exit); anything else is an
+        :class:`OutputError`, for ``pipe:CMD`` with the command's exit status
+        (a command that exits early closes the pipe under us)."""
+        if isinstance(exc, BrokenPipeError) and self.path is None and self._proc is None:
+            raise exc
+        if self._proc is None:
+            raise OutputError(f"{self.target}: write failed: {exc.strerror or exc}") from None
+        self.closed = True
+        for stream in (self._stream, self._raw):
+            with contextlib.suppress(OSError, ValueError):
+                stream.close()
+        status = self._proc.wait()
+        if status < 0:
+            how = f"was killed by signal {-status}"
+        elif status:
+            how = f"exited with status {status}"
+        else:
+            how = "exited"
+        raise OutputError(f"{self.target}: command {how} before reading all of its input") from None
 
     def close(self) -> None:
         """Finish the stream and, for a file, rename ``NAME.partial`` to ``NAME``.
@@ -112,9 +138,7 @@ class TarSink:
             else:
                 self._raw.close()
         except OSError as exc:
-            if isinstance(exc, BrokenPipeError) and self.path is None and self._proc is None:
-                raise
-            raise OutputError(f"{self.target}: write failed: {exc.strerror or exc}") from None
+            self._write_failed(exc)
 
     def abort(self) -> None:
         """Stop without an end-of-archive marker; ``NAME.partial`` stays."""

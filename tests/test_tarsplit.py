@@ -230,6 +230,23 @@ def test_pipe_output_failure(imagenet_shard, tmp_path):
     assert b"command exited with status 3" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "command,message",
+    [
+        ("exit 3", "command exited with status 3 before reading all of its input"),
+        ("head -c 10 >/dev/null", "command exited before reading all of its input"),
+        ("no-such-command-xyz", "command exited with status 127"),
+    ],
+)
+def test_pipe_output_command_that_stops_reading(imagenet_shard, tmp_path, command, message):
+    # shards far larger than a pipe buffer: the write fails (EPIPE) before the
+    # command's status is known; this used to be a silent exit 141
+    result = run(["tarsplit", str(imagenet_shard), "-n", "30", "-o", "pipe:" + command], cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"tarsplit: error: pipe:{command}: {message}".encode() in result.stderr
+    assert b"Traceback" not in result.stderr
+
+
 def test_manifest_to_stdout(imagenet_shard, tmp_path):
     result = run(["tarsplit", str(imagenet_shard), "-n", "25", "-o", "s-%d.tar", "--manifest", "-"], cwd=tmp_path)
     assert result.returncode == 0
