@@ -120,7 +120,7 @@ def parse_fields(spec: str | Iterable[str]) -> list[FieldRule]:
         if not eq:
             name, alts = None, token
         alternatives = tuple(a for a in re.split(r"[,;]", alts))
-        if (eq and not name) or not alternatives or any(not a for a in alternatives):
+        if (eq and not name) or not alternatives or any(not a or "=" in a for a in alternatives):
             raise UsageError(f"bad field rule {token!r} in {text!r}: expected NAME=A,B or A,B or A")
         for out in [name] if name else alternatives:
             if out in seen:
@@ -218,12 +218,16 @@ class Rekeyer:
     ``{key}`` (the old key), ``{shard}`` (:func:`shard_stem` of the
     sample's source) and ``{source}``: ``{index:09d}``, ``{shard}/{key}``.
 
-    :raises UsageError: a format with unknown fields or bad syntax
+    :raises UsageError: an empty format, a format with unknown fields or bad syntax
     :raises SampleError: (while iterating) a new key that is not a valid
-        WebDataset key: a dot in its basename, empty, absolute or with ``..``
+        WebDataset key: a dot in its basename, empty, absolute or with ``..``;
+        or a new key equal to the previous sample's, which would merge the two
+        samples (keys repeated further apart are not checked, like ``cat``)
     """
 
     def __init__(self, fmt: str, start: int = 0):
+        if not fmt:
+            raise UsageError("empty key format: use e.g. '{index:09d}' or '{shard}/{key}'")
         self.fmt = fmt
         self.index = start
         try:
@@ -235,6 +239,7 @@ class Rekeyer:
 
     def __call__(self, samples: Iterable[Sample]) -> Iterator[Sample]:
         fmt = self.fmt
+        previous = None
         for sample in samples:
             source = sample.get("__source__", "-")
             key = fmt.format(index=self.index, key=sample["__key__"], shard=shard_stem(source), source=source)
@@ -244,6 +249,12 @@ class Rekeyer:
                     f"new key {key!r} (from {sample['__key__']!r} with {fmt!r}) is not a valid key:"
                     " its basename must be non-empty and have no dot, and it must be relative without '..'"
                 )
+            if key == previous:
+                raise SampleError(
+                    f"new key {key!r} (from {sample['__key__']!r} with {fmt!r}) is the previous sample's key too:"
+                    " the two samples would merge; include {index} or {key} in the format"
+                )
+            previous = key
             self.index += 1
             out = dict(sample)
             out["__key__"] = key

@@ -258,6 +258,25 @@ def test_rekey_and_interleave(small):
     assert usage.exit_code == 2
 
 
+def test_rekey_to_a_repeated_key_is_an_error(small, tmp_path):
+    # '{shard}' gives every sample of a shard the same key: written as is, the
+    # samples would merge into one with repeated fields
+    out = tmp_path / "o.tar"
+    result = invoke(small + ["--rekey", "{shard}", "-o", str(out)])
+    assert result.exit_code == 1
+    assert "new key 'a-0' (from 'a1' with '{shard}') is the previous sample's key too" in result.stderr
+    assert not out.exists()
+    empty = invoke(small + ["--rekey", "", "-o", "-"])  # was silently ignored
+    assert empty.exit_code == 2 and "empty key format" in empty.stderr
+
+
+def test_pipe_output_command_that_exits_early(imagenet_shard):
+    result = run(["tarcats", str(imagenet_shard), "-o", "pipe:exit 5"])
+    assert result.returncode == 1
+    assert b"tarcats: error: pipe:exit 5: command exited with status 5 before reading all of its input" in result.stderr
+    assert b"Traceback" not in result.stderr
+
+
 # -------------------------------------------------------------- bad shards
 def cut(path: str, tmp_path: Path, keep: int) -> str:
     out = tmp_path / ("cut-" + Path(path).name)
@@ -298,4 +317,5 @@ def test_usage_errors(small):
     assert invoke(small + ["--interleave", "-p", "2", "-o", "-"]).exit_code == 2
     assert invoke(small + ["--slice", "5", "-o", "-"]).exit_code == 2
     assert invoke(small + ["-f", "a=", "-o", "-"]).exit_code == 2
+    assert invoke(small + ["-f", "img=jpg=png", "-o", "-"]).exit_code == 2
     assert invoke(["-", "-", "-o", "-"]).exit_code == 2

@@ -187,7 +187,7 @@ def run_cats(
             raise UsageError("stdin ('-') cannot be read by parallel workers: use -p 1")
         slicing = parse_slice(slice_) if slice_ else None
         selector = FieldSelector(fields, missing.value, _capped(tool, MAX_SKIP_MESSAGES)) if fields else None
-        rekeyer = Rekeyer(rekey) if rekey else None
+        rekeyer = Rekeyer(rekey) if rekey is not None else None
         refuse_terminal(output)
         if shuffle_shards:
             specs = shuffle_list(specs, seed)
