@@ -87,6 +87,11 @@ def group_samples(
         except StopIteration:
             break
         except TarprocError as exc:
+            if getattr(exc, "after_end_marker", False) and current is not None:
+                # the archive was complete: so is its last sample
+                last_key = current["__key__"]
+                yield current
+                current = None
             where = f"last complete sample: {last_key!r}" if last_key is not None else "no complete sample"
             raise type(exc)(f"{exc} ({where})") from None
         name = member.name

@@ -186,6 +186,15 @@ def parse_pax(data: bytes, offset: int) -> dict[str, str]:
     return records
 
 
+def _garbage_after_end(source: str, offset: int) -> ArchiveError:
+    """The error for bytes after a complete archive: every member before it
+    was read whole, so ``after_end_marker`` tells the grouping stage that its
+    last sample is complete and may be passed on before the error."""
+    error = ArchiveError(f"{source}: garbage after the end-of-archive marker at offset {offset}")
+    error.after_end_marker = True
+    return error
+
+
 class TarReader:
     """Iterate the regular-file members of an (uncompressed) tar stream.
 
@@ -271,7 +280,7 @@ class TarReader:
                 if not chunk:
                     if block.count(0) == len(block):
                         return None
-                    raise ArchiveError(f"{self.source}: garbage after the end-of-archive marker at offset {start}")
+                    raise _garbage_after_end(self.source, start)
                 self.offset += len(chunk)
                 block += chunk
         return block
@@ -311,9 +320,7 @@ class TarReader:
                 continue
             if not (_checksum_fast(header) or checksum_ok(header)):
                 if zero_blocks >= 2:
-                    raise ArchiveError(
-                        f"{self.source}: garbage after the end-of-archive marker at offset {start}"
-                    )
+                    raise _garbage_after_end(self.source, start)
                 raise ArchiveError(f"{self.source}: bad header checksum at offset {start}")
             zero_blocks = 0
             typeflag = header[156:157]
