@@ -445,29 +445,48 @@ def _ustar_name(name: bytes) -> tuple[bytes, bytes] | None:
 _MAX_OCTAL_SIZE = 8**11 - 1
 
 
+#: (mode, mtime, typeflag) -> the fixed parts of a header (see _header)
+_FIXED: dict[tuple[int, int, bytes], tuple[bytes, bytes, bytes, int]] = {}
+
+
+def _fixed_fields(mode: int, mtime: int, typeflag: bytes) -> tuple[bytes, bytes, bytes, int]:
+    """The parts of a header that depend only on (mode, mtime, typeflag):
+    bytes 100..124 (mode, uid, gid), 136..148 (mtime), 156..345 (typeflag,
+    linkname, magic, version, uname, gname, devmajor, devminor), and the byte
+    sum of those parts plus the checksum field read as spaces."""
+    key = (mode, mtime, typeflag)
+    fixed = _FIXED.get(key)
+    if fixed is None:
+        ids = _octal(mode, 8) + _octal(0, 8) + _octal(0, 8)  # mode, uid, gid
+        times = _octal(mtime, 12)
+        tail = typeflag + bytes(100) + b"ustar\x0000" + bytes(64) + _octal(0, 8) + _octal(0, 8)
+        fixed = (ids, times, tail, sum(ids) + sum(times) + 8 * 32 + sum(tail))
+        if len(_FIXED) < 64:
+            _FIXED[key] = fixed
+    return fixed
+
+
+_NO_PREFIX = bytes(155 + 12)
+
+
 def _header(name: bytes, size: int, mode: int, mtime: int, typeflag: bytes, prefix: bytes = b"") -> bytes:
-    header = b"".join(
-        (
-            name.ljust(100, b"\0"),
-            _octal(mode, 8),
-            _octal(0, 8),  # uid
-            _octal(0, 8),  # gid
-            _octal(size, 12),
-            _octal(mtime, 12),
-            b"        ",  # checksum placeholder
-            typeflag,
-            bytes(100),  # linkname
-            b"ustar\x0000",
-            bytes(32),  # uname
-            bytes(32),  # gname
-            _octal(0, 8),  # devmajor
-            _octal(0, 8),  # devminor
-            prefix.ljust(155, b"\0"),
-            bytes(12),
-        )
-    )
-    chksum = b"%06o\0 " % _byte_sum(header)  # == sum(_CHK_UNSIGNED.unpack_from(header)) + 256, 8x faster
-    return header[:148] + chksum + header[156:]
+    """A ustar header block (POSIX ustar): ``name`` (at most 100 bytes),
+    ``prefix`` (at most 155), uid/gid 0, empty user and group names.
+
+    Only name, size and prefix vary per member: the rest comes from a
+    template (:func:`_fixed_fields`), and the checksum is the template's byte
+    sum plus the sums of name, size field and prefix. Adler-32's first half
+    is 1 + the byte sum mod 65521 (RFC 1950), exact for name + size field
+    (at most 112 bytes) and for a prefix (at most 155 bytes)."""
+    ids, times, tail, fixed_sum = _fixed_fields(mode, mtime, typeflag)
+    size_field = b"%011o\0" % size
+    total = fixed_sum + (_adler32(size_field, _adler32(name)) & 0xFFFF) - 1
+    if prefix:
+        total += (_adler32(prefix) & 0xFFFF) - 1
+        end = prefix.ljust(155, b"\0") + bytes(12)
+    else:
+        end = _NO_PREFIX
+    return b"".join((name.ljust(100, b"\0"), ids, size_field, times, b"%06o\0 " % total, tail, end))
 
 
 def _pax_record(key: str, value: bytes) -> bytes:
