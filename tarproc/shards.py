@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -406,7 +407,8 @@ class ShardWriter:
         command = post_command(self.post, info)
         env = dict(os.environ, SHARD=info.name, BASENAME=os.path.basename(info.name), INDEX=str(info.index))
         try:
-            proc = subprocess.Popen(["bash", "-c", command], stdin=subprocess.DEVNULL, env=env)
+            # its own process group, so that an interrupt kills the command's children too
+            proc = subprocess.Popen(["bash", "-c", command], stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         except OSError as exc:
             self._failed(info, f"post command cannot start: {exc.strerror}")
             return
@@ -415,8 +417,10 @@ class ShardWriter:
     def _reap(self, block: bool) -> None:
         """Collect finished post commands; with ``block``, wait for the oldest."""
         if block and self._running:
-            info, proc = self._running.pop(0)
-            self._check(info, proc.wait())
+            info, proc = self._running[0]
+            status = proc.wait()  # still listed while waiting: an interrupt here must kill it
+            self._running.pop(0)
+            self._check(info, status)
         still = []
         for info, proc in self._running:
             status = proc.poll()
@@ -442,20 +446,29 @@ class ShardWriter:
             self._reap(block=True)
 
     def kill_posts(self) -> None:
-        """Kill running post commands (on interrupt)."""
+        """Kill running post commands and their children (on interrupt)."""
         for _, proc in self._running:
             if proc.poll() is None:
-                proc.kill()
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    proc.kill()
         for _, proc in self._running:
             proc.wait()
         self._running = []
 
     # ------------------------------------------------------------ closing
     def close(self) -> None:
-        """Finish the current shard and wait for every post command."""
-        if self._sink is not None:
-            self._finish()
-        self.wait_posts()
+        """Finish the current shard and wait for every post command; on an
+        error or interrupt meanwhile, :meth:`abort` (post commands killed on
+        an interrupt)."""
+        try:
+            if self._sink is not None:
+                self._finish()
+            self.wait_posts()
+        except BaseException as exc:
+            self.abort(interrupted=not isinstance(exc, Exception))
+            raise
 
     def abort(self, interrupted: bool = False) -> None:
         """Leave the current shard as ``NAME.partial``; wait for the post

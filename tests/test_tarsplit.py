@@ -8,7 +8,10 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from conftest import BIN, run, tar_members
+from conftest import BIN, run, tar_members, tool_env
 from tarproc.cli import tarsplit
 from tarproc.shards import END_MARKER, sample_tar_size, split_samples
 from tarproc.sources import iter_samples
@@ -245,6 +248,50 @@ def test_pipe_output_command_that_stops_reading(imagenet_shard, tmp_path, comman
     assert result.returncode == 1
     assert f"tarsplit: error: pipe:{command}: {message}".encode() in result.stderr
     assert b"Traceback" not in result.stderr
+
+
+def test_pipe_output_command_is_stopped_when_the_input_is_cut(imagenet_shard, tmp_path):
+    # the last shard's command must not see a clean end of input: a compound
+    # command ('gzip | cat') used to finish a valid .tgz of the cut shard
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(imagenet_shard.read_bytes()[:400000])
+    result = run(["tarsplit", str(cut), "-n", "30", "-o", "pipe:gzip | cat > p-%d.tgz"], cwd=tmp_path)
+    assert result.returncode == 1 and b"cut" in result.stderr
+    assert [p.name for p in tmp_path.glob("p-*.tgz")] == ["p-0.tgz"]
+    data = (tmp_path / "p-0.tgz").read_bytes()
+    if data:  # killed before writing anything, or a gzip stream with no trailer
+        with pytest.raises((EOFError, OSError)):
+            gzip.decompress(data)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(") ")[-1][:1] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def test_sigterm_kills_running_post_commands_and_their_children(imagenet_shard, tmp_path):
+    # SIGTERM while tarsplit waits for the post commands at the end: they used
+    # to go on (one was no longer listed while waited for, and close() did not abort)
+    proc = subprocess.Popen(
+        [str(BIN / "tarsplit"), str(imagenet_shard), "-n", "20", "-o", "s-%d.tar", "-C", "sleep 60 & echo $! > {shard}.pid; wait"],
+        cwd=tmp_path, env=tool_env(), stderr=subprocess.PIPE,
+    )  # fmt: skip
+    pidfiles = [tmp_path / "s-0.tar.pid", tmp_path / "s-1.tar.pid"]
+    deadline = time.monotonic() + 30
+    while not all(p.exists() and p.read_text().strip() for p in pidfiles) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pids = [int(p.read_text()) for p in pidfiles]
+    assert all(_alive(pid) for pid in pids)
+    proc.send_signal(signal.SIGTERM)  # tarsplit is waiting for the oldest post command
+    assert proc.wait(timeout=30) == 143
+    assert b"terminated" in proc.stderr.read()
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in pids)
 
 
 def test_manifest_to_stdout(imagenet_shard, tmp_path):
