@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 from typing import BinaryIO, NoReturn
@@ -50,7 +51,8 @@ class TarSink:
             self._raw: BinaryIO = sys.stdout.buffer
         elif target.startswith("pipe:"):
             try:
-                self._proc = subprocess.Popen(["bash", "-c", target[5:]], stdin=subprocess.PIPE)
+                # its own process group: abort() can stop the whole command, not just bash
+                self._proc = subprocess.Popen(["bash", "-c", target[5:]], stdin=subprocess.PIPE, process_group=0)
             except OSError as exc:
                 raise OutputError(f"{target}: cannot start: {exc.strerror}") from None
             self._raw = self._proc.stdin
@@ -141,12 +143,19 @@ class TarSink:
             self._write_failed(exc)
 
     def abort(self) -> None:
-        """Stop without an end-of-archive marker; ``NAME.partial`` stays."""
+        """Stop without an end-of-archive marker; ``NAME.partial`` stays; a
+        ``pipe:`` command is terminated (SIGTERM) before its input is closed,
+        so that it does not take the cut stream for a complete one (an upload
+        is not completed)."""
         if self.closed:
             return
         self.closed = True
         try:
             if self._proc is not None:
+                try:
+                    os.killpg(self._proc.pid, signal.SIGTERM)
+                except (ProcessLookupError, PermissionError):
+                    pass
                 self._raw.close()
                 self._proc.wait()
             elif self.path is not None:
