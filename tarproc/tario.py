@@ -478,7 +478,7 @@ def _header(name: bytes, size: int, mode: int, mtime: int, typeflag: bytes, pref
     sum plus the sums of name, size field and prefix. Adler-32's first half
     is 1 + the byte sum mod 65521 (RFC 1950), exact for name + size field
     (at most 112 bytes) and for a prefix (at most 155 bytes)."""
-    ids, times, tail, fixed_sum = _fixed_fields(mode, mtime, typeflag)
+    ids, times, tail, fixed_sum = _FIXED.get((mode, mtime, typeflag)) or _fixed_fields(mode, mtime, typeflag)
     size_field = b"%011o\0" % size
     total = fixed_sum + (_adler32(size_field, _adler32(name)) & 0xFFFF) - 1
     if prefix:
@@ -519,6 +519,8 @@ def member_header(name: str, size: int, mode: int = 0o444, mtime: int = 0) -> by
             f" mtime 0..{_MAX_OCTAL_SIZE} seconds and mode 0..7777777 (octal)"
         )
     raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= 100 and 0 <= size <= _MAX_OCTAL_SIZE:  # the usual case: one plain ustar header
+        return _header(raw, size, mode, mtime, b"0")
     split = _ustar_name(raw)
     pax = b""
     if split is None:
