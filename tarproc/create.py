@@ -284,24 +284,14 @@ def _matches(rel: str, name: str, patterns: Sequence[str]) -> bool:
 _O_RDONLY = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_NONBLOCK", 0)
 
 
-def _read_file(path: str) -> bytes:
-    """A file's bytes with plain system calls (faster than ``open().read()``
-    for the small files a dataset folder holds); a symbolic link that
-    replaced the file since it was listed is refused (``O_NOFOLLOW``)."""
-    fd = os.open(path, _O_RDONLY)
-    try:
-        data = os.read(fd, 1 << 16)
-        if not data:
-            return data
-        chunks = [data]
-        while True:
-            chunk = os.read(fd, 1 << 22)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return data if len(chunks) == 1 else b"".join(chunks)
-    finally:
-        os.close(fd)
+def _read_rest(fd: int, first: bytes, second: bytes) -> bytes:
+    """The rest of a file after its first two reads, all joined."""
+    chunks = [first, second]
+    while True:
+        chunk = os.read(fd, 1 << 22)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 def dir_samples(
@@ -395,7 +385,7 @@ def _walk(path: str, rel: str, label: bytes, label_field, include, exclude, warn
         append((name[:dot], 0, name[dot + 1 :], entry.path))
     del entries
     items.sort()
-    read = _read_file
+    os_open, os_read, os_close, flags = os.open, os.read, os.close, _O_RDONLY
     sample: Sample | None = None
     stem = None
     for item_stem, kind, field, item_path in items:
@@ -406,8 +396,16 @@ def _walk(path: str, rel: str, label: bytes, label_field, include, exclude, warn
             yield from _walk(item_path, rel + item_stem + "/", item_stem.encode("utf-8", "surrogateescape"),
                              label_field, include, exclude, warn, skip)
             continue
-        try:
-            data = read(item_path)
+        try:  # plain system calls: faster than open().read() for small files; O_NOFOLLOW
+            fd = os_open(item_path, flags)
+            try:
+                data = os_read(fd, 1 << 16)
+                if data:
+                    more = os_read(fd, 1 << 22)
+                    if more:
+                        data = _read_rest(fd, data, more)
+            finally:
+                os_close(fd)
         except OSError as exc:
             warn(f"skipping {rel + item_stem + '.' + field!r}: cannot read: {exc.strerror}")
             continue
