@@ -230,13 +230,22 @@ def summarize(sample: Sample, width: int = 60) -> dict:
     }
 
 
+def printable(text: str) -> str:
+    """``text`` as is when every character is printable, else quoted like a
+    Python string, so that a name with a newline, a tab, a terminal escape
+    sequence or undecodable bytes (surrogate escapes) shows as one visible
+    line and cannot drive the terminal."""
+    return text if text.isprintable() else repr(text)
+
+
 def format_summary(sample: Sample, width: int = 60) -> str:
     """The text block ``tarshow`` prints for a sample: the key, then one
-    indented line per field with its size in bytes and its preview."""
-    fields = [(k, v) for k, v in sample.items() if not k.startswith("__")]
+    indented line per field with its size in bytes and its preview (names
+    that are not printable are quoted, see :func:`printable`)."""
+    fields = [(printable(k), v) for k, v in sample.items() if not k.startswith("__")]
     name_width = max((len(k) for k, _ in fields), default=0)
     size_width = max((len(str(len(v))) for _, v in fields), default=0)
-    lines = [sample["__key__"]]
+    lines = [printable(sample["__key__"])]
     for name, value in fields:
         lines.append(f"  {name:<{name_width}}  {len(value):>{size_width}}  {describe_bytes(value, width)}")
     return "\n".join(lines)
@@ -333,12 +342,12 @@ class Stats:
             f"members          {d['members']}",
             f"bytes            {d['bytes']} ({human_bytes(d['bytes'])})",
             f"skipped members  {d['skipped_members']}",
-            f"first key        {d['first_key'] if d['first_key'] is not None else '-'}",
-            f"last key         {d['last_key'] if d['last_key'] is not None else '-'}",
+            f"first key        {printable(d['first_key']) if d['first_key'] is not None else '-'}",
+            f"last key         {printable(d['last_key']) if d['last_key'] is not None else '-'}",
         ]
         if d["fields"]:
             heads = ["field", "samples", "missing", "bytes", "min", "p50", "p90", "p99", "max", "mean"]
-            rows = [[name] + [str(e[h]) for h in heads[1:]] for name, e in d["fields"].items()]
+            rows = [[printable(name)] + [str(e[h]) for h in heads[1:]] for name, e in d["fields"].items()]
             widths = [max(len(r[i]) for r in rows + [heads]) for i in range(len(heads))]
             lines.append("")
             lines.append("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(heads, widths))))

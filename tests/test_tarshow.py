@@ -157,3 +157,28 @@ def test_shared_testdata_previews(testdata):
     assert result.stdout.splitlines()[2].split() == ["png", "306", "PNG", "28x28", "L"]
     result = invoke(["--json", "--count", "1", str(testdata / "webdataset-tendata.tar")])
     assert json.loads(result.stdout)["fields"]["ten"]["preview"] == "tenbin"
+
+
+def test_field_missing_from_every_sample_is_exit_1(imagenet_shard):
+    """Regression: -f with a misspelt field wrote nothing and exited 0."""
+    result = invoke(["-f", "jpeg", str(imagenet_shard)])
+    assert result.exit_code == 1 and result.stdout_bytes == b""
+    assert "no sample has a field 'jpeg' (40 samples read)" in result.stderr
+    some = tar_bytes([("a.jpg", b"J"), ("b.txt", b"T")])
+    result = invoke(["-f", "jpg", "-"], input=some)
+    assert result.exit_code == 0 and result.stdout_bytes == b"J"
+    assert "1 samples have no field 'jpg'" in result.stderr
+
+
+def test_names_that_are_not_printable_are_quoted():
+    """Regression: a key with a newline or an escape sequence was printed
+    raw (a fake extra sample line, or terminal control)."""
+    data = tar_bytes([("a\nb.txt", b"x"), ("c\x1b[31m.txt", b"y"), ("plain key.t\tx", b"z")])
+    result = invoke(["-"], input=data)
+    assert result.exit_code == 0, result.stderr
+    assert "\x1b" not in result.stdout
+    lines = result.stdout.splitlines()
+    assert lines[0] == "'a\\nb'" and lines[3] == "'c\\x1b[31m'" and lines[6] == "plain key"
+    assert lines[7].split()[0] == "'t\\tx'"
+    stats = invoke(["--stats", "-"], input=data)
+    assert "first key        'a\\nb'" in stats.stdout and "last key         plain key" in stats.stdout

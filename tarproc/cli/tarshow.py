@@ -117,14 +117,17 @@ def tarshow(
             else:
                 out.write(summary.format().encode("utf-8", "surrogateescape") + b"\n")
         elif field:
-            missing = 0
+            missing = written = 0
             for sample in samples:
                 value = sample.get(field)
                 if value is None:
                     missing += 1
                     continue
                 out.write(value)
-            if missing:
+                written += 1
+            if missing and not written:  # most likely a misspelt field: say so with the exit status
+                tool.warn(f"no sample has a field {field!r} ({missing} samples read)")
+            elif missing:
                 tool.warn(f"{missing} samples have no field {field!r}", problem=False)
         else:
             first = True
