@@ -86,9 +86,13 @@ class KeyNumbers:
 
     def __init__(self, keyformat: str = DEFAULT_KEYFORMAT, start: int = 0):
         try:
-            keyformat.format(start)
-        except (IndexError, KeyError, ValueError) as exc:
+            same = keyformat.format(start) == keyformat.format(start + 1)
+        except (IndexError, KeyError):
+            raise UsageError(f"bad --keyformat {keyformat!r}: the only field is the number, {{}} or {{:09d}}") from None
+        except (ValueError, TypeError) as exc:
             raise UsageError(f"bad --keyformat {keyformat!r}: {exc}") from None
+        if same:
+            raise UsageError(f"--keyformat {keyformat!r} gives every sample the same key (use a {{}} for the number)")
         self.keyformat = keyformat
         self.next = start
 

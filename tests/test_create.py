@@ -224,3 +224,15 @@ def test_property_dir_tree_reads_back_grouped(tmp_path_factory, paths):
     keyed = {f for f in files if 0 < (base := f.rsplit("/", 1)[-1]).find(".") < len(base) - 1}
     assert set(written) == keyed
     assert all(written[name] == name.encode() for name in written)
+
+
+def test_key_numbers_must_vary_and_name_only_the_number():
+    """Regression: a --keyformat without a placeholder gave every sample the
+    same key (an error only at the second line); '{x}' gave a bare KeyError."""
+    with pytest.raises(UsageError, match="same key"):
+        KeyNumbers("k")
+    with pytest.raises(UsageError, match="the only field is the number"):
+        KeyNumbers("{x}")
+    with pytest.raises(UsageError, match="the only field is the number"):
+        KeyNumbers("{1}")
+    assert KeyNumbers("{:x}", 10)() == "a"

@@ -244,3 +244,33 @@ def test_dir2tar_errors_and_help(tmp_path):
     for app in (dir2tar_cli.app, lines2tar_cli.app, tsv2tar_cli.app):
         result = runner.invoke(app, ["--help"])
         assert result.exit_code == 0 and "Examples:" in result.stdout
+
+
+def test_help_example_with_a_key_column_works():
+    """Regression: the help/README example used the key 'cat.0001', which the
+    WebDataset rule forbids (a dot in the last path component)."""
+    help_text = runner.invoke(lines2tar_cli.app, ["--help"]).stdout
+    assert "cat.0001" not in help_text and "cat_0001" in help_text
+    result = run("printf 'cat_0001\\tA cat.\\n' | lines2tar -k '__key__ txt' -s '\\t' -o -", shell=True)
+    assert result.returncode == 0, result.stderr
+    assert tar_members(result.stdout) == [("cat_0001.txt", b"A cat.")]
+
+
+def test_tsv2tar_bad_keyformat_is_a_usage_error_before_reading(tmp_path):
+    result = runner.invoke(tsv2tar_cli.app, ["--keyformat", "sample", str(tmp_path / "missing.tsv")])
+    assert result.exit_code == 2 and "same key" in result.stderr
+    result = runner.invoke(lines2tar_cli.app, ["-k", "url", "--keyformat", "{name}"], input=b"a\n")
+    assert result.exit_code == 2 and "the only field is the number" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_tsv2tar_help_says_paths_outside_C_are_read(tmp_path):
+    help_text = " ".join(runner.invoke(tsv2tar_cli.app, ["--help"]).stdout.split())
+    assert "-C is a base, not a boundary" in help_text
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"secret")
+    (tmp_path / "base").mkdir()
+    plan = b"@txt\n../outside.txt\n" + str(outside).encode() + b"\n"
+    result = runner.invoke(tsv2tar_cli.app, ["-C", str(tmp_path / "base"), "-"], input=plan)
+    assert result.exit_code == 0, result.stderr
+    assert tar_members(result.stdout_bytes) == [("000000000.txt", b"secret"), ("000000001.txt", b"secret")]

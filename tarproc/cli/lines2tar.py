@@ -37,7 +37,7 @@ app = make_app(
     " Fields are written in sorted order, so the same input gives the same bytes.",
     examples="""\
   lines2tar -k 'url txt' urls.txt -o urls.tar
-  printf 'cat.0001\\tA cat.\\n' | lines2tar -k '__key__ txt' -s '\\t' -o captions.tar
+  printf 'cat_0001\\tA cat.\\n' | lines2tar -k '__key__ txt' -s '\\t' -o captions.tar
   cut -f1 list.tsv | lines2tar -k url --keyformat 'img{:06d}' -o - | tarsplit -n 1000 -o 'urls-%04d.tar'""",
 )
 

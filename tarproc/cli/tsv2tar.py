@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..create import DEFAULT_KEYFORMAT, tsv_samples
+from ..create import DEFAULT_KEYFORMAT, KeyNumbers, tsv_samples
 from ..sinks import open_sink
 from ..sources import check_inputs_exist, open_source
 from .common import (
@@ -33,7 +33,10 @@ app = make_app(
     " an optional __key__ column holds the keys, otherwise they are numbered with --keyformat. Columns"
     " are separated by single tabs, without quoting. An empty cell leaves that field out of the sample;"
     " empty lines are skipped. Fields are written in sorted order, so the same plan and files give the"
-    " same bytes.",
+    " same bytes.\n\n"
+    "Paths are read as the plan gives them: an absolute path, or one with '..' that leads out of DIR, is"
+    " read too (a plan can name any file you can read; -C is a base, not a boundary). Check plans from"
+    " elsewhere before running them.",
     examples="""\
   printf '__key__\\t@jpg\\tcls\\nn0144_1\\timg/1.jpg\\t0\\n' > plan.tsv
   tsv2tar plan.tsv -o train.tar
@@ -67,6 +70,7 @@ def tsv2tar(
 ):
     tool = Tool("tsv2tar", verbose, quiet, debug)
     with tool.run():
+        KeyNumbers(keyformat, start)  # a bad --keyformat is a usage error before anything is read
         refuse_terminal(output)
         check_inputs_exist([plan])
         with open_source(plan) as stream:
