@@ -3,14 +3,17 @@
     .venv/bin/pytest tests/bench/test_bench_split_cat.py --benchmark-enable
 
 Input: an ImageNet-like shard of N samples (real 500x375 JPEG + cls + json,
-about 200 MB) on /dev/shm; every measurement is file to file on /dev/shm:
+about 1 GB, the size of a real shard, so that the ~0.15-0.2 s start-up of a
+command is amortised as it is in use) on /dev/shm; every measurement is file
+to file on /dev/shm, and each output is removed after its test so that at
+most about 3 GB of /dev/shm are in use:
 
 - ``cat in > out``: the upper limit (no parsing at all);
-- ``tarcats in -o out`` and ``tarsplit in -n 500 -o out-%d.tar`` as real
+- ``tarcats in -o out`` and ``tarsplit in -n 2500 -o out-%d.tar`` as real
   processes (interpreter start included) and in-process (the typer app);
 - ``tarpcat -p 2`` over the four shards tarsplit makes;
 - webdataset: ``WebDataset(in)`` -> ``TarWriter(out)`` (the cat peer) and
-  ``WebDataset(in)`` -> ``ShardWriter(maxcount=500)`` (the split peer).
+  ``WebDataset(in)`` -> ``ShardWriter(maxcount=2500)`` (the split peer).
 
 Each benchmark records ``bytes`` (input size) and, once measured, ``MB/s``
 (input bytes / median seconds) in ``extra_info`` (``--benchmark-json``).
@@ -19,6 +22,7 @@ Every output is checked to hold all the input's members.
 
 from __future__ import annotations
 
+import filecmp
 import os
 import shutil
 import subprocess
@@ -35,8 +39,8 @@ sys.path.insert(0, str(HERE.parent))
 from conftest import tool_env  # noqa: E402
 from makeshards import write_shard  # noqa: E402
 
-N = 2000
-PER_SHARD = 500
+N = 10000  # about 1 GB
+PER_SHARD = 2500
 SHM = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 
@@ -49,8 +53,8 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def shard(workdir) -> Path:
-    """The ImageNet-like input shard (N samples, ~200 MB)."""
-    return Path(write_shard(str(workdir / "imagenet-2000.tar"), N, size=(500, 375)))
+    """The ImageNet-like input shard (N samples, ~1 GB)."""
+    return Path(write_shard(str(workdir / f"imagenet-{N}.tar"), N, size=(500, 375)))
 
 
 @pytest.fixture(scope="module")
@@ -97,13 +101,15 @@ def test_cat_limit(benchmark, shard, workdir):
     benchmark.pedantic(lambda: _sh(f"cat {shard} > {out}", shell=True), rounds=5, warmup_rounds=1)
     _record(benchmark, shard.stat().st_size)
     assert out.stat().st_size == shard.stat().st_size
+    out.unlink()
 
 
 def test_tarcats_process(benchmark, shard, workdir, members):
     out = workdir / "tarcats.tar"
     benchmark.pedantic(_sh, args=(["tarcats", str(shard), "-o", str(out)],), rounds=5, warmup_rounds=1)
     _record(benchmark, shard.stat().st_size)
-    assert out.read_bytes() == shard.read_bytes()
+    assert filecmp.cmp(out, shard, shallow=False)
+    out.unlink()
 
 
 def test_tarcats_in_process(benchmark, shard, workdir):
@@ -118,6 +124,7 @@ def test_tarcats_in_process(benchmark, shard, workdir):
     benchmark.pedantic(cats, rounds=5, warmup_rounds=1)
     _record(benchmark, shard.stat().st_size)
     assert out.stat().st_size == shard.stat().st_size
+    out.unlink()
 
 
 def test_webdataset_cat(benchmark, shard, workdir, members):
@@ -132,6 +139,7 @@ def test_webdataset_cat(benchmark, shard, workdir, members):
     benchmark.pedantic(copy, rounds=3, warmup_rounds=1)
     _record(benchmark, shard.stat().st_size)
     assert _count_members([out]) == members
+    out.unlink()
 
 
 # ----------------------------------------------------------------- split
@@ -148,6 +156,7 @@ def test_tarsplit_process(benchmark, shard, workdir, members):
     _record(benchmark, shard.stat().st_size)
     shards = sorted(out.iterdir())
     assert len(shards) == N // PER_SHARD and _count_members(shards) == members
+    shutil.rmtree(out)
 
 
 def test_tarsplit_in_process(benchmark, shard, workdir):
@@ -163,6 +172,7 @@ def test_tarsplit_in_process(benchmark, shard, workdir):
     benchmark.pedantic(split, setup=lambda: _clean(out), rounds=5, warmup_rounds=1)
     _record(benchmark, shard.stat().st_size)
     assert len(list(out.iterdir())) == N // PER_SHARD
+    shutil.rmtree(out)
 
 
 def test_webdataset_split(benchmark, shard, workdir, members):
@@ -179,6 +189,7 @@ def test_webdataset_split(benchmark, shard, workdir, members):
     _record(benchmark, shard.stat().st_size)
     shards = sorted(out.iterdir())
     assert len(shards) == N // PER_SHARD and _count_members(shards) == members
+    shutil.rmtree(out)
 
 
 # ------------------------------------------------------------ parallel cat
@@ -197,4 +208,5 @@ def test_tarpcat_process(benchmark, split_shards, workdir, shard, processes):
         _sh, args=(["tarpcat", "-p", str(processes), *split_shards, "-o", str(out)],), rounds=3, warmup_rounds=1
     )
     _record(benchmark, shard.stat().st_size)
-    assert out.read_bytes() == shard.read_bytes()
+    assert filecmp.cmp(out, shard, shallow=False)
+    out.unlink()
