@@ -75,7 +75,7 @@ def sort_key_function(
 
     :param field: sort by this field's content; None: by ``__key__``
     :param type: ``"str"`` (bytes of the field, or the key as text),
-        ``"int"`` or ``"float"`` (the text parsed as a number; NaN sorts last)
+        ``"int"`` or ``"float"`` (the text parsed as a number; NaN sorts last, first when reversed)
     :param shuffle: sort by BLAKE2b-128 of the key, keyed with ``seed``
     :param seed: the shuffle seed, any text
     :raises UsageError: an unknown type, or ``shuffle`` with ``field``

@@ -92,6 +92,9 @@ def test_types_str_int_float():
     assert [s["v"] for s in sort_samples(samples, field="v", type="int")] == [b"-1", b"9", b"10", b" 100\n"]
     floats = [{"__key__": f"k{i}", "v": v} for i, v in enumerate([b"2.5", b"nan", b"-inf", b"1e3"])]
     assert [s["v"] for s in sort_samples(floats, field="v", type="float")] == [b"-inf", b"2.5", b"1e3", b"nan"]
+    # as documented: NaN is the largest value, so --reverse puts it first
+    assert [s["v"] for s in sort_samples(floats, field="v", type="float", reverse=True)] == [
+        b"nan", b"1e3", b"2.5", b"-inf"]
     numeric_keys = [{"__key__": k, "x": b""} for k in ("10", "9", "100")]
     assert keys_of(sort_samples(numeric_keys, type="int")) == ["9", "10", "100"]
 

@@ -35,7 +35,7 @@ app = make_app(
     "Samples are sorted by key (the default) or by a field's content, or shuffled in a deterministic"
     " hash order, and written as one tar stream.\n\n"
     "Keys and -S str fields compare by their bytes (like LC_ALL=C sort); -S int and -S float parse"
-    " the text as a number (NaN sorts last). --shuffle orders by BLAKE2b of the key keyed with --seed:"
+    " the text as a number (NaN sorts last, first with --reverse). --shuffle orders by BLAKE2b of the key keyed with --seed:"
     " the same seed and keys give the same order whatever the input order, so sorting the concatenation"
     " of all shards is a true cross-shard shuffle. The sort is stable: samples with equal sort keys are"
     " all kept, in input order (also with --reverse).\n\n"
