@@ -148,6 +148,7 @@ def line_samples(
     start: int = 0,
     source: str = "-",
     keys: KeyNumbers | None = None,
+    unique: UniqueKeys | None = None,
 ) -> Iterator[Sample]:
     """One sample per non-empty line of ``stream``.
 
@@ -161,13 +162,15 @@ def line_samples(
     :param fields: field names, possibly including ``__key__``
     :param sep: separator bytes, or None for whitespace
     :param keys: a shared key counter (so several inputs number on)
+    :param unique: a shared record of keys seen (so a key repeated in
+        another input is caught too)
     :raises SampleError: a line with fewer values than fields, an invalid or
         repeated key
     """
     fields = list(fields)
     n = len(fields)
     keys = keys or KeyNumbers(keyformat, start)
-    unique = UniqueKeys()
+    unique = unique if unique is not None else UniqueKeys()
     has_key = "__key__" in fields
     for lineno, line in _lines(stream):
         if not line:

@@ -274,3 +274,14 @@ def test_tsv2tar_help_says_paths_outside_C_are_read(tmp_path):
     result = runner.invoke(tsv2tar_cli.app, ["-C", str(tmp_path / "base"), "-"], input=plan)
     assert result.exit_code == 0, result.stderr
     assert tar_members(result.stdout_bytes) == [("000000000.txt", b"secret"), ("000000001.txt", b"secret")]
+
+
+def test_lines2tar_key_repeated_in_another_input_is_an_error(tmp_path):
+    """Regression: keys were only checked within one input, so two files
+    with the same __key__ gave a shard whose key comes back (unreadable)."""
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_bytes(b"k1 one\nk2 two\n")
+    b.write_bytes(b"k3 three\nk1 again\n")
+    result = runner.invoke(lines2tar_cli.app, ["-k", "__key__ txt", str(a), str(b)])
+    assert result.exit_code == 1
+    assert f"{b}:2: key 'k1' given twice" in result.stderr

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..create import DEFAULT_KEYFORMAT, KeyNumbers, line_samples, parse_fields
+from ..create import DEFAULT_KEYFORMAT, KeyNumbers, UniqueKeys, line_samples, parse_fields
 from ..errors import UsageError
 from ..sinks import open_sink
 from ..sources import check_inputs_exist, expand_inputs, open_source
@@ -83,13 +83,15 @@ def lines2tar(
         names = parse_fields(fields)
         sep = parse_separator(separator)
         keys = KeyNumbers(keyformat, start)
+        unique = UniqueKeys()  # across all inputs: a repeated key would split a sample
         refuse_terminal(output)
         specs = expand_inputs(inputs or ["-"])
         check_inputs_exist(specs)
         with open_sink(output, compression_name(compress), mtime=mtime) as sink:
             for spec in specs:
                 with open_source(spec) as stream:
-                    for sample in tool.progress(line_samples(stream, names, sep, source=spec, keys=keys), progress):
+                    samples = line_samples(stream, names, sep, source=spec, keys=keys, unique=unique)
+                    for sample in tool.progress(samples, progress):
                         sink.write(sample)
         tool.info(f"wrote {sink.samples} samples to {output}")
 
