@@ -208,6 +208,7 @@ def tsv_samples(
     - an optional column ``__key__`` holds the key; otherwise keys are
       numbered with ``keyformat`` from ``start``
     - an empty cell leaves the field out of that sample; empty lines are skipped
+    - a UTF-8 byte order mark before the header (spreadsheet exports) is ignored
 
     :raises SourceError: a missing or malformed header, a row with the
         wrong number of columns, a file that cannot be read
@@ -217,7 +218,7 @@ def tsv_samples(
     header = None
     for _, line in lines:
         if line:
-            header = _decode(line).split("\t")
+            header = _decode(line.removeprefix(b"\xef\xbb\xbf")).split("\t")  # a UTF-8 BOM (spreadsheet export)
             break
     if header is None:
         raise SourceError(f"{source}: empty plan (expected a header row of field names)")

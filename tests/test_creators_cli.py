@@ -285,3 +285,11 @@ def test_lines2tar_key_repeated_in_another_input_is_an_error(tmp_path):
     result = runner.invoke(lines2tar_cli.app, ["-k", "__key__ txt", str(a), str(b)])
     assert result.exit_code == 1
     assert f"{b}:2: key 'k1' given twice" in result.stderr
+
+
+def test_tsv2tar_ignores_a_utf8_bom_before_the_header():
+    """Regression: a spreadsheet's UTF-8 BOM made the first column a field
+    named '\\ufeff__key__' instead of the key column."""
+    result = runner.invoke(tsv2tar_cli.app, ["-"], input=b"\xef\xbb\xbf__key__\ttxt\nk1\thello\n")
+    assert result.exit_code == 0, result.stderr
+    assert tar_members(result.stdout_bytes) == [("k1.txt", b"hello")]
