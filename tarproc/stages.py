@@ -314,7 +314,10 @@ class BadShards:
             if len(self.bad) > self.limit:
                 raise type(exc)(f"{exc} (more than --max-bad-shards {self.limit} bad shards)") from None
             if self.warn is not None:
-                self.warn(f"bad shard {source} ({count} samples kept): {exc}")
+                message = str(exc)
+                if message.startswith(source + ": "):  # name the shard once
+                    message = message[len(source) + 2 :]
+                self.warn(f"bad shard {source} ({count} samples kept): {message}")
 
 
 def open_shards(
