@@ -13,9 +13,11 @@ read back with another key.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import BinaryIO
 
@@ -261,10 +263,9 @@ def tsv_samples(
             if is_file:
                 path = os.path.join(base_dir, os.fsdecode(cell))
                 try:
-                    with open(path, "rb") as handle:
-                        values[field] = handle.read()
+                    values[field] = _read_regular(path)
                 except OSError as exc:
-                    raise SourceError(f"{where}: {path}: cannot read: {exc.strerror}") from None
+                    raise SourceError(f"{where}: {path}: cannot read: {exc.strerror or exc}") from None
             else:
                 values[field] = cell
         if key is None:
@@ -290,6 +291,27 @@ def _matches(rel: str, name: str, patterns: Sequence[str]) -> bool:
 
 
 _O_RDONLY = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_NONBLOCK", 0)
+
+
+def _read_regular(path: str) -> bytes:
+    """The bytes of the regular file at ``path`` (symbolic links followed).
+
+    :raises OSError: it cannot be opened or read, or it is not a regular
+        file (a FIFO would block, ``/dev/zero`` never end); opened with
+        ``O_NONBLOCK`` so that checking a FIFO does not wait for a writer
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        data = os.read(fd, 1 << 16)
+        if data:
+            more = os.read(fd, 1 << 22)
+            if more:
+                data = _read_rest(fd, data, more)
+        return data
+    finally:
+        os.close(fd)
 
 
 def _read_rest(fd: int, first: bytes, second: bytes) -> bytes:

@@ -293,3 +293,19 @@ def test_tsv2tar_ignores_a_utf8_bom_before_the_header():
     result = runner.invoke(tsv2tar_cli.app, ["-"], input=b"\xef\xbb\xbf__key__\ttxt\nk1\thello\n")
     assert result.exit_code == 0, result.stderr
     assert tar_members(result.stdout_bytes) == [("k1.txt", b"hello")]
+
+
+def test_tsv2tar_refuses_fifos_and_devices(tmp_path):
+    """Regression: an @FIELD naming a FIFO blocked forever and /dev/zero
+    read until memory ran out; only regular files are read."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (str(fifo), "/dev/zero"):
+        result = run(["tsv2tar", "-", "-o", os.devnull], input=b"@txt\n" + path.encode() + b"\n", timeout=20)
+        assert result.returncode == 1
+        assert result.stderr.decode() == f"tsv2tar: error: -:2: {path}: cannot read: not a regular file\n"
+    link = tmp_path / "link.txt"
+    link.symlink_to(tmp_path / "target.txt")
+    (tmp_path / "target.txt").write_bytes(b"via link")
+    result = runner.invoke(tsv2tar_cli.app, ["-"], input=b"@txt\n" + str(link).encode() + b"\n")
+    assert result.exit_code == 0 and tar_members(result.stdout_bytes) == [("000000000.txt", b"via link")]

@@ -29,7 +29,8 @@ from .common import (
 app = make_app(
     help="Make one sample per row of a TSV plan.\n\n"
     "The first row names the fields. A column named FIELD holds the text of that field; a column named"
-    " @FIELD holds a file path whose content becomes the field (relative paths are relative to -C DIR);"
+    " @FIELD holds the path of a regular file whose content becomes the field (relative paths are"
+    " relative to -C DIR; symbolic links are followed; a FIFO or device is an error);"
     " an optional __key__ column holds the keys, otherwise they are numbered with --keyformat. Columns"
     " are separated by single tabs, without quoting. An empty cell leaves that field out of the sample;"
     " empty lines are skipped. Fields are written in sorted order, so the same plan and files give the"
