@@ -36,7 +36,9 @@ def test_man_page_is_current(tool):
     committed = REPO / "man" / f"{tool}.1"
     assert committed.exists(), f"man/{tool}.1 missing: run `make man`"
     assert committed.read_text() == man_page(tool), f"man/{tool}.1 is stale: run `make man`"
-    assert '.SH "EXIT STATUS"' in committed.read_text()
+    text = committed.read_text()
+    assert '.SH "EXIT STATUS"' in text and '.SH "EXAMPLES"' in text
+    assert ".SH OPTIONS" in text and "\\-\\-version" in text, "man page lists no options"
 
 
 @pytest.mark.parametrize("tool", EXISTING_TOOLS)

@@ -10,10 +10,10 @@ Usage: ``python -m tarproc.cli.man [DIR]`` (default ``man``).
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sys
 
-import click
 import typer
 
 from .. import __version__
@@ -39,12 +39,28 @@ def man_page(tool: str) -> str:
 
     :raises ModuleNotFoundError: the tool's module does not exist
     """
-    from click_man.core import generate_man_page
+    from click_man.man import ManPage
 
     module = importlib.import_module(f"tarproc.cli.{tool}")
     command = typer.main.get_command(module.app)
-    ctx = click.Context(command, info_name=tool)
-    page = generate_man_page(ctx, version=__version__, date=MAN_DATE)
+    # typer builds commands on its own copy of click, so click-man's
+    # generate_man_page (which looks for click.Option) would drop every
+    # option: fill click-man's ManPage from typer's command directly
+    ctx = command.context_class(command, info_name=tool)
+    man = ManPage(tool)
+    man.version = __version__
+    man.date = MAN_DATE
+    man.short_help = command.short_help or ""
+    man.description = inspect.cleandoc(command.help or "")
+    man.synopsis = " ".join(command.collect_usage_pieces(ctx))
+    man.options = [
+        record
+        for param in command.params
+        if param.param_type_name in ("option", "argument") and not getattr(param, "hidden", False)
+        for record in [param.get_help_record(ctx)]
+        if record is not None
+    ]
+    page = str(man)
     epilog = command.epilog or ""
     sections = []
     for block in epilog.split("\n\n\b\n"):
