@@ -39,6 +39,8 @@ def test_man_page_is_current(tool):
     text = committed.read_text()
     assert '.SH "EXIT STATUS"' in text and '.SH "EXAMPLES"' in text
     assert ".SH OPTIONS" in text and "\\-\\-version" in text, "man page lists no options"
+    requests = {line.split()[0] for line in text.splitlines() if line.startswith(".")}
+    assert requests <= {".TH", ".SH", ".PP", ".TP", ".B", ".nf", ".fi"}, f"help text read as roff requests: {requests}"
 
 
 @pytest.mark.parametrize("tool", EXISTING_TOOLS)

@@ -51,10 +51,10 @@ def man_page(tool: str) -> str:
     man.version = __version__
     man.date = MAN_DATE
     man.short_help = command.short_help or ""
-    man.description = inspect.cleandoc(command.help or "")
+    man.description = _escape(inspect.cleandoc(command.help or ""))
     man.synopsis = " ".join(command.collect_usage_pieces(ctx))
     man.options = [
-        record
+        (record[0], _escape(record[1]))
         for param in command.params
         if param.param_type_name in ("option", "argument") and not getattr(param, "hidden", False)
         for record in [param.get_help_record(ctx)]
