@@ -170,3 +170,12 @@ def test_cross_shard_shuffle_pipeline(tmp_path):
     assert sorted(got) == expected and len(got) == 60
     direct = runner.invoke(tarsort_cli.app, ["--shuffle", "--seed", "3", *map(str, shards)])
     assert samples_of(direct.stdout_bytes) == got
+
+
+def test_missing_tmpdir_is_a_usage_error_before_reading(tmp_path):
+    """Regression: a wrong --tmpdir was noticed only when the first run
+    spilled (after reading --buffer-size bytes, 256 MB by default)."""
+    result = runner.invoke(tarsort_cli.app, ["--tmpdir", str(tmp_path / "nope"), "-o", str(tmp_path / "o.tar")],
+                           input=make_input(2, 4))
+    assert result.exit_code == 2 and "--tmpdir" in result.stderr and "is not a directory" in result.stderr
+    assert list(tmp_path.iterdir()) == []

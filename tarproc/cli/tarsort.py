@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import os
 from typing import Annotated, Optional
 
 import typer
@@ -97,6 +98,8 @@ def tarsort(
         budget = parse_size(buffer_size)
         if budget <= 0:
             raise UsageError("--buffer-size must be positive")
+        if tmpdir is not None and not os.path.isdir(tmpdir):  # say so now, not when the first run spills
+            raise UsageError(f"--tmpdir {tmpdir!r} is not a directory")
         keyfunc = sort_key_function(field, sort_type.value, shuffle, seed)
         refuse_terminal(output)
         specs = expand_inputs(inputs or ["-"])
