@@ -231,6 +231,14 @@ def post_command(template: str, info: ShardInfo) -> str:
     return template.replace("%s", shlex.quote(info.name))
 
 
+def _stderr_fd() -> int | None:
+    """Our stderr's file descriptor (None when stderr is not a real file)."""
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 class ShardWriter:
     """Write samples into a sequence of shards.
 
@@ -408,7 +416,10 @@ class ShardWriter:
         env = dict(os.environ, SHARD=info.name, BASENAME=os.path.basename(info.name), INDEX=str(info.index))
         try:
             # its own process group, so that an interrupt kills the command's children too
-            proc = subprocess.Popen(["bash", "-c", command], stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+            # the command's stdout goes to our stderr: our stdout may carry --manifest - or tar bytes
+            proc = subprocess.Popen(
+                ["bash", "-c", command], stdin=subprocess.DEVNULL, stdout=_stderr_fd(), env=env, start_new_session=True
+            )
         except OSError as exc:
             self._failed(info, f"post command cannot start: {exc.strerror}")
             return

@@ -199,6 +199,15 @@ def test_post_command_fails_on_one_shard(imagenet_shard, tmp_path):
     assert len(shard_files(tmp_path, "s-*.tar")) == 4
 
 
+def test_post_command_output_goes_to_stderr_not_the_manifest(imagenet_shard, tmp_path):
+    out = run(["tarsplit", "-n", "20", "-o", str(tmp_path / "s-%02d.tar"), "-C", "echo posted {index}", "--manifest", "-",
+               str(imagenet_shard)])
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.decode().splitlines()
+    assert len(lines) == 2 and all(json.loads(line)["samples"] == 20 for line in lines)
+    assert sorted(out.stderr.decode().split("\n")[:2]) == ["posted 0", "posted 1"]
+
+
 def test_post_command_upload_and_remove(imagenet_shard, tmp_path):
     (tmp_path / "bucket").mkdir()
     post = "cp %s bucket/ && rm %s"
