@@ -182,3 +182,19 @@ def test_names_that_are_not_printable_are_quoted():
     assert lines[7].split()[0] == "'t\\tx'"
     stats = invoke(["--stats", "-"], input=data)
     assert "first key        'a\\nb'" in stats.stdout and "last key         plain key" in stats.stdout
+
+
+def test_corrupt_input_lists_the_samples_before_the_fault(imagenet_shard):
+    """A cut shard: the complete samples before the cut are listed, then one
+    error line naming the offset and the last complete sample; exit 1."""
+    data = imagenet_shard.read_bytes()
+    full = invoke(["-"], input=data).stdout.split("\n\n")
+    cut = data[: len(data) // 2 + 100]
+    result = run(["tarshow", "-"], input=cut)
+    assert result.returncode == 1
+    shown = result.stdout.decode().rstrip("\n").split("\n\n")
+    assert 0 < len(shown) < len(full) and shown == [b.rstrip("\n") for b in full[: len(shown)]]
+    errors = result.stderr.decode().splitlines()
+    assert len(errors) == 1 and errors[0].startswith("tarshow: error: -: stream is cut")
+    last_key = shown[-1].splitlines()[0]
+    assert f"last complete sample: '{last_key}'" in errors[0] and "Traceback" not in result.stderr.decode()
