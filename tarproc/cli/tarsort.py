@@ -108,16 +108,19 @@ def tarsort(
         samples = tool.progress(iter_samples(specs, tool.warn, strict), progress)
         repeated = 0
         previous = None
-        with open_sink(output, compression_name(compress), mtime=mtime) as sink:
-            for sample in sorter.sort(samples):
-                key = sample["__key__"]
-                if key == previous:
-                    repeated += 1
-                    if repeated <= 5:
-                        tool.warn(f"key {key!r} appears in several samples: the output holds them next to each"
-                                  " other and reads back as one sample with repeated fields")
-                previous = key
-                sink.write(sample)
+        try:
+            with open_sink(output, compression_name(compress), mtime=mtime) as sink:
+                for sample in sorter.sort(samples):
+                    key = sample["__key__"]
+                    if key == previous:
+                        repeated += 1
+                        if repeated <= 5:
+                            tool.warn(f"key {key!r} appears in several samples: the output holds them next to"
+                                      " each other and reads back as one sample with repeated fields")
+                    previous = key
+                    sink.write(sample)
+        finally:  # also when the output fails mid-merge (the generator may outlive this frame)
+            sorter.cleanup()
         if repeated > 5:
             tool.warn(f"{repeated} samples in all repeat the key of the sample before them")
         tool.info(f"{sorter.samples} samples sorted; {sorter.runs} runs spilled"
