@@ -174,13 +174,17 @@ def _read_regular(path: str) -> bytes | None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return None
-        chunks = []
-        while True:
-            chunk = os.read(fd, max(st.st_size, 1 << 16))
+        # ask for one byte more than the size: a short read is the end, so
+        # the usual file takes a single read() and no extra one to see EOF
+        data = os.read(fd, st.st_size + 1)
+        if len(data) <= st.st_size:
+            return data
+        chunks = [data]
+        while True:  # the file grew meanwhile (a background writer)
+            chunk = os.read(fd, 1 << 20)
             if not chunk:
-                break
+                return b"".join(chunks)
             chunks.append(chunk)
-        return b"".join(chunks)
     finally:
         os.close(fd)
 
@@ -234,10 +238,15 @@ def _collect(directory: str, base: str, source: str, warnings: list) -> tuple[Sa
             name = entry.name
             if not name.startswith(prefix) or len(name) == len(prefix):
                 continue
-            mode = entry.stat(follow_symlinks=False).st_mode
-            data = _read_regular(entry.path) if stat.S_ISREG(mode) else None
+            # d_type says "regular file" without a syscall; _read_regular
+            # still refuses anything else (O_NOFOLLOW, fstat) if it changed
+            data = _read_regular(entry.path) if entry.is_file(follow_symlinks=False) else None
             if data is None:
-                warnings.append(f"sample {key!r}: not collecting {_kind(mode)} {name!r}")
+                try:
+                    kind = _kind(entry.stat(follow_symlinks=False).st_mode)
+                except OSError:
+                    kind = "vanished file"
+                warnings.append(f"sample {key!r}: not collecting {kind} {name!r}")
                 continue
             found[name[len(prefix) :]] = data
     sample = {"__key__": key, "__source__": source}
