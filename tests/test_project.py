@@ -61,3 +61,13 @@ def test_console_script_declared(tool):
     setup = (REPO / "setup.cfg").read_text()
     assert f"{tool} = tarproc.cli.{tool}:main" in setup
     assert isinstance(importlib.import_module(f"tarproc.cli.{tool}").app, typer.Typer)
+
+
+@pytest.mark.parametrize("tool", EXISTING_TOOLS)
+def test_bin_launchers_run_each_tool(tool):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(REPO / "bin" / tool), "--version"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"{tool} (tarproc) ")
