@@ -144,7 +144,8 @@ class TarSink:
             self._write_failed(exc)
 
     def abort(self) -> None:
-        """Stop without an end-of-archive marker; ``NAME.partial`` stays; a
+        """Stop without an end-of-archive marker; ``NAME.partial`` stays
+        (removed when no sample was written: there is nothing to keep); a
         ``pipe:`` command is terminated (SIGTERM) before its input is closed,
         so that it does not take the cut stream for a complete one (an upload
         is not completed)."""
@@ -163,6 +164,8 @@ class TarSink:
                 if self._stream is not self._raw:
                     self._stream.close()  # flush what was written before the error
                 self._raw.close()
+                if self.samples == 0:
+                    os.unlink(self.path + PARTIAL)
             else:
                 self._raw.flush()
         except OSError:
