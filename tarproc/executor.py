@@ -30,7 +30,7 @@ import stat
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from .errors import Interrupted
 from .samples import Sample

@@ -75,7 +75,7 @@ def test_reader_stays_within_window_of_writer(tmp_path, parallel):
             yield sample
 
     keys = []
-    for inp, result in run_samples(spec, source(), parallel=parallel):
+    for _inp, result in run_samples(spec, source(), parallel=parallel):
         keys.append(result.outputs[0]["__key__"])
         ahead.append(pulled - len(keys))
     assert keys == [f"k{i:04d}" for i in range(30)]

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import io
-import os
 import signal
 import subprocess
-import tarfile
 import time
 import uuid
 

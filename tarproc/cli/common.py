@@ -14,7 +14,8 @@ import os
 import signal
 import sys
 import time
-from typing import Annotated, Iterable, Iterator, Optional
+from typing import Annotated, Optional
+from collections.abc import Iterable, Iterator
 
 import click
 import typer
@@ -162,7 +163,7 @@ class Tool:
         return tqdm(iterable, file=sys.stderr, unit=unit, total=total, dynamic_ncols=True, leave=False)
 
     @contextlib.contextmanager
-    def run(self) -> Iterator["Tool"]:
+    def run(self) -> Iterator[Tool]:
         """Run the body of a command: map errors to messages and exit status.
 
         SIGTERM raises :class:`tarproc.errors.Interrupted` in the main thread
