@@ -428,14 +428,20 @@ def _init_worker(spec: CommandSpec) -> None:
     signal.signal(signal.SIGTERM, _on_signal)
 
 
-def _work(sample: Sample, index: int) -> Result:
-    assert _SPEC is not None
+def _run_guarded(spec: CommandSpec, sample: Sample, index: int) -> Result:
+    """:func:`run_sample`, with a sample directory that cannot be made or
+    written (disk full, work dir gone) turned into a failed sample."""
     try:
-        return run_sample(_SPEC, sample, index)
+        return run_sample(spec, sample, index)
     except OSError as exc:
         result = Result(index, sample["__key__"], failed=True)
         result.reason = f"{exc.filename or 'sample directory'}: {exc.strerror or exc}"
         return result
+
+
+def _work(sample: Sample, index: int) -> Result:
+    assert _SPEC is not None
+    return _run_guarded(_SPEC, sample, index)
 
 
 def run_samples(
@@ -450,18 +456,15 @@ def run_samples(
     :param parallel: worker processes; 1 runs in this process
     :param ordered: yield in input order (else in completion order)
     :param window: most samples in flight (default ``2 * parallel``)
-    :raises OSError: only from the serial path's directory handling
+
+    A failing command, or a sample directory that cannot be written, gives a
+    failed :class:`Result`; nothing is raised for them.
     """
     if parallel <= 1:
         previous = install_signal_handlers()
         try:
             for index, sample in enumerate(samples):
-                try:
-                    result = run_sample(spec, sample, index)
-                except OSError as exc:
-                    result = Result(index, sample["__key__"], failed=True)
-                    result.reason = f"{exc.filename or 'sample directory'}: {exc.strerror or exc}"
-                yield sample, result
+                yield sample, _run_guarded(spec, sample, index)
         finally:
             restore_signal_handlers(previous)
         return
