@@ -21,7 +21,7 @@ test: install imagemagick
 	$(BIN)/pytest -q tests --ignore=tests/bench
 
 bench: install imagemagick
-	$(BIN)/pytest tests/bench --benchmark-enable --benchmark-columns=min,median,mean,ops,rounds -p no:cacheprovider
+	$(BIN)/pytest tests/bench --benchmark-enable --benchmark-columns=min,median,mean,ops,rounds -p no:cacheprovider --benchmark-json=.benchmarks/latest.json -s
 
 man: install
 	$(BIN)/python -m tarproc.cli.man man

@@ -169,11 +169,13 @@ def test_failure_report_shows_last_lines(imagenet_shard, work):
 
 
 def test_errors_abort_leaves_only_partial(imagenet_shard, work, tmp_path):
-    out = run(["tarproc", "-e", "abort", "-q", "-c", _fail_cmd(imagenet_shard), "-o", "out.tar", "-w", str(work),
-               str(imagenet_shard)], cwd=tmp_path)
+    out = run(["tarproc", "-e", "abort", "-q", "-c", _fail_cmd(imagenet_shard), "-o", "out.tar", "--failed", "failed.tar",
+               "-w", str(work), str(imagenet_shard)], cwd=tmp_path)
     assert out.returncode == 1
     assert b"--errors abort" in out.stderr
     assert not (tmp_path / "out.tar").exists()
+    # the failed sample that stopped the run is saved in a finished archive
+    assert keys_of((tmp_path / "failed.tar").read_bytes()) == shard_keys(imagenet_shard)[1:2]
     partial = tmp_path / "out.tar.partial"
     assert keys_of_prefix(partial.read_bytes()) == shard_keys(imagenet_shard)[:1]
     # no end-of-archive marker: recognisably incomplete to a strict reader

@@ -158,10 +158,16 @@ def tarproc(
                 sink.close()
             if failed_sink is not None:
                 failed_sink.close()
-        except BaseException:
-            for s in (sink, failed_sink):
-                if s is not None:
-                    s.abort()
+        except BaseException as exc:
+            if sink is not None:
+                sink.abort()
+            if failed_sink is not None:
+                if isinstance(exc, CommandError):
+                    # stopped by --errors abort / --max-errors: the failed
+                    # samples seen so far are all there is, so finish the file
+                    failed_sink.close()
+                else:
+                    failed_sink.abort()
             raise
         finally:
             if results is not None:

@@ -117,7 +117,7 @@ def test_peak_memory_1gb_shard_parallel_2(benchmark, tmp_path_factory):
     base = Path(tempfile.mkdtemp(dir=SHM)) if SHM else tmp_path_factory.mktemp("big")
     big = base / "imagenet-1gb.tar"
     # ~110 kB JPEGs as in ImageNet; 9000 samples is about 1 GB
-    write_shard(str(big), 9000, size=(720, 540), distinct=64)
+    write_shard(str(big), 9000, size=(540, 405), distinct=64)
     size = big.stat().st_size
     peaks = {"rss_kib": 0, "pss_kib": 0}
 
