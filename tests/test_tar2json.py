@@ -3,30 +3,20 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
 
 from conftest import run
+from malformed import tar_bytes
 from typer.testing import CliRunner
 
 from tarproc import iter_samples
 from tarproc.cli import tar2json as tar2json_cli
-from tarproc.tario import TarWriter
 
 runner = CliRunner()
 
 
 def invoke(args, input: bytes | None = None):
     return runner.invoke(tar2json_cli.app, args, input=input)
-
-
-def tar_bytes(members) -> bytes:
-    out = io.BytesIO()
-    writer = TarWriter(out)
-    for name, data in members:
-        writer.add(name, data)
-    writer.finish()
-    return out.getvalue()
 
 
 MIXED = tar_bytes([

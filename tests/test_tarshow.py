@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import io
 import json
 
 import pytest
 from conftest import run
+from malformed import tar_bytes
 from typer.testing import CliRunner
 
 from tarproc.cli import tarshow as tarshow_cli
-from tarproc.tario import TarWriter
 
 runner = CliRunner()
 
 
 def invoke(args, input: bytes | None = None):
     return runner.invoke(tarshow_cli.app, args, input=input)
-
-
-def tar_bytes(members) -> bytes:
-    out = io.BytesIO()
-    writer = TarWriter(out)
-    for name, data in members:
-        writer.add(name, data)
-    writer.finish()
-    return out.getvalue()
 
 
 def test_listing_keys_sizes_previews(imagenet_shard):
