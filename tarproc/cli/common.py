@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 
 import click
 import typer
+from typer.exceptions import TyperException
 
 from .. import __version__
 from ..compress import COMPRESSIONS
@@ -226,6 +227,31 @@ def refuse_terminal(output: str) -> None:
         raise UsageError("refusing to write archive data to a terminal (use -o FILE or a pipe)")
 
 
+def refuse_terminal_input(specs: list[str]) -> None:
+    """Refuse to read tar data from a terminal on stdin, like GNU tar
+    (the tool would wait for input that a user never meant to type).
+
+    :raises UsageError:
+    """
+    from ..errors import UsageError
+
+    if "-" in specs and sys.stdin is not None and sys.stdin.isatty():
+        raise UsageError("refusing to read archive data from a terminal (give an INPUT or a pipe)")
+
+
+class Counter:
+    """Counts the items passing through :meth:`__call__` (for ``-v``
+    summaries of tools that do not write a sink)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self, items: Iterable) -> Iterator:
+        for item in items:
+            self.n += 1
+            yield item
+
+
 def limit(samples: Iterable, skip: int = 0, count: int | None = None) -> Iterator:
     """``--skip`` then ``--count`` over a sample iterator; stops reading as
     soon as ``count`` samples were taken."""
@@ -242,10 +268,35 @@ def limit(samples: Iterable, skip: int = 0, count: int | None = None) -> Iterato
         yield sample
 
 
+def usage_message(name: str, exc: TyperException) -> str:
+    """A click usage error as one line, ``tool: error: message (see 'tool
+    --help')``, in the form of every other error (click prints the usage,
+    a hint and ``Error: ...`` on four lines)."""
+    message = " ".join(exc.format_message().split())
+    if message[:1].isupper() and message[1:2].islower():
+        message = message[0].lower() + message[1:]
+    message = message.rstrip(".")
+    hint = f" (see '{name} --help')" if exc.exit_code == ExitStatus.USAGE else ""
+    return f"{name}: error: {message}{hint}"
+
+
 def run_app(app: typer.Typer, name: str) -> None:
-    """Console-script entry point: run ``app`` as ``name``."""
+    """Console-script entry point: run ``app`` as ``name``; exits with the
+    command's status. A usage error is one line on stderr, exit status 2."""
     try:
-        app(prog_name=name)
+        status = app(prog_name=name, standalone_mode=False)
+    except TyperException as exc:  # click's UsageError and friends (typer vendors click)
+        print(usage_message(name, exc), file=sys.stderr, flush=True)
+        status = exc.exit_code
+    except typer.Abort:  # EOF at a prompt; no tool prompts, but say something
+        print(f"{name}: error: aborted", file=sys.stderr, flush=True)
+        status = ExitStatus.ERROR
     except BrokenPipeError:  # raised while flushing at exit
         _silence_stdout()
-        sys.exit(ExitStatus.SIGPIPE)
+        status = ExitStatus.SIGPIPE
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        status = ExitStatus.SIGPIPE
+    sys.exit(status if isinstance(status, int) else 0)

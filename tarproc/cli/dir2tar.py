@@ -87,7 +87,9 @@ def dir2tar(
         with open_sink(output, compression_name(compress), mtime=mtime) as sink:
             for sample in tool.progress(samples, progress):
                 sink.write(sample)
-        tool.info(f"wrote {sink.samples} samples ({sink.bytes_written} bytes) to {output}")
+        if not sink.samples:  # e.g. an --include that matches nothing: say so, the archive is empty
+            tool.warn(f"no file under {directory!r} was written: the archive holds no sample", problem=False)
+        tool.info(f"wrote {sink.samples} samples ({sink.bytes_written} bytes) to {output} in {tool.elapsed():.2f} s")
 
 
 def main() -> None:

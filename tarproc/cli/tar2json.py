@@ -16,6 +16,7 @@ from ..errors import UsageError
 from ..sources import check_inputs_exist, expand_inputs, iter_samples
 from .common import (
     Count,
+    Counter,
     Debug,
     Inputs,
     Progress,
@@ -28,6 +29,7 @@ from .common import (
     command,
     limit,
     make_app,
+    refuse_terminal_input,
     run_app,
 )
 
@@ -95,14 +97,16 @@ def tar2json(
 ):
     tool = Tool("tar2json", verbose, quiet, debug)
     with tool.run():
-        chosen = parse_fields(fields) if fields else None
+        chosen = parse_fields(fields) if fields is not None else None  # -k '' is an error, not "all"
         if chosen and "__key__" in chosen:
             chosen.remove("__key__")
             if not chosen:
                 raise UsageError("-k names no field besides __key__")
         specs = expand_inputs(inputs or ["-"])
+        refuse_terminal_input(specs)
         check_inputs_exist(specs)
-        samples = tool.progress(limit(iter_samples(specs, tool.warn, strict), skip, count), progress)
+        read = Counter()
+        samples = tool.progress(read(limit(iter_samples(specs, tool.warn, strict), skip, count)), progress)
         out = sys.stdout.buffer
         if available:
             seen: dict[str, int] = {}
@@ -113,6 +117,7 @@ def tar2json(
             for name in sorted(seen):
                 out.write(f"{name}\t{seen[name]}\n".encode("utf-8", "surrogateescape"))
             out.flush()
+            tool.info(f"read {read.n} samples from {len(specs)} inputs in {tool.elapsed():.2f} s")
             return
         omit = binary is Binary.omit
         bad_json = 0
@@ -170,6 +175,7 @@ def tar2json(
                     cells.append("" if omit else base64.b64encode(data).decode("ascii"))
             out.write("\t".join(cells).encode("utf-8", "surrogateescape") + b"\n")
         out.flush()
+        tool.info(f"read {read.n} samples from {len(specs)} inputs in {tool.elapsed():.2f} s")
 
 
 def main() -> None:

@@ -43,6 +43,7 @@ from .common import (
     make_app,
     output_option,
     refuse_terminal,
+    refuse_terminal_input,
     run_app,
 )
 
@@ -95,7 +96,22 @@ SliceOpt = Annotated[
     Optional[str], typer.Option("--slice", help="Keep samples START:STOP[:STEP] (0-based).", metavar="START:STOP[:STEP]")
 ]
 ShuffleOpt = Annotated[int, typer.Option("--shuffle", min=0, help="Shuffle samples with a buffer of N.", metavar="N")]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed for --shuffle and --shuffle-shards.", metavar="S")]
+SeedOpt = Annotated[
+    Optional[str], typer.Option("--seed", help="Seed for --shuffle and --shuffle-shards (any text).", metavar="S")
+]
+
+
+def parse_seed(seed: str | None) -> int | str | None:
+    """``--seed`` as given to :class:`random.Random`: an integer when it is
+    one (so numeric seeds give the orders they always gave), else the text."""
+    if seed is None:
+        return None
+    try:
+        return int(seed)
+    except ValueError:
+        return seed
+
+
 ShuffleShards = Annotated[bool, typer.Option("--shuffle-shards", help="Shuffle the order of the inputs.")]
 FieldsOpt = Annotated[
     Optional[list[str]],
@@ -153,7 +169,7 @@ def run_cats(
     count: Optional[int],
     slice_: Optional[str],
     shuffle: int,
-    seed: Optional[int],
+    seed: Optional[str],
     shuffle_shards: bool,
     fields: Optional[list[str]],
     missing: Missing,
@@ -171,6 +187,7 @@ def run_cats(
 ) -> None:
     """The body shared by tarcats and tarpcat."""
     tool = Tool(name, verbose, quiet, debug)
+    seed = parse_seed(seed)
     with tool.run():
         specs = expand_inputs(inputs or [])
         for path in filelist or []:
@@ -179,12 +196,13 @@ def run_cats(
             specs += expand_inputs(read_filelist(path))
         if not specs and not filelist:
             specs = ["-"]
+        refuse_terminal_input(specs)
         if specs.count("-") > 1:
             raise UsageError("stdin ('-') can be read only once")
         if interleaved and parallel > 1:
             raise UsageError("--interleave needs every input open at once: use -p 1")
-        if parallel > 1 and "-" in specs:
-            raise UsageError("stdin ('-') cannot be read by parallel workers: use -p 1")
+        if parallel > 1 and "-" in specs and len(specs) > 1:  # stdin alone is read in this process
+            raise UsageError("stdin ('-') cannot be read by parallel workers together with other inputs: use -p 1")
         slicing = parse_slice(slice_) if slice_ else None
         selector = FieldSelector(fields, missing.value, _capped(tool, MAX_SKIP_MESSAGES)) if fields else None
         rekeyer = Rekeyer(rekey) if rekey is not None else None
@@ -226,7 +244,7 @@ def run_cats(
         if bad.bad:
             tool.warn(f"{len(bad.bad)} bad shards: " + ", ".join(s for s, _ in bad.bad), problem=False)
         tool.info(
-            f"{sink.samples} samples, {sink.bytes_written} tar bytes from {len(specs)} inputs"
+            f"wrote {sink.samples} samples ({sink.bytes_written} bytes) from {len(specs)} inputs"
             f" to {output} in {tool.elapsed():.2f} s"
         )
 

@@ -13,6 +13,7 @@ from ..errors import UsageError
 from ..sources import check_inputs_exist, expand_inputs, iter_samples
 from .common import (
     Count,
+    Counter,
     Debug,
     Inputs,
     Progress,
@@ -25,6 +26,7 @@ from .common import (
     command,
     limit,
     make_app,
+    refuse_terminal_input,
     run_app,
 )
 
@@ -95,6 +97,7 @@ def tarshow(
         if json_out and (field or sheet):
             raise UsageError("--json goes with the listing or --stats, not with -f or --contact-sheet")
         specs = expand_inputs(inputs or ["-"])
+        refuse_terminal_input(specs)
         check_inputs_exist(specs)
         summary = Stats()
 
@@ -102,7 +105,8 @@ def tarshow(
             summary.skipped(message)
             tool.warn(message)
 
-        samples = limit(iter_samples(specs, warn, strict), skip, count)
+        read = Counter()
+        samples = read(limit(iter_samples(specs, warn, strict), skip, count))
         samples = tool.progress(samples, progress)
         out = sys.stdout.buffer
         if sheet:
@@ -139,6 +143,7 @@ def tarshow(
                     out.write(text.encode("utf-8", "surrogateescape") + b"\n")
                 first = False
         out.flush()
+        tool.info(f"read {read.n} samples from {len(specs)} inputs in {tool.elapsed():.2f} s")
 
 
 def json_line(obj) -> bytes:

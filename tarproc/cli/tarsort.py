@@ -28,6 +28,7 @@ from .common import (
     make_app,
     output_option,
     refuse_terminal,
+    refuse_terminal_input,
     run_app,
 )
 
@@ -103,6 +104,7 @@ def tarsort(
         keyfunc = sort_key_function(field, sort_type.value, shuffle, seed)
         refuse_terminal(output)
         specs = expand_inputs(inputs or ["-"])
+        refuse_terminal_input(specs)
         check_inputs_exist(specs)
         sorter = ExternalSorter(keyfunc, reverse, budget, tmpdir)
         samples = tool.progress(iter_samples(specs, tool.warn, strict), progress)
@@ -123,8 +125,8 @@ def tarsort(
             sorter.cleanup()
         if repeated > 5:
             tool.warn(f"{repeated} samples in all repeat the key of the sample before them")
-        tool.info(f"{sorter.samples} samples sorted; {sorter.runs} runs spilled"
-                  f" ({sorter.spilled_bytes} bytes); {tool.elapsed():.1f} s")
+        tool.info(f"wrote {sink.samples} samples ({sink.bytes_written} bytes) to {output} in {tool.elapsed():.2f} s;"
+                  f" {sorter.runs} runs spilled ({sorter.spilled_bytes} bytes)")
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from .common import (
     command,
     compression_name,
     make_app,
+    refuse_terminal_input,
     run_app,
 )
 
@@ -51,7 +52,7 @@ of the file as written."""
 
 EXAMPLES = """\
   tarsplit big.tar -n 1000 -o 'train-%06d.tar'
-  tarproc -c 'convert - -resize 256x256 jpg:-' -i jpg in.tar -o - | tarsplit -s 1GB -o 'small-{shard:04d}.tgz'
+  tarproc -c 'convert sample.jpg -resize 256x256 sample.jpg' -o - in.tar | tarsplit -s 1GB -o 'small-{shard:04d}.tgz'
   tarsplit 'raw-{000..099}.tar' -s 500M -o out -C 'gsutil cp {shard} gs://bucket/ && rm {shard}'
   tarsplit in.tar -n 100 -o 'pipe:aws s3 cp - s3://bucket/part-%04d.tar'
   tarsplit in.tar -n 5000 -z -o shards/train --manifest shards/manifest.jsonl -v"""
@@ -112,6 +113,7 @@ def tarsplit(
         size = parse_size(maxsize) if maxsize is not None else None
         pattern = ShardPattern(output, compression)
         specs = expand_inputs(inputs or ["-"])
+        refuse_terminal_input(specs)
         check_inputs_exist(specs)
         manifest_file = open_manifest(manifest) if manifest else None
 
@@ -149,7 +151,8 @@ def tarsplit(
                 f" were not written ({writer.samples} samples in {len(writer.shards)} shards)"
             )
         total = sum(s.bytes for s in writer.shards)
-        tool.info(f"{writer.samples} samples in {len(writer.shards)} shards, {total} bytes, {tool.elapsed():.2f} s")
+        tool.info(f"wrote {writer.samples} samples ({total} bytes) in {len(writer.shards)} shards"
+                  f" in {tool.elapsed():.2f} s")
         if not writer.shards:
             tool.info("no samples: no shard written")
 

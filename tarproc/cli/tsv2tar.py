@@ -79,7 +79,7 @@ def tsv2tar(
             with open_sink(output, compression_name(compress), mtime=mtime) as sink:
                 for sample in tool.progress(samples, progress):
                     sink.write(sample)
-        tool.info(f"wrote {sink.samples} samples to {output}")
+        tool.info(f"wrote {sink.samples} samples ({sink.bytes_written} bytes) to {output} in {tool.elapsed():.2f} s")
 
 
 def main() -> None:
