@@ -270,3 +270,16 @@ def test_dir2tar_says_when_nothing_was_written(tmp_path):
     out = run(["dir2tar", "--include", "*.JPEG", str(tmp_path), "-o", str(tmp_path / "out.tar")])
     assert out.returncode == 0
     assert b"dir2tar: warning: " in out.stderr and b"no sample" in out.stderr
+
+
+def test_tarpcat_help_does_not_depend_on_the_machine():
+    """Regression: `-p [default: 2]` was the CPU count of the machine that made
+    man/tarpcat.1, so the man page was "stale" on any other machine."""
+    import sys
+
+    code = ("import os, sys; os.cpu_count = lambda: 64\n"
+            "from tarproc.cli.man import man_page; sys.stdout.write(man_page('tarpcat'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == (REPO / "man" / "tarpcat.1").read_text()
+    assert "the number of CPUs" in out.stdout

@@ -129,6 +129,12 @@ RekeyOpt = Annotated[
     Optional[str],
     typer.Option("--rekey", help="New keys: '{index:09d}', '{shard}/{key}', '{key}', '{source}'.", metavar="FORMAT"),
 ]
+#: tarpcat's -p: the same option, with a default (the CPU count) described rather than shown
+PcatParallel = Annotated[
+    int,
+    typer.Option("-p", "--parallel", min=1, help="Worker processes.", metavar="N",
+                 show_default="the number of CPUs, at least 2"),
+]
 InterleaveOpt = Annotated[bool, typer.Option("--interleave", help="Round-robin over the inputs instead of one after another.")]
 MaxBad = Annotated[
     int,
@@ -253,7 +259,6 @@ def build_app(name: str, help: str, examples: str, default_parallel: int) -> typ
     """The typer app of tarcats (``default_parallel`` 1) or tarpcat."""
     app = make_app(help, examples)
 
-    @command(app)
     def cats(
         inputs: Inputs = None,
         output: output_option("-", "Output file, '-' for stdout, or 'pipe:CMD'.") = "-",
@@ -284,6 +289,9 @@ def build_app(name: str, help: str, examples: str, default_parallel: int) -> typ
             rekey, interleaved, max_bad_shards, parallel, compress, mtime, strict, progress, verbose, quiet, debug,
         )  # fmt: skip
 
+    if default_parallel > 1:  # tarpcat: the default is the machine's, which help and man page must not show
+        cats.__annotations__["parallel"] = PcatParallel
+    command(app)(cats)
     return app
 
 
