@@ -32,10 +32,12 @@ import sys
 from dataclasses import dataclass, field
 from collections.abc import Iterable, Iterator
 
-from .errors import Interrupted
+from .errors import Interrupted, TarprocError
 from .samples import Sample
 
 KEY_FILE = "__key__"
+#: seconds between checks that no pool worker died while the parent waits
+WORKER_POLL_SECONDS = 0.5
 SOURCE_FILE = "__source__"
 
 
@@ -238,12 +240,18 @@ def _collect(directory: str, base: str, source: str, warnings: list) -> tuple[Sa
             name = entry.name
             if not name.startswith(prefix) or len(name) == len(prefix):
                 continue
+            if name.startswith("__", len(prefix)):
+                # a field "__key__" would be taken for a meta entry and never written
+                warnings.append(f"sample {key!r}: not collecting {name!r}: field names starting with '__' are reserved")
+                continue
             # d_type says "regular file" without a syscall; _read_regular
             # still refuses anything else (O_NOFOLLOW, fstat) if it changed
             data = _read_regular(entry.path) if entry.is_file(follow_symlinks=False) else None
             if data is None:
                 try:
-                    kind = _kind(entry.stat(follow_symlinks=False).st_mode)
+                    mode = entry.stat(follow_symlinks=False).st_mode
+                    # a regular file that could not be opened: chmod 000 by the command
+                    kind = "unreadable file" if stat.S_ISREG(mode) else _kind(mode)
                 except OSError:
                     kind = "vanished file"
                 warnings.append(f"sample {key!r}: not collecting {kind} {name!r}")
@@ -459,6 +467,9 @@ def run_samples(
 
     A failing command, or a sample directory that cannot be written, gives a
     failed :class:`Result`; nothing is raised for them.
+
+    :raises TarprocError: a worker process died (killed by the OOM killer,
+        or by the command): its sample is lost, so the run stops
     """
     if parallel <= 1:
         previous = install_signal_handlers()
@@ -476,6 +487,9 @@ def _run_pool(spec, samples, parallel, ordered, window):
 
     context = multiprocess.get_context("fork")
     pool = context.Pool(parallel, initializer=_init_worker, initargs=(spec,))
+    # the pool silently replaces a worker that dies (OOM killer, kill -9) and
+    # its task is lost: watch the original workers so the run cannot hang
+    workers = list(pool._pool)
     clean = False
     try:
         if ordered:
@@ -484,10 +498,10 @@ def _run_pool(spec, samples, parallel, ordered, window):
                 pending.append((sample, pool.apply_async(_work, (sample, index))))
                 if len(pending) >= window:
                     inp, handle = pending.popleft()
-                    yield inp, handle.get()
+                    yield inp, _wait(handle.get, workers)
             while pending:
                 inp, handle = pending.popleft()
-                yield inp, handle.get()
+                yield inp, _wait(handle.get, workers)
         else:
             done: queue.Queue = queue.Queue()
             inputs: dict[int, Sample] = {}
@@ -497,10 +511,10 @@ def _run_pool(spec, samples, parallel, ordered, window):
                 pool.apply_async(_work, (sample, index), callback=done.put, error_callback=done.put)
                 in_flight += 1
                 if in_flight >= window:
-                    yield _take(done, inputs)
+                    yield _take(done, inputs, workers)
                     in_flight -= 1
             while in_flight:
-                yield _take(done, inputs)
+                yield _take(done, inputs, workers)
                 in_flight -= 1
         clean = True
     finally:
@@ -511,8 +525,25 @@ def _run_pool(spec, samples, parallel, ordered, window):
         pool.join()
 
 
-def _take(done: queue.Queue, inputs: dict) -> tuple[Sample, Result]:
-    item = done.get()
+def _wait(get, workers: list):
+    """``get(timeout=...)`` until it answers; raise :class:`TarprocError`
+    when a worker process died meanwhile (its sample would never come)."""
+    import multiprocess  # already loaded by _run_pool
+
+    while True:
+        try:
+            return get(timeout=WORKER_POLL_SECONDS)
+        except (queue.Empty, multiprocess.TimeoutError):
+            pass
+        for worker in workers:
+            code = worker.exitcode
+            if code is not None:
+                how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+                raise TarprocError(f"worker process {worker.pid} {how}: its sample is lost, stopping")
+
+
+def _take(done: queue.Queue, inputs: dict, workers: list) -> tuple[Sample, Result]:
+    item = _wait(done.get, workers)
     if isinstance(item, BaseException):
         raise item
     return inputs.pop(item.index), item

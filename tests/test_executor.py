@@ -16,7 +16,7 @@ def make_samples(n: int, size: int = 10):
 
 def spec_for(tmp_path, cmd: str, **kw) -> CommandSpec:
     root = tmp_path / "root"
-    root.mkdir(exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
     return CommandSpec(["bash", "-c", cmd], str(root), **kw)
 
 
@@ -100,3 +100,27 @@ def test_missing_key_file_fails(tmp_path):
     spec = spec_for(tmp_path, "rm __key__")
     result = run_sample(spec, next(make_samples(1)), 0)
     assert result.failed and "__key__ is missing" in result.reason
+
+
+def test_dead_worker_stops_the_run_instead_of_hanging(tmp_path):
+    # the pool replaces a worker killed by the OOM killer and loses its task:
+    # waiting for it would hang forever
+    from tarproc import TarprocError
+
+    for ordered in (True, False):
+        # a fresh root each time: the killed worker could not remove its sample directory
+        spec = spec_for(tmp_path / str(ordered), '[ "$(cat __key__)" != k0003 ] || kill -9 $PPID')
+        with pytest.raises(TarprocError, match=r"worker process \d+ was killed by signal 9"):
+            list(run_samples(spec, make_samples(8), parallel=2, ordered=ordered))
+
+
+def test_reserved_field_names_are_not_collected(tmp_path):
+    # "__key__" as a field would be taken for a meta entry and silently never written
+    spec = spec_for(tmp_path, "echo x > sample.__key__; echo y > sample.__z")
+    result = run_sample(spec, next(make_samples(1)), 0)
+    assert result.outputs[0]["__key__"] == "k0000"
+    assert sorted(result.outputs[0]) == ["__key__", "__source__", "bin", "txt"]
+    assert sorted(result.warnings) == [
+        "sample 'k0000': not collecting 'sample.__key__': field names starting with '__' are reserved",
+        "sample 'k0000': not collecting 'sample.__z': field names starting with '__' are reserved",
+    ]
