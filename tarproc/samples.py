@@ -69,7 +69,8 @@ def group_samples(
     :param members: tar members in stream order
     :param source: stored as ``"__source__"`` in every sample, and used in messages
     :param warn: called with a message for each member skipped because it
-        has no key or an unsafe name
+        has no key, an unsafe name, or a field starting with ``__`` (the
+        meta entries' prefix: ``k.__key__`` would replace the key)
     :param strict: raise :class:`SampleError` instead of skipping such members
     :raises SampleError: a field repeated within one sample, or a key that
         comes back after another key (the input is not grouped: use
@@ -99,6 +100,9 @@ def group_samples(
         slash = name.rfind("/")
         dot = name.find(".", slash + 1)
         problem = unsafe_name(name) if (".." in name or name[:1] == "/") else None
+        if not problem and dot > slash + 1 and name.startswith("__", dot + 1):
+            # a field "__key__" would replace the key (meta entries start with "__")
+            problem = "field name starts with '__' (reserved for __key__, __source__...)"
         if problem or dot <= slash + 1 or dot == len(name) - 1:
             message = f"{source}: {problem or 'member has no key (WebDataset key.field)'}: {name!r}"
             if strict:

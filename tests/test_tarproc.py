@@ -337,3 +337,78 @@ def test_help_has_examples_and_exit_status():
 def test_version():
     result = runner.invoke(tarproc_cli.app, ["--version"])
     assert result.exit_code == 0 and result.stdout.startswith("tarproc (tarproc) ")
+
+
+# ------------------------------------------------- review regressions (issue 2)
+
+
+def test_output_that_is_an_input_is_refused(imagenet_shard, tmp_path):
+    shard = tmp_path / "s.tar"
+    shard.write_bytes(imagenet_shard.read_bytes())
+    partial = tmp_path / "t.tar.partial"  # opening t.tar's temp file would truncate this input
+    partial.write_bytes(imagenet_shard.read_bytes())
+    cases = [
+        (["-o", str(shard), str(shard)], f"-o/--output {str(shard)!r}"),
+        (["-o", f"file://{shard}", str(shard)], f"-o/--output 'file://{shard}'"),
+        (["-o", str(tmp_path / "t.tar"), str(partial)], f"-o/--output {str(tmp_path / 't.tar')!r}"),
+        (["-o", "-", "--failed", str(shard), str(shard)], f"--failed {str(shard)!r}"),
+    ]
+    for args, what in cases:
+        result = runner.invoke(tarproc_cli.app, ["-c", "rm sample.jpg", *args])
+        assert result.exit_code == 2, result.stderr
+        assert result.stderr == f"tarproc: error: {what} is also an input: write to another file\n"
+    assert shard.read_bytes() == partial.read_bytes() == imagenet_shard.read_bytes()
+
+
+def test_failed_file_same_as_output_is_refused(imagenet_shard, tmp_path):
+    out = str(tmp_path / "o.tar")
+    result = runner.invoke(tarproc_cli.app, ["-c", "true", "-o", out, "--failed", out, str(imagenet_shard)])
+    assert result.exit_code == 2
+    assert result.stderr == f"tarproc: error: --failed {out!r} is the same file as -o/--output {out!r}\n"
+    assert not list(tmp_path.glob("o.tar*"))
+    # /dev/null twice is fine: nothing is replaced
+    ok = runner.invoke(tarproc_cli.app, ["-c", "true", "--count", "1", "-o", "/dev/null", "--failed", "/dev/null",
+                                         str(imagenet_shard)])
+    assert ok.exit_code == 0, ok.stderr
+
+
+@pytest.mark.parametrize("how", ["constant key", "subdirs"])
+def test_output_key_written_twice_fails_the_sample(imagenet_shard, work, how):
+    # a key that comes back (or a repeated field) would make every reader reject the output
+    if how == "constant key":
+        args = ["-c", "echo same > __key__"]
+    else:
+        args = ["--subdirs", "-c", "mkdir a b; cp __key__ sample.cls a/; cp __key__ sample.cls b/"]
+    out = run(["tarproc", *args, "--count", "3", "-o", "-", "-w", str(work), str(imagenet_shard)])
+    assert out.returncode == 1
+    assert b"output key" in out.stderr and b"was already written (left out)" in out.stderr
+    assert b"Traceback" not in out.stderr
+    names = [n for n, _ in tar_members(out.stdout)]
+    assert len(names) == len(set(names))
+    keys = [s["__key__"] for s in iter_samples([_tmp_write(work.parent / "o.tar", out.stdout)])]
+    # constant key: the first sample is written, the others fail; subdirs: each
+    # sample's second subdirectory repeats its key, so every sample fails
+    assert keys == (["same"] if how == "constant key" else [])
+
+
+def _tmp_write(path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+def test_member_named_like_a_meta_entry_is_skipped(tmp_path, work):
+    # "k.__key__" once replaced the sample's key with bytes: a traceback
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in ("k.__key__", "k.txt", "j.__source__", "j.txt"):
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+    out = run(["tarproc", "-c", "true", "-o", "-", "-w", str(work)], input=buf.getvalue())
+    assert out.returncode == 1
+    assert b"Traceback" not in out.stderr
+    assert out.stderr.count(b"field name starts with '__'") == 2
+    assert [n for n, _ in tar_members(out.stdout)] == ["k.txt", "j.txt"]

@@ -12,7 +12,8 @@ import typer
 
 from ..errors import CommandError, UsageError
 from ..executor import CommandSpec, print_log, run_samples
-from ..sinks import open_sink
+from ..samples import MAX_SEEN_KEYS
+from ..sinks import PARTIAL, open_sink
 from ..sources import check_inputs_exist, expand_inputs, iter_samples
 from .common import (
     Compress,
@@ -121,10 +122,12 @@ def tarproc(
             raise UsageError(f"--workdir {workdir!r}: no such directory")
         specs = expand_inputs(inputs or ["-"])
         check_inputs_exist(specs)
+        _check_clashes(output, failed, specs)
 
         root = tempfile.mkdtemp(prefix="tarproc-", dir=workdir)
         spec = CommandSpec(argv, root, base, timeout, add_log, subdirs, keep, collect=output is not None)
         stats = {"in": 0, "out": 0, "failed": 0}
+        written: set[str] = set()  # output keys, to refuse one that comes back
         sink = failed_sink = results = None
         try:
             sink = open_sink(output, compression_name(compress), mtime) if output is not None else None
@@ -135,6 +138,8 @@ def tarproc(
                 stats["in"] += 1
                 for message in result.warnings:
                     tool.warn(message)
+                if sink is not None:
+                    _check_output_keys(result, written)
                 if result.failed:
                     stats["failed"] += 1
                     _report_failure(tool, result, errors, verbose)
@@ -152,6 +157,10 @@ def tarproc(
                     tool.info(f"kept {result.directory}", 2)
                 if sink is not None:
                     for out in result.outputs:
+                        if out["__key__"] in written:
+                            continue  # reported as a failure above (--errors ignore: still left out)
+                        if len(written) < MAX_SEEN_KEYS:
+                            written.add(out["__key__"])
                         sink.write(out)
                         stats["out"] += 1
             if sink is not None:
@@ -182,6 +191,50 @@ def tarproc(
         if stats["failed"] and errors != "ignore":
             tool.error(f"{stats['failed']} of {stats['in']} samples failed")
             raise typer.Exit(1)
+
+
+def _check_output_keys(result, written: set) -> None:
+    """Fail a result whose output key was already written (or repeats within
+    its outputs): a key that comes back makes the output ungrouped, or
+    repeats a field, and readers would reject the whole shard."""
+    keys = [out["__key__"] for out in result.outputs]
+    for i, key in enumerate(keys):
+        if key in written or key in keys[:i]:
+            if not result.failed:
+                result.failed = True
+                result.reason = f"output key {key!r} was already written"
+            return
+
+
+def _local_path(spec: str) -> str | None:
+    """The file an input or output names, or None (stdin/stdout, pipe:, URL, device)."""
+    if spec == "-" or spec.startswith("pipe:") or ("://" in spec and not spec.startswith("file://")):
+        return None
+    path = spec[7:] if spec.startswith("file://") else spec
+    if os.path.exists(path) and not os.path.isfile(path):
+        return None  # /dev/null, a FIFO: written directly, never replaced
+    return os.path.realpath(path)
+
+
+def _check_clashes(output: str | None, failed: str | None, specs: list[str]) -> None:
+    """Refuse an output that is also an input (or the other output): the
+    input would be replaced by the output at the end (or truncated, when it
+    is OUT.partial), and two outputs would overwrite each other.
+
+    :raises UsageError:
+    """
+    inputs = {p for p in map(_local_path, specs) if p is not None}
+    seen: dict[str, str] = {}
+    for option, target in (("-o/--output", output), ("--failed", failed)):
+        path = _local_path(target) if target else None
+        if path is None:
+            continue
+        for name in (path, path + PARTIAL):
+            if name in inputs:
+                raise UsageError(f"{option} {target!r} is also an input: write to another file")
+        if path in seen:
+            raise UsageError(f"--failed {target!r} is the same file as {seen[path]} {output!r}")
+        seen[path] = option
 
 
 def _report_failure(tool: Tool, result, errors: str, verbose: int) -> None:
