@@ -307,6 +307,7 @@ runner = CliRunner()
         (["-s", "/nonexistent/script.sh"], "no such file"),
         (["-c", "true", "--shell", "no-such-shell-xyz"], "not found on PATH"),
         (["-c", "true", "-w", "/nonexistent/dir"], "no such directory"),
+        (["-c", "true", "--timeout", "0"], "--timeout must be more than 0 seconds"),
     ],
 )
 def test_usage_errors(args, message):

@@ -34,6 +34,7 @@ from .common import (
     limit,
     make_app,
     refuse_terminal,
+    refuse_terminal_input,
     run_app,
 )
 
@@ -83,7 +84,7 @@ def tarproc(
     failed: Annotated[Optional[str], typer.Option("--failed", metavar="FILE", help="Write the failed input samples to this tar.")] = None,
     timeout: Annotated[Optional[float], typer.Option("--timeout", min=0, metavar="SECONDS", help="Kill a command's process group after this many seconds (the sample fails).")] = None,
     add_log: Annotated[Optional[str], typer.Option("--add-log", metavar="EXT", help="Also store the command's output in the sample as field EXT.")] = None,
-    subdirs: Annotated[bool, typer.Option("--subdirs", help="Each subdirectory holding __key__ and BASE.* becomes an output sample.")] = False,
+    subdirs: Annotated[bool, typer.Option("--subdirs", help="Each subdirectory holding __key__ and BASE.* becomes an output sample (files directly in the sample directory are not collected).")] = False,
     workdir: Annotated[Optional[str], typer.Option("-w", "--workdir", metavar="DIR", help="Where sample directories are made [default: $TMPDIR].")] = None,
     keep: Annotated[bool, typer.Option("--keep", help="Keep the sample directories (for debugging).")] = False,
     count: Count = None,
@@ -99,6 +100,8 @@ def tarproc(
 ) -> None:
     tool = Tool("tarproc", verbose, quiet, debug)
     with tool.run():
+        if timeout is not None and timeout <= 0:
+            raise UsageError("--timeout must be more than 0 seconds")
         if (cmd is None) == (script is None):
             raise UsageError("give exactly one of -c/--command or -s/--script")
         if errors not in ("abort", "skip", "ignore"):
@@ -121,6 +124,7 @@ def tarproc(
         if not os.path.isdir(workdir):
             raise UsageError(f"--workdir {workdir!r}: no such directory")
         specs = expand_inputs(inputs or ["-"])
+        refuse_terminal_input(specs)
         check_inputs_exist(specs)
         _check_clashes(output, failed, specs)
 
