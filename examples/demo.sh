@@ -15,7 +15,7 @@ else
   cmd="python3 -c 'from PIL import Image; Image.open(\"sample.jpg\").save(\"sample.ppm\")'; rm sample.jpg"
 fi
 
-echo "== input: $(tarshow --stats "$shard" 2>/dev/null | head -1 || true)" >&2
+echo "== input: $(tarshow --stats "$shard" 2>/dev/null | sed -n 1p || true)" >&2
 echo "== cat $shard | tarproc -p 2 -c '$cmd' -o - | tarsplit -n 50 -o '$dir/ppm-%06d.tar'" >&2
 rm -f "$dir"/ppm-*.tar
 if command -v tarsplit >/dev/null && tarsplit --version >/dev/null 2>&1; then
@@ -26,6 +26,6 @@ fi
 echo "== output shards:" >&2
 ls -l "$dir"/ppm-*.tar >&2
 echo "== first members of $dir/ppm-000000.tar:" >&2
-tar tvf "$dir/ppm-000000.tar" | head -6 >&2
+tar tvf "$dir/ppm-000000.tar" | sed -n 1,6p >&2
 echo "== the first three keys (tarproc -c 'cat __key__; echo' --count 3):" >&2
 tarproc -c 'cat __key__; echo' --count 3 "$dir/ppm-000000.tar"
