@@ -160,14 +160,14 @@ class TarSink:
                     pass
                 self._raw.close()
                 self._proc.wait()
-            elif self.path is not None:
+            elif self._raw is sys.stdout.buffer:
+                self._raw.flush()
+            else:  # a file (NAME.partial) or a device/FIFO opened by us, as in close()
                 if self._stream is not self._raw:
                     self._stream.close()  # flush what was written before the error
                 self._raw.close()
-                if self.samples == 0:
+                if self.path is not None and self.samples == 0:
                     os.unlink(self.path + PARTIAL)
-            else:
-                self._raw.flush()
         except OSError:
             pass
 

@@ -7,6 +7,7 @@ import bz2
 import gzip
 import io
 import lzma
+import os
 import sys
 import tarfile
 
@@ -167,3 +168,23 @@ def test_meta_entries_are_not_written_and_text_is_utf8(tmp_path):
     path = tmp_path / "out.tar"
     write(str(path), [{"__key__": "k", "__source__": "s", "__url__": "u", "txt": "é", "bin": b"\0"}])
     assert tar_members(path.read_bytes()) == [("k.txt", "é".encode()), ("k.bin", b"\0")]
+
+
+def test_abort_closes_a_fifo_output(tmp_path):
+    """abort() closes an output it opened itself, as close() does: a reader
+    of a FIFO sees end of file instead of waiting for the writer to exit."""
+    import threading
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()))
+    reader.start()
+    sink = TarSink(str(fifo))
+    sink.write({"__key__": "a", "txt": b"x"})
+    sink.abort()
+    reader.join(timeout=10)
+    assert not reader.is_alive(), "the FIFO was left open by abort()"
+    assert got[0].startswith(b"a.txt")
+    assert not got[0].endswith(bytes(1024))  # no end-of-archive marker
+    assert [p.name for p in tmp_path.iterdir()] == ["fifo"]
