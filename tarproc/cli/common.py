@@ -23,7 +23,7 @@ from typer.exceptions import TyperException
 
 from .. import __version__
 from ..compress import COMPRESSIONS
-from ..errors import ExitStatus, Interrupted, TarprocError
+from ..errors import ExitStatus, Interrupted, TarprocError, UsageError
 
 EXIT_STATUS = """\
 0    success.
@@ -221,8 +221,6 @@ def refuse_terminal(output: str) -> None:
 
     :raises UsageError:
     """
-    from ..errors import UsageError
-
     if output == "-" and sys.stdout.isatty():
         raise UsageError("refusing to write archive data to a terminal (use -o FILE or a pipe)")
 
@@ -233,8 +231,6 @@ def refuse_terminal_input(specs: list[str]) -> None:
 
     :raises UsageError:
     """
-    from ..errors import UsageError
-
     if "-" in specs and sys.stdin is not None and sys.stdin.isatty():
         raise UsageError("refusing to read archive data from a terminal (give an INPUT or a pipe)")
 
