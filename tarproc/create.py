@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import BinaryIO
 
 from .errors import SampleError, SourceError, UsageError
-from .samples import MAX_SEEN_KEYS, Sample, split_name, unsafe_name
+from .samples import MAX_SEEN_KEYS, Sample, key_problem
 
 Warn = Callable[[str], None]
 
@@ -62,21 +62,10 @@ def check_field(field: str, error: type = SampleError) -> None:
 def check_key(key: str, where: str = "") -> None:
     """Raise :class:`SampleError` unless members ``key.FIELD`` read back with
     this key (WebDataset rule) and are safe to extract (not absolute, no
-    ``..``)."""
-    prefix = f"{where}: " if where else ""
-    problem = None
-    if not key:
-        problem = "empty key"
-    elif "\0" in key or "\n" in key:
-        problem = "key contains a NUL or newline"
-    elif key.endswith("/"):
-        problem = "key ends with '/'"
-    else:
-        problem = unsafe_name(key)
-        if problem is None and split_name(key + ".x") != (key, "x"):
-            problem = "the last path component of a key must not contain a dot or start with one"
+    ``..``): :func:`tarproc.samples.key_problem`."""
+    problem = key_problem(key)
     if problem:
-        raise SampleError(f"{prefix}{problem}: {key!r}")
+        raise SampleError(f"{where}: {problem}" if where else problem)
 
 
 class KeyNumbers:

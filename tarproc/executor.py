@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from collections.abc import Iterable, Iterator
 
 from .errors import Interrupted, TarprocError
-from .samples import Sample
+from .samples import Sample, key_problem
 
 KEY_FILE = "__key__"
 #: seconds between checks that no pool worker died while the parent waits
@@ -203,22 +203,6 @@ def _kind(mode: int) -> str:
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "device"
     return "special file"
-
-
-def key_problem(key: str) -> str | None:
-    """Why a key read back from ``__key__`` cannot be used, else None: it
-    must be non-empty, relative, without ``..`` components, and its basename
-    must have no dot (the WebDataset key rule would split it)."""
-    if not key:
-        return "empty key"
-    if "\0" in key or "\n" in key:
-        return "key contains a NUL or newline"
-    if key.startswith("/") or ".." in key.split("/"):
-        return f"unsafe key {key!r}"
-    base = key.rsplit("/", 1)[-1]
-    if not base or "." in base:
-        return f"key {key!r} would not survive the WebDataset key rule (dot or empty basename)"
-    return None
 
 
 def _collect(directory: str, base: str, source: str, warnings: list) -> tuple[Sample | None, str]:

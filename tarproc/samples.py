@@ -47,6 +47,23 @@ def unsafe_name(name: str) -> str | None:
     return None
 
 
+def key_problem(key: str) -> str | None:
+    """Why ``key`` cannot be a sample key, else None. Members ``key.FIELD``
+    must read back with this key (the WebDataset rule above: the basename is
+    non-empty and has no dot) and be safe to extract (relative, no ``..``
+    component, as GNU tar requires); NUL and newline are refused too."""
+    if not key:
+        return "empty key"
+    if "\0" in key or "\n" in key:
+        return f"key {key!r} contains a NUL or newline"
+    if key.startswith("/") or ".." in key.split("/"):
+        return f"unsafe key {key!r}"
+    base = key.rsplit("/", 1)[-1]
+    if not base or "." in base:
+        return f"a dot or an empty basename: key {key!r} would not survive the WebDataset key rule"
+    return None
+
+
 def is_meta(field: str) -> bool:
     """True for meta entries of a sample dict (``__key__``, ``__source__``...),
     which are not written as members."""
