@@ -248,22 +248,6 @@ class Counter:
             yield item
 
 
-def limit(samples: Iterable, skip: int = 0, count: int | None = None) -> Iterator:
-    """``--skip`` then ``--count`` over a sample iterator; stops reading as
-    soon as ``count`` samples were taken."""
-    it = iter(samples)
-    for _ in range(skip):
-        if next(it, None) is None:
-            return
-    if count is None:
-        yield from it
-        return
-    for n, sample in enumerate(it):
-        if n >= count:
-            return
-        yield sample
-
-
 def usage_message(name: str, exc: TyperException) -> str:
     """A click usage error as one line, ``tool: error: message (see 'tool
     --help')``, in the form of every other error (click prints the usage,

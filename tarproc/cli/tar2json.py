@@ -14,6 +14,7 @@ from ..create import parse_fields
 from ..describe import is_text
 from ..errors import UsageError
 from ..sources import check_inputs_exist, expand_inputs, iter_samples
+from ..stages import skip_count
 from .common import (
     Count,
     Counter,
@@ -27,7 +28,6 @@ from .common import (
     Verbose,
     Version,
     command,
-    limit,
     make_app,
     refuse_terminal_input,
     run_app,
@@ -106,7 +106,7 @@ def tar2json(
         refuse_terminal_input(specs)
         check_inputs_exist(specs)
         read = Counter()
-        samples = tool.progress(read(limit(iter_samples(specs, tool.warn, strict), skip, count)), progress)
+        samples = tool.progress(read(skip_count(iter_samples(specs, tool.warn, strict), skip, count)), progress)
         out = sys.stdout.buffer
         if available:
             seen: dict[str, int] = {}

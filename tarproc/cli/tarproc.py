@@ -15,6 +15,7 @@ from ..executor import CommandSpec, print_log, run_samples
 from ..samples import MAX_SEEN_KEYS
 from ..sinks import PARTIAL, open_sink
 from ..sources import check_inputs_exist, expand_inputs, iter_samples
+from ..stages import skip_count
 from .common import (
     Compress,
     Count,
@@ -31,7 +32,6 @@ from .common import (
     Version,
     command,
     compression_name,
-    limit,
     make_app,
     refuse_terminal,
     refuse_terminal_input,
@@ -136,7 +136,7 @@ def tarproc(
         try:
             sink = open_sink(output, compression_name(compress), mtime) if output is not None else None
             failed_sink = open_sink(failed, mtime=mtime) if failed else None
-            samples = limit(iter_samples(specs, warn=tool.warn, strict=strict), skip, count)
+            samples = skip_count(iter_samples(specs, warn=tool.warn, strict=strict), skip, count)
             results = run_samples(spec, samples, parallel, ordered=not unordered)
             for inp, result in tool.progress(results, progress):
                 stats["in"] += 1

@@ -11,6 +11,7 @@ import typer
 from ..describe import Stats, contact_sheet, format_summary, summarize
 from ..errors import UsageError
 from ..sources import check_inputs_exist, expand_inputs, iter_samples
+from ..stages import skip_count
 from .common import (
     Count,
     Counter,
@@ -24,7 +25,6 @@ from .common import (
     Verbose,
     Version,
     command,
-    limit,
     make_app,
     refuse_terminal_input,
     run_app,
@@ -106,7 +106,7 @@ def tarshow(
             tool.warn(message)
 
         read = Counter()
-        samples = read(limit(iter_samples(specs, warn, strict), skip, count))
+        samples = read(skip_count(iter_samples(specs, warn, strict), skip, count))
         samples = tool.progress(samples, progress)
         out = sys.stdout.buffer
         if sheet:
