@@ -14,11 +14,15 @@ class ExitStatus(enum.IntEnum):
     """Exit status of every tarproc tool (documented in each man page)."""
 
     OK = 0
-    #: bad data or I/O failure: corrupt archive, failed source or upload,
-    #: failed samples, skipped members
+    #: a failure a retry may fix: I/O, network, failed source or upload,
+    #: failed commands or samples beyond the allowed limit, skipped members
     ERROR = 1
     #: usage error: a bad option or argument
     USAGE = 2
+    #: the input data is bad (corrupt or truncated archive, malformed
+    #: samples): retrying cannot help. Engines use it to stop retrying
+    #: (Kubernetes ``podFailurePolicy`` action ``FailIndex`` on exit code 3)
+    DATA = 3
     #: interrupted by SIGINT (128 + 2)
     SIGINT = 130
     #: the downstream pipe was closed (128 + SIGPIPE), like coreutils
@@ -36,7 +40,13 @@ class TarprocError(Exception):
     exit_status: int = ExitStatus.ERROR
 
 
-class ArchiveError(TarprocError):
+class DataError(TarprocError):
+    """The input data is bad: retrying cannot help (exit status 3)."""
+
+    exit_status = ExitStatus.DATA
+
+
+class ArchiveError(DataError):
     """The tar stream is malformed (bad checksum, bad size, garbage, ...).
 
     Follows POSIX.1-2001 ustar/pax (IEEE Std 1003.1, ``pax`` utility) and the
@@ -48,11 +58,11 @@ class TruncatedError(ArchiveError):
     """The stream ended inside a header, inside data or before the end marker."""
 
 
-class CompressionError(TarprocError):
+class CompressionError(DataError):
     """The compressed stream is corrupt (bad CRC, truncated, bad magic)."""
 
 
-class SampleError(TarprocError):
+class SampleError(DataError):
     """The members do not form WebDataset samples (repeated field, key that
     comes back after another key, member without a key under ``strict``)."""
 

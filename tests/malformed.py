@@ -47,7 +47,8 @@ class Case:
 
     :ivar name: identifier, used as the test id
     :ivar data: the input bytes (possibly compressed)
-    :ivar status: exit status of a tool reading it (0 success, 1 error or warnings)
+    :ivar status: exit status of a tool reading it (0 success, 1 warnings,
+        3 bad data)
     :ivar message: regex searched in the error line, or in each warning line
     :ivar survivors: keys of the samples that are yielded / written, in order
     :ivar error: library exception class raised while iterating (None: no error)
@@ -169,45 +170,45 @@ def cases() -> list[Case]:
         out.append(Case(name, data, status, message, list(survivors), error, warnings, m))
 
     # -------------------------------------------------------- not tar at all
-    add("empty", b"", 1, r"empty input \(no tar data\)", [], TruncatedError)
-    add("garbage", b"this is not a tar archive\n" * 40, 1, r"bad header checksum at offset 0\b", [], ArchiveError)
-    add("garbage-short", b"hello\n", 1, r"cut inside a header at offset 6\b", [], TruncatedError)
+    add("empty", b"", 3, r"empty input \(no tar data\)", [], TruncatedError)
+    add("garbage", b"this is not a tar archive\n" * 40, 3, r"bad header checksum at offset 0\b", [], ArchiveError)
+    add("garbage-short", b"hello\n", 3, r"cut inside a header at offset 6\b", [], TruncatedError)
 
     # ------------------------------------------------------------------ cuts
     h = off["s002.txt"]  # second member of the third sample
-    add("cut-inside-header", good[: h + 100], 1, rf"cut inside a header at offset {h + 100}\b.*'s001'",
+    add("cut-inside-header", good[: h + 100], 3, rf"cut inside a header at offset {h + 100}\b.*'s001'",
         KEYS[:2], TruncatedError)
-    add("cut-inside-data", good[: h + BLOCK + 200], 1, rf"cut inside data at offset {h + BLOCK + 200}\b.*'s001'",
+    add("cut-inside-data", good[: h + BLOCK + 200], 3, rf"cut inside data at offset {h + BLOCK + 200}\b.*'s001'",
         KEYS[:2], TruncatedError)
     h1 = off["s001.txt"]  # 511 bytes of data, 1 byte of padding
-    add("cut-inside-padding", good[: h1 + BLOCK + 511], 1, r"cut inside data padding", KEYS[:1], TruncatedError)
-    add("cut-at-member-boundary", body, 1, rf"cut at offset {len(body)}: no end-of-archive marker.*'s002'",
+    add("cut-inside-padding", good[: h1 + BLOCK + 511], 3, r"cut inside data padding", KEYS[:1], TruncatedError)
+    add("cut-at-member-boundary", body, 3, rf"cut at offset {len(body)}: no end-of-archive marker.*'s002'",
         before_last, TruncatedError)
-    add("cut-inside-end-marker", body + bytes(BLOCK + 188), 1, rf"cut inside a header at offset {len(body) + BLOCK + 188}\b",
+    add("cut-inside-end-marker", body + bytes(BLOCK + 188), 3, rf"cut inside a header at offset {len(body) + BLOCK + 188}\b",
         before_last, TruncatedError)
-    add("lone-zero-block-at-end", body + bytes(BLOCK), 1, rf"lone zero block at offset {len(body)}\b",
+    add("lone-zero-block-at-end", body + bytes(BLOCK), 3, rf"lone zero block at offset {len(body)}\b",
         before_last, TruncatedError)
 
     # ------------------------------------------------------------- checksums
-    add("bad-checksum-first-header", set_field(good, 0, 0, b"X", fix_checksum=False), 1,
+    add("bad-checksum-first-header", set_field(good, 0, 0, b"X", fix_checksum=False), 3,
         r"bad header checksum at offset 0\b", [], ArchiveError)
     h = off["s002.cls"]
-    add("bad-checksum-later-header", set_field(good, h, 0, b"X", fix_checksum=False), 1,
+    add("bad-checksum-later-header", set_field(good, h, 0, b"X", fix_checksum=False), 3,
         rf"bad header checksum at offset {h}\b.*'s000'", KEYS[:1], ArchiveError)
-    add("bad-checksum-field-not-octal", set_field(good, h, 148, b"zzzzzz\0 ", fix_checksum=False), 1,
+    add("bad-checksum-field-not-octal", set_field(good, h, 148, b"zzzzzz\0 ", fix_checksum=False), 3,
         rf"bad header checksum at offset {h}\b", KEYS[:1], ArchiveError)
 
     # ----------------------------------------------------------------- sizes
     h = off["s002.txt"]
-    add("negative-size-octal", set_field(good, h, 124, b"-0000000001\0"), 1, rf"negative size -1 .*offset {h}\b",
+    add("negative-size-octal", set_field(good, h, 124, b"-0000000001\0"), 3, rf"negative size -1 .*offset {h}\b",
         KEYS[:2], ArchiveError)
-    add("negative-size-base256", set_field(good, h, 124, b"\xff" * 12), 1, rf"negative size -1 .*offset {h}\b",
+    add("negative-size-base256", set_field(good, h, 124, b"\xff" * 12), 3, rf"negative size -1 .*offset {h}\b",
         KEYS[:2], ArchiveError)
-    add("absurd-size-octal", set_field(good, h, 124, b"77777777777\0"), 1, rf"cut inside data .*header at offset {h}\b",
+    add("absurd-size-octal", set_field(good, h, 124, b"77777777777\0"), 3, rf"cut inside data .*header at offset {h}\b",
         KEYS[:2], TruncatedError)
-    add("absurd-size-base256", set_field(good, h, 124, b"\x80" + (1 << 80).to_bytes(11, "big")), 1,
+    add("absurd-size-base256", set_field(good, h, 124, b"\x80" + (1 << 80).to_bytes(11, "big")), 3,
         rf"cut inside data .*header at offset {h}\b", KEYS[:2], TruncatedError)
-    add("bad-size-field", set_field(good, h, 124, b"12x45678901\0"), 1, rf"bad size field .*offset {h}\b",
+    add("bad-size-field", set_field(good, h, 124, b"12x45678901\0"), 3, rf"bad size field .*offset {h}\b",
         KEYS[:2], ArchiveError)
 
     # ------------------------------------------------------ extended headers
@@ -216,13 +217,13 @@ def cases() -> list[Case]:
     for kind, label in ((b"L", "gnu-longname"), (b"x", "pax")):
         header = set_field(tar_bytes({"././@LongLink": b""}, end=False), 0, 156, kind)
         record = set_field(header, 0, 124, b"%011o\0" % huge)
-        add(f"huge-{label}-record", with_member_inserted(members, "s001.cls", record + bytes(4 * BLOCK)), 1,
+        add(f"huge-{label}-record", with_member_inserted(members, "s001.cls", record + bytes(4 * BLOCK)), 3,
             rf"extended header of {huge} bytes at offset {h} exceeds", [], ArchiveError)
     pax = set_field(tar_bytes({"PaxHeaders/x": b"12 path=abc\n" + b"9 bad\n"}, end=False), 0, 156, b"x")
-    add("malformed-pax-record", with_member_inserted(members, "s001.cls", pax), 1, rf"malformed pax record .*offset {h}\b",
+    add("malformed-pax-record", with_member_inserted(members, "s001.cls", pax), 3, rf"malformed pax record .*offset {h}\b",
         [], ArchiveError)
     longname = set_field(tar_bytes({"././@LongLink": b"s009.txt\0"}, end=False), 0, 156, b"L")
-    add("cut-after-long-name", body + longname, 1, r"cut after an extended header", before_last, TruncatedError)
+    add("cut-after-long-name", body + longname, 3, r"cut after an extended header", before_last, TruncatedError)
 
     # -------------------------------------------- zero blocks, concatenation
     h = off["s002.cls"]
@@ -235,25 +236,25 @@ def cases() -> list[Case]:
     add("trailing-zero-padding", good + bytes(20 * BLOCK), 0, "", all_keys)
     add("trailing-zero-bytes-short", good + bytes(100), 0, "", all_keys)
     # the archive before the garbage is complete, so all its samples are passed on before the error
-    add("garbage-after-end-marker", good + b"garbage!" * 64, 1,
+    add("garbage-after-end-marker", good + b"garbage!" * 64, 3,
         rf"garbage after the end-of-archive marker at offset {len(good)}\b.*'s003'", all_keys, ArchiveError)
-    add("garbage-after-end-marker-short", good + bytes(BLOCK) + b"oops\n", 1,
+    add("garbage-after-end-marker-short", good + bytes(BLOCK) + b"oops\n", 3,
         rf"garbage after the end-of-archive marker at offset {len(good) + BLOCK}\b", all_keys, ArchiveError)
 
     # ----------------------------------------------------------- compression
     gz = gzip.compress(good, mtime=0)
     bad_crc = bytearray(gz)
     bad_crc[-8] ^= 0xFF
-    add("gzip-bad-crc", bytes(bad_crc), 1, r"corrupt gzip stream: CRC-32 or length check failed", [], CompressionError)
+    add("gzip-bad-crc", bytes(bad_crc), 3, r"corrupt gzip stream: CRC-32 or length check failed", [], CompressionError)
     # everything decompressed before the cut is passed on: no complete sample is lost
     cut = gz[: len(gz) // 2]
-    add("gzip-truncated", cut, 1, r"gzip stream is truncated",
+    add("gzip-truncated", cut, 3, r"gzip stream is truncated",
         complete_before(good, members, recoverable(zlib.decompressobj(31), cut)), CompressionError)
-    add("gzip-truncated-trailer", gz[:-4], 1, r"gzip stream is truncated", before_last, CompressionError)
+    add("gzip-truncated-trailer", gz[:-4], 3, r"gzip stream is truncated", before_last, CompressionError)
     thirds = (0, len(good) // 3 + 77, 2 * len(good) // 3 + 5, len(good))
     multi = b"".join(gzip.compress(good[a:b], mtime=0) for a, b in zip(thirds, thirds[1:]))
     add("gzip-several-members", multi, 0, "", all_keys)
-    add("gzip-corrupt-deflate", gz[:10] + b"\xff" * 40 + gz[50:], 1, r"corrupt gzip stream", [], CompressionError)
+    add("gzip-corrupt-deflate", gz[:10] + b"\xff" * 40 + gz[50:], 3, r"corrupt gzip stream", [], CompressionError)
     for label, compress in (
         ("bzip2", bz2.compress),
         ("xz", lzma.compress),
@@ -262,7 +263,7 @@ def cases() -> list[Case]:
         z = compress(good)
         cut = z[: len(z) * 2 // 3]
         n = recoverable(DECOMPRESSORS[label](), cut)
-        add(f"{label}-truncated", cut, 1, rf"{label} stream is truncated", complete_before(good, members, n),
+        add(f"{label}-truncated", cut, 3, rf"{label} stream is truncated", complete_before(good, members, n),
             CompressionError)
     zst = zstandard.ZstdCompressor()
     add("zstd-several-frames", zst.compress(good[:3000]) + zst.compress(good[3000:]), 0, "", all_keys)
@@ -296,9 +297,9 @@ def cases() -> list[Case]:
     # --------------------------------------------------------------- samples
     dup = [(n, d) for n, d in members.items()]
     dup.insert(4, ("s001.cls", b"again"))  # after s001.cls, s001.txt
-    add("duplicate-field", tar_bytes(dup), 1, r"field 'cls' repeated in sample 's001'", KEYS[:1], SampleError)
+    add("duplicate-field", tar_bytes(dup), 3, r"field 'cls' repeated in sample 's001'", KEYS[:1], SampleError)
     back = list(members.items()) + [("s000.extra", b"late")]
-    add("non-adjacent-key", tar_bytes(back), 1, r"key 's000' comes back .*tarsort", all_keys, SampleError)
+    add("non-adjacent-key", tar_bytes(back), 3, r"key 's000' comes back .*tarsort", all_keys, SampleError)
     return out
 
 

@@ -68,9 +68,9 @@ def test_lines2tar_separator_keycolumn_keyformat(tmp_path):
 
 def test_lines2tar_errors():
     result = runner.invoke(lines2tar_cli.app, ["-k", "url txt"], input=b"a b\nc\n")
-    assert result.exit_code == 1 and "lines2tar: error: -:2: expected 2 values" in result.stderr
+    assert result.exit_code == 3 and "lines2tar: error: -:2: expected 2 values" in result.stderr
     result = runner.invoke(lines2tar_cli.app, ["-k", "__key__ txt"], input=b"a.b x\n")
-    assert result.exit_code == 1 and "dot" in result.stderr
+    assert result.exit_code == 3 and "dot" in result.stderr
     assert runner.invoke(lines2tar_cli.app, []).exit_code == 2  # -k is required
     assert runner.invoke(lines2tar_cli.app, ["-k", "a", "--keyformat", "{:z}"]).exit_code == 2
     assert runner.invoke(lines2tar_cli.app, ["-k", "a", "-s", ""]).exit_code == 2
@@ -283,7 +283,7 @@ def test_lines2tar_key_repeated_in_another_input_is_an_error(tmp_path):
     a.write_bytes(b"k1 one\nk2 two\n")
     b.write_bytes(b"k3 three\nk1 again\n")
     result = runner.invoke(lines2tar_cli.app, ["-k", "__key__ txt", str(a), str(b)])
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert f"{b}:2: key 'k1' given twice" in result.stderr
 
 

@@ -229,7 +229,7 @@ def test_fields_select_and_rename(small):
 
 def test_fields_missing_error_and_skip(imagenet_shard, small):
     result = invoke([small[0], "-f", "txt", "-o", "-"])
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert "sample 'a0' has no field 'txt'" in result.stderr and "--missing skip" in result.stderr
     mixed = run(
         f"tarcats {small[0]} -f 'img=png' -o - | cat - {small[1]} | tarcats -f img --missing skip -o - -v",
@@ -253,7 +253,7 @@ def test_rekey_and_interleave(small):
     indexed = invoke(small + ["--skip", "1", "--count", "3", "--rekey", "{index:09d}", "-o", "-"])
     assert keys(samples_of(indexed.stdout_bytes)) == ["000000000", "000000001", "000000002"]
     bad = invoke(small + ["--rekey", "{key}.x", "-o", "-"])
-    assert bad.exit_code == 1 and "not a valid key" in bad.stderr
+    assert bad.exit_code == 3 and "not a valid key" in bad.stderr
     usage = invoke(small + ["--rekey", "{nope}", "-o", "-"])
     assert usage.exit_code == 2
 
@@ -263,7 +263,7 @@ def test_rekey_to_a_repeated_key_is_an_error(small, tmp_path):
     # samples would merge into one with repeated fields
     out = tmp_path / "o.tar"
     result = invoke(small + ["--rekey", "{shard}", "-o", str(out)])
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert "new key 'a-0' (from 'a1' with '{shard}') is the previous sample's key too" in result.stderr
     assert not out.exists()
     empty = invoke(small + ["--rekey", "", "-o", "-"])  # was silently ignored
@@ -288,7 +288,7 @@ def test_corrupt_shard_ends_the_run_by_default(small, tmp_path):
     bad = cut(small[2], tmp_path, 3000)
     out = tmp_path / "o.tar"
     result = invoke([small[0], bad, small[1], "-o", str(out)])
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert "cut-c-0.tar: stream is cut" in result.stderr
     assert not out.exists()
 
@@ -303,7 +303,7 @@ def test_max_bad_shards_keeps_good_samples(small, tmp_path):
     assert keys(samples_of(result.stdout_bytes)) == ["a0", "a1", "a2", "a3", "c0", "c1", "b0", "b1", "b2"]
     assert "bad shard" in result.stderr and "cut-c-0.tar" in result.stderr and "garbage.tar" in result.stderr
     over = invoke([small[0], bad, str(garbage), "--max-bad-shards", "1", "-o", "-"])
-    assert over.exit_code == 1 and "more than --max-bad-shards 1" in over.stderr
+    assert over.exit_code == 3 and "more than --max-bad-shards 1" in over.stderr
 
 
 def test_max_bad_shards_counts_missing_inputs(small, tmp_path):

@@ -62,7 +62,7 @@ def test_corrupt_shard_error_from_worker(split, tmp_path):
     bad = tmp_path / "bad.tar"
     bad.write_bytes(Path(split[1]).read_bytes()[:5000])
     result = invoke(["-p", "2", split[0], str(bad), split[2], "-o", str(tmp_path / "out.tar")])
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert "tarpcat: error: " in result.stderr and "bad.tar: stream is cut" in result.stderr
     assert not (tmp_path / "out.tar").exists()
     tolerant = invoke(["-p", "2", split[0], str(bad), split[2], "--max-bad-shards", "1", "-o", "-"])

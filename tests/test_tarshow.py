@@ -117,7 +117,7 @@ def test_missing_input_and_corrupt_input(tmp_path, imagenet_shard):
     assert result.exit_code == 1 and "No such file" in result.stderr
     cut = imagenet_shard.read_bytes()[:30000]
     result = invoke(["--stats"], input=cut)
-    assert result.exit_code == 1 and "tarshow: error:" in result.stderr
+    assert result.exit_code == 3 and "tarshow: error:" in result.stderr
 
 
 def test_pipes_gzip_and_head(imagenet_shard_gz):
@@ -181,7 +181,7 @@ def test_corrupt_input_lists_the_samples_before_the_fault(imagenet_shard):
     full = invoke(["-"], input=data).stdout.split("\n\n")
     cut = data[: len(data) // 2 + 100]
     result = run(["tarshow", "-"], input=cut)
-    assert result.returncode == 1
+    assert result.returncode == 3
     shown = result.stdout.decode().rstrip("\n").split("\n\n")
     assert 0 < len(shown) < len(full) and shown == [b.rstrip("\n") for b in full[: len(shown)]]
     errors = result.stderr.decode().splitlines()

@@ -114,12 +114,12 @@ def test_usage_and_data_errors(tmp_path):
     result = runner.invoke(tarsort_cli.app, ["-S", "date"])
     assert result.exit_code == 2
     result = runner.invoke(tarsort_cli.app, ["-s", "bin", "-S", "int"], input=make_input(2, 4))
-    assert result.exit_code == 1 and "is not an int" in result.stderr
+    assert result.exit_code == 3 and "is not an int" in result.stderr
     result = runner.invoke(tarsort_cli.app, ["-s", "txt"], input=make_input(2, 4))
-    assert result.exit_code == 1 and "has no field 'txt'" in result.stderr
+    assert result.exit_code == 3 and "has no field 'txt'" in result.stderr
     out = tmp_path / "o.tar"
     result = runner.invoke(tarsort_cli.app, ["-o", str(out)], input=make_input(2, 4)[:1000])
-    assert result.exit_code == 1 and not out.exists()
+    assert result.exit_code == 3 and not out.exists()
 
 
 def test_help_shows_examples():

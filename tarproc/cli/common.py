@@ -27,9 +27,11 @@ from ..errors import ExitStatus, Interrupted, TarprocError, UsageError
 
 EXIT_STATUS = """\
 0    success.
-1    bad data or I/O failure: corrupt or truncated archive, failed input or
+1    a failure a retry may fix: I/O or network error, failed input or
      output command, failed samples, members skipped with a warning.
 2    usage error: bad option or argument.
+3    the input data is bad (corrupt or truncated archive, malformed
+     samples): retrying cannot help.
 130  interrupted by SIGINT; 143 by SIGTERM (temporary files removed,
      child processes killed, no complete-looking output left).
 141  the downstream pipe was closed (quiet, like coreutils killed by SIGPIPE)."""

@@ -1,0 +1,107 @@
+"""Child processes: the one home for spawning a shell command in its own
+process group, killing that group, and describing how a process ended.
+
+Every command tarproc runs for a user (a per-sample command, a ``pipe:``
+source or sink, a post-shard command, a shard pipeline) goes through
+:func:`spawn_shell`, so that it can be stopped with all of its children
+(``killpg(2)``, POSIX.1-2017) and its exit status is reported the same way
+everywhere (``subprocess`` return codes: ``-N`` for signal ``N``, as in
+:attr:`subprocess.Popen.returncode`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+
+#: the shell every user command runs in (``bash -c CMD``, as the original tarproc)
+SHELL = "bash"
+
+
+def shell_argv(command: str, shell: str = SHELL) -> list[str]:
+    """``[shell, "-c", command]``: the argv of a user command."""
+    return [shell, "-c", command]
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    stdin=subprocess.DEVNULL,
+    stdout=None,
+    stderr=None,
+    cwd: str | None = None,
+    env: Mapping[str, str] | None = None,
+    pass_fds: Sequence[int] = (),
+) -> subprocess.Popen:
+    """Start ``argv`` as the leader of a new session and process group
+    (``setsid(2)``), so that :func:`kill_group` reaches every process it
+    starts. Standard streams are as for :class:`subprocess.Popen`
+    (``None`` inherits ours; stdin defaults to ``/dev/null``).
+
+    :raises OSError: the program cannot be started (``ENOENT``, ``EACCES``)
+    """
+    return subprocess.Popen(
+        list(argv),
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        cwd=cwd,
+        env=None if env is None else dict(env),
+        pass_fds=tuple(pass_fds),
+        start_new_session=True,
+    )
+
+
+def spawn_shell(command: str, *, shell: str = SHELL, **kwargs) -> subprocess.Popen:
+    """:func:`spawn` of ``shell -c command``; keyword arguments as there."""
+    return spawn(shell_argv(command, shell), **kwargs)
+
+
+def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` to the process group led by ``pid``; a group that is
+    already gone (or not ours to signal) is not an error."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def stop(proc: subprocess.Popen, grace: float = 0.0) -> int:
+    """Stop ``proc`` and its whole group and reap it; returns its exit status.
+
+    With ``grace`` > 0 the group gets SIGTERM first and ``grace`` seconds to
+    exit, then SIGKILL; with 0, SIGKILL at once. Children the command left in
+    its group are killed even when the command itself has already exited.
+    """
+    if grace > 0 and proc.poll() is None:
+        kill_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    kill_group(proc.pid, signal.SIGKILL)
+    return proc.wait()
+
+
+def describe_status(status: int) -> str:
+    """How a process ended, from a :attr:`subprocess.Popen.returncode`:
+    ``"exited with status 3"``, ``"was killed by signal 9 (SIGKILL)"``,
+    ``"exited"`` for 0."""
+    if status < 0:
+        try:
+            name = signal.Signals(-status).name
+        except ValueError:
+            return f"was killed by signal {-status}"
+        return f"was killed by signal {-status} ({name})"
+    if status:
+        return f"exited with status {status}"
+    return "exited"
+
+
+def died_of_sigpipe(status: int) -> bool:
+    """True when ``status`` says the process died of SIGPIPE (killed by the
+    signal, or a shell that reports it as 128 + 13): a reader we stopped
+    reading from early."""
+    return status in (-signal.SIGPIPE, 128 + signal.SIGPIPE)
