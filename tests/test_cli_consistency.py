@@ -16,11 +16,11 @@ import pytest
 import typer
 
 from conftest import REPO, run, tool_env
+from tarproc.cli import TOOLS
+from tarproc.cli.common import tool_shared
 
-TOOLS = ["tarproc", "tarsplit", "tarcats", "tarpcat", "tarshow", "tarsort", "tar2json", "lines2tar", "tsv2tar",
-         "dir2tar"]
-#: tools that read tar shards (INPUT ..., '-' by default)
-TAR_READERS = ["tarproc", "tarsplit", "tarcats", "tarpcat", "tarshow", "tarsort", "tar2json"]
+#: tools that read tar shards (the shared INPUT ..., '-' by default)
+TAR_READERS = [t for t in TOOLS if "inputs" in tool_shared(importlib.import_module(f"tarproc.cli.{t}").app)]
 
 
 def base_args(tool: str, tmp_path) -> list[str]:

@@ -11,7 +11,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from tarproc.cli.man import TOOLS, man_page
+from tarproc.cli import TOOLS
+from tarproc.cli.man import LAUNCHER, man_page, setup_cfg_text
 
 REPO = Path(__file__).resolve().parent.parent
 LIBRARY = [p for p in (REPO / "tarproc").glob("*.py")]
@@ -54,6 +55,18 @@ def test_help_has_examples_and_version(tool):
     assert "Exit status:" in result.stdout
     version = runner.invoke(app, ["--version"])
     assert version.exit_code == 0 and version.stdout.strip().endswith(importlib.import_module("tarproc").__version__)
+
+
+def test_tool_list_is_defined_once():
+    """setup.cfg (console scripts, man page data files) and bin/ are derived
+    from tarproc.cli.TOOLS by `make man`; nothing else lists the tools."""
+    assert EXISTING_TOOLS == TOOLS, "a tool in tarproc.cli.TOOLS has no module"
+    setup = (REPO / "setup.cfg").read_text()
+    assert setup_cfg_text(setup) == setup, "setup.cfg's tool lists are stale: run `make man`"
+    links = {p.name for p in (REPO / "bin").iterdir() if p.is_symlink()}
+    assert links == set(TOOLS)
+    for tool in TOOLS:
+        assert (REPO / "bin" / tool).readlink().name == LAUNCHER
 
 
 @pytest.mark.parametrize("tool", EXISTING_TOOLS)

@@ -1,20 +1,61 @@
-"""Options shared by every tool, defined once, and the one error wrapper.
+"""The shared base of the tool family: options every tool spells the same
+way, declared once; the per-run :class:`Tool`; the one error wrapper.
 
-Every tool spells a flag the same way because it takes the ``Annotated``
-types below. :class:`Tool` turns library errors into ``tool: error: message``
-on stderr and the exit status of :class:`tarproc.errors.ExitStatus`;
-``--debug`` (or ``TARPROC_DEBUG=1``) shows the traceback instead.
+How a tool declares its options (``tarproc/cli/<tool>.py``)::
+
+    from .common import Tool, command, make_app, run_app
+
+    app = make_app(HELP, EXAMPLES)
+
+    @command(app, shared="read write count skip")
+    def mytool(tool: Tool, output: Annotated[str, typer.Option("-o", "--output", metavar="OUT")] = "-"):
+        with tool.run():
+            specs = tool.input_specs()        # INPUT..., '-' by default, checked
+            samples = tool.read(specs)        # iter_samples with --strict and tool.warn
+            with tool.open_output(output) as sink:   # --compress and --mtime
+                for sample in tool.progress(tool.skip_count(samples)):
+                    sink.write(sample)
+
+    def main() -> None:
+        run_app(app, "mytool")
+
+- The function's first parameter is ``tool``; its other parameters are the
+  tool's OWN options, declared the typer way (``Annotated[...] = default``).
+- ``shared=`` names options from :data:`SHARED` (or groups from
+  :data:`GROUPS`, e.g. ``read`` = INPUT arguments + ``--strict``; ``write`` =
+  ``--compress`` + ``--mtime``); :data:`ALWAYS` (``--progress``, ``-v``,
+  ``-q``, ``--debug``, ``--version``) every tool gets without naming them.
+  Their values are ``tool.args.<name>`` (e.g. ``tool.args.count``); an own
+  parameter with the same name as a shared one replaces it (tarpcat's ``-p``
+  with its own default, lines2tar's text INPUT).
+- A new shared option: one entry in :data:`SHARED` (and in a group if every
+  tool of that kind takes it), used in one place (a :class:`Tool` helper such
+  as :meth:`Tool.read`), so no tool module changes.
+- A new tool: its module as above and its name in :data:`tarproc.cli.TOOLS`;
+  ``make man`` writes its man page, the console script and data file entries
+  of ``setup.cfg`` and its ``bin/`` launcher from that list (a test checks
+  they are current).
+
+A function whose first parameter is not ``tool`` is registered as it is
+(every option declared by the function itself, the old way).
+
+:class:`Tool` turns library errors into ``tool: error: message`` on stderr
+and the exit status of :class:`tarproc.errors.ExitStatus`; ``--debug`` (or
+``TARPROC_DEBUG=1``) shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import inspect
 import os
 import signal
 import sys
 import time
-from typing import Annotated, Optional
+import typing
+from types import SimpleNamespace
+from typing import Annotated, Any, NamedTuple, Optional
 from collections.abc import Iterable, Iterator
 
 import click
@@ -52,11 +93,26 @@ def make_app(help: str, examples: str) -> typer.Typer:
     return app
 
 
-def command(app: typer.Typer):
+def command(app: typer.Typer, shared: str = "", options: dict[str, Shared] | None = None):
     """Decorator registering a tool's function with the help and epilog
-    given to :func:`make_app`."""
+    given to :func:`make_app`.
+
+    :param shared: names of :data:`SHARED` options or :data:`GROUPS` the tool
+        takes, separated by spaces (see the module docstring); :data:`ALWAYS`
+        is added. Used only when the function's first parameter is ``tool``.
+    :param options: more options shared by a few tools (name: :class:`Shared`;
+        tarcats and tarpcat), listed before the function's own; their values
+        are in ``tool.args`` too.
+    """
     short = app.info.help.split("\n", 1)[0].rstrip(".")
-    return app.command(help=app.info.help, epilog=app.info.epilog, short_help=short)
+    register = app.command(help=app.info.help, epilog=app.info.epilog, short_help=short)
+
+    def decorate(func):
+        if next(iter(inspect.signature(func).parameters), None) != "tool":
+            return register(func)  # declares every option itself
+        return register(_with_shared(func, shared, options or {}))
+
+    return decorate
 
 
 def _version_callback(ctx: click.Context, value: bool) -> None:
@@ -116,6 +172,95 @@ def output_option(default: str | None, help: str):
     return Annotated[Optional[str] if default is None else str, typer.Option("-o", "--output", help=help, metavar="OUT")]
 
 
+class Shared(NamedTuple):
+    """A shared option: its typer annotation and its default."""
+
+    annotation: Any
+    default: Any
+
+
+#: every shared option, by parameter name, in the order help lists them
+SHARED: dict[str, Shared] = {
+    "inputs": Shared(Inputs, None),
+    "count": Shared(Count, None),
+    "skip": Shared(Skip, 0),
+    "strict": Shared(Strict, False),
+    "parallel": Shared(Parallel, 1),
+    "compress": Shared(Compress, None),
+    "mtime": Shared(Mtime, 0),
+    "progress": Shared(Progress, None),
+    "verbose": Shared(Verbose, 0),
+    "quiet": Shared(Quiet, False),
+    "debug": Shared(Debug, False),
+    "version": Shared(Version, False),
+}
+#: names a tool may give in ``shared=`` for several options at once
+GROUPS: dict[str, tuple[str, ...]] = {
+    "read": ("inputs", "strict"),  # tools reading tar shards
+    "write": ("compress", "mtime"),  # tools writing a tar stream
+}
+#: shared options every tool takes
+ALWAYS = ("progress", "verbose", "quiet", "debug", "version")
+
+
+def shared_names(shared: str) -> list[str]:
+    """The option names ``shared`` stands for (groups expanded, plus
+    :data:`ALWAYS`), in :data:`SHARED` order.
+
+    :raises KeyError: an unknown name
+    """
+    wanted: set[str] = set(ALWAYS)
+    for name in shared.split():
+        if name in GROUPS:
+            wanted.update(GROUPS[name])
+        elif name in SHARED:
+            wanted.add(name)
+        else:
+            raise KeyError(f"no shared option or group {name!r}: see tarproc.cli.common.SHARED")
+    return [name for name in SHARED if name in wanted]
+
+
+def _with_shared(func, shared: str, extra: dict[str, Shared]):
+    """``func(tool, **own)`` as a typer callback taking its own options and
+    the shared ones; the shared values end up in ``tool.args``."""
+    hints = typing.get_type_hints(func, include_extras=True)
+    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints.get(p.name, p.annotation))
+           for p in list(inspect.signature(func).parameters.values())[1:]]
+    own_names = {p.name for p in own}
+    common = [name for name in shared_names(shared) if name not in own_names]
+    more = [name for name in extra if name not in own_names and name not in common]
+    names = common + more
+    table = {**SHARED, **extra}
+
+    def param(name: str) -> inspect.Parameter:
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=table[name].annotation,
+                                 default=table[name].default)
+
+    arguments = [param(n) for n in common if n == "inputs"]  # INPUT... first, as before
+    options = [param(n) for n in more] + own + [param(n) for n in common if n != "inputs"]
+
+    def callback(**kwargs):
+        values = {name: kwargs.pop(name) for name in names if name in kwargs}
+        values.pop("version", None)  # handled by its callback
+        tool = Tool(func.__name__, values.get("verbose", 0), values.get("quiet", False), values.get("debug", False),
+                    args=SimpleNamespace(**values))
+        return func(tool, **kwargs)
+
+    callback.__name__ = func.__name__
+    callback.__qualname__ = func.__qualname__
+    callback.__module__ = func.__module__
+    callback.__doc__ = func.__doc__
+    callback.__signature__ = inspect.Signature(arguments + options)
+    callback.shared = tuple(common)  # for tests: what the tool takes from the base
+    return callback
+
+
+def tool_shared(app: typer.Typer) -> tuple[str, ...]:
+    """The shared options a tool's app takes from :data:`SHARED` (empty for
+    a tool declaring every option itself)."""
+    return getattr(app.registered_commands[0].callback, "shared", ())
+
+
 class Tool:
     """Per-run state of a command: messages on stderr and the exit status.
 
@@ -123,10 +268,14 @@ class Tool:
     :param verbose: ``-v`` count
     :param quiet: suppress warnings
     :param debug: let tracebacks through
+    :param args: the values of the shared options the tool takes
+        (``tool.args.count`` ...; see :func:`command`)
     """
 
-    def __init__(self, name: str, verbose: int = 0, quiet: bool = False, debug: bool = False):
+    def __init__(self, name: str, verbose: int = 0, quiet: bool = False, debug: bool = False,
+                 args: SimpleNamespace | None = None):
         self.name = name
+        self.args = args if args is not None else SimpleNamespace()
         self.verbose = verbose
         self.quiet = quiet
         self.debug = debug
@@ -154,9 +303,58 @@ class Tool:
         """Seconds since the tool started."""
         return time.monotonic() - self.started
 
-    def progress(self, iterable: Iterable, enabled: Optional[bool], unit: str = "sample", total: int | None = None):
+    # ------------------------------------------ helpers using the shared options
+    def input_specs(self, inputs: list[str] | None = None, terminal: bool = True) -> list[str]:
+        """The inputs (``inputs``, else ``tool.args.inputs``, else ``-``) with
+        brace patterns expanded, checked to exist.
+
+        :param terminal: refuse stdin when it is a terminal (tar data)
+        :raises UsageError: stdin is a terminal
+        :raises tarproc.errors.InputError: an input file does not exist
+        """
+        from ..sources import check_inputs_exist, expand_inputs
+
+        given = inputs if inputs is not None else getattr(self.args, "inputs", None)
+        specs = expand_inputs(given or ["-"])
+        if terminal:
+            refuse_terminal_input(specs)
+        check_inputs_exist(specs)
+        return specs
+
+    def read(self, specs: list[str], warn=None) -> Iterator:
+        """The samples of ``specs``, one input after another, with
+        ``--strict`` and warnings through ``warn`` (default :meth:`warn`)."""
+        from ..sources import iter_samples
+
+        return iter_samples(specs, warn or self.warn, getattr(self.args, "strict", False))
+
+    def skip_count(self, samples: Iterable) -> Iterator:
+        """``--skip`` and ``--count`` applied to ``samples``."""
+        from ..stages import skip_count
+
+        skip, count = getattr(self.args, "skip", 0), getattr(self.args, "count", None)
+        return skip_count(samples, skip, count) if skip or count is not None else samples
+
+    def open_output(self, output: str, terminal: bool = True):
+        """A :class:`tarproc.sinks.TarSink` for ``output`` with ``--compress``
+        and ``--mtime``.
+
+        :param terminal: refuse ``-`` when stdout is a terminal
+        :raises UsageError: stdout is a terminal
+        """
+        from ..sinks import open_sink
+
+        if terminal:
+            refuse_terminal(output)
+        return open_sink(output, compression_name(getattr(self.args, "compress", None)),
+                         mtime=getattr(self.args, "mtime", 0))
+
+    def progress(self, iterable: Iterable, enabled: Optional[bool] = None, unit: str = "sample",
+                 total: int | None = None):
         """Wrap ``iterable`` in a tqdm bar on stderr when ``enabled`` (None:
-        when stderr is a terminal)."""
+        ``--progress``/``--no-progress``, else when stderr is a terminal)."""
+        if enabled is None:
+            enabled = getattr(self.args, "progress", None)
         if enabled is None:
             enabled = sys.stderr.isatty()
         if not enabled:

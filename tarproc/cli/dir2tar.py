@@ -8,23 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from ..create import dir_samples
-from ..sinks import PARTIAL, open_sink
-from .common import (
-    Compress,
-    Debug,
-    Mtime,
-    Progress,
-    Quiet,
-    Tool,
-    Verbose,
-    Version,
-    command,
-    compression_name,
-    make_app,
-    output_option,
-    refuse_terminal,
-    run_app,
-)
+from ..sinks import PARTIAL
+from .common import Tool, command, make_app, output_option, refuse_terminal, run_app
 
 app = make_app(
     help="Turn a directory tree into a tar stream of WebDataset samples.\n\n"
@@ -61,22 +46,15 @@ Exclude = Annotated[
 ]
 
 
-@command(app)
+@command(app, shared="write")
 def dir2tar(
+    tool: Tool,
     directory: Directory = ...,
     output: output_option("-", "Output: a file (compressed by its suffix), '-' for stdout, or 'pipe:CMD'.") = "-",
     label_from_dir: Label = None,
     include: Include = None,
     exclude: Exclude = None,
-    compress: Compress = None,
-    mtime: Mtime = 0,
-    progress: Progress = None,
-    verbose: Verbose = 0,
-    quiet: Quiet = False,
-    debug: Debug = False,
-    version: Version = False,
 ):
-    tool = Tool("dir2tar", verbose, quiet, debug)
     with tool.run():
         refuse_terminal(output)
         skip = []
@@ -84,8 +62,8 @@ def dir2tar(
             skip = [output, output + PARTIAL]  # never read our own output
         samples = dir_samples(directory, label_from_dir, include or (), exclude or (), tool.warn,
                               skip_paths=[os.path.abspath(p) for p in skip])
-        with open_sink(output, compression_name(compress), mtime=mtime) as sink:
-            for sample in tool.progress(samples, progress):
+        with tool.open_output(output) as sink:
+            for sample in tool.progress(samples):
                 sink.write(sample)
         if not sink.samples:  # e.g. an --include that matches nothing: say so, the archive is empty
             tool.warn(f"no file under {directory!r} was written: the archive holds no sample", problem=False)

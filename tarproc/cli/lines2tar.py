@@ -8,25 +8,8 @@ import typer
 
 from ..create import DEFAULT_KEYFORMAT, KeyNumbers, UniqueKeys, line_samples, parse_fields
 from ..errors import UsageError
-from ..sinks import open_sink
-from ..sources import check_inputs_exist, expand_inputs, open_source
-from .common import (
-    Compress,
-    Debug,
-    Inputs,
-    Mtime,
-    Progress,
-    Quiet,
-    Tool,
-    Verbose,
-    Version,
-    command,
-    compression_name,
-    make_app,
-    output_option,
-    refuse_terminal,
-    run_app,
-)
+from ..sources import open_source
+from .common import Tool, command, make_app, output_option, run_app
 
 app = make_app(
     help="Turn each line of text into a sample with the fields named by -k.\n\n"
@@ -41,6 +24,11 @@ app = make_app(
   cut -f1 list.tsv | lines2tar -k url --keyformat 'img{:06d}' -o - | tarsplit -n 1000 -o 'urls-%04d.tar'""",
 )
 
+TextInputs = Annotated[
+    Optional[list[str]],
+    typer.Argument(help="Text files: files, '-' for stdin, 'pipe:CMD', URLs, brace patterns like"
+                   " 'urls-{00..09}.txt'. [default: -]", show_default=False, metavar="INPUT"),
+]
 FieldsOpt = Annotated[str, typer.Option("-k", "--fields", help="Field names of the values of a line, e.g. 'url txt'.",
                                         metavar="FIELDS")]
 Sep = Annotated[
@@ -62,36 +50,27 @@ def parse_separator(sep: str | None) -> bytes | None:
     return sep.replace("\\t", "\t").encode("utf-8", "surrogateescape")
 
 
-@command(app)
+@command(app, shared="write")
 def lines2tar(
-    inputs: Inputs = None,
+    tool: Tool,
+    inputs: TextInputs = None,
     fields: FieldsOpt = ...,
     output: output_option("-", "Output: a file (compressed by its suffix), '-' for stdout, or 'pipe:CMD'.") = "-",
     separator: Sep = None,
     keyformat: KeyFormat = DEFAULT_KEYFORMAT,
     start: Start = 0,
-    compress: Compress = None,
-    mtime: Mtime = 0,
-    progress: Progress = None,
-    verbose: Verbose = 0,
-    quiet: Quiet = False,
-    debug: Debug = False,
-    version: Version = False,
 ):
-    tool = Tool("lines2tar", verbose, quiet, debug)
     with tool.run():
         names = parse_fields(fields)
         sep = parse_separator(separator)
         keys = KeyNumbers(keyformat, start)
         unique = UniqueKeys()  # across all inputs: a repeated key would split a sample
-        refuse_terminal(output)
-        specs = expand_inputs(inputs or ["-"])
-        check_inputs_exist(specs)
-        with open_sink(output, compression_name(compress), mtime=mtime) as sink:
+        specs = tool.input_specs(inputs, terminal=False)
+        with tool.open_output(output) as sink:
             for spec in specs:
                 with open_source(spec) as stream:
                     samples = line_samples(stream, names, sep, source=spec, keys=keys, unique=unique)
-                    for sample in tool.progress(samples, progress):
+                    for sample in tool.progress(samples):
                         sink.write(sample)
         tool.info(f"wrote {sink.samples} samples ({sink.bytes_written} bytes) to {output} in {tool.elapsed():.2f} s")
 

@@ -1,10 +1,15 @@
-"""Generate ``man/<tool>.1`` from each tool's CLI with click-man.
+"""Generate ``man/<tool>.1`` from each tool's CLI with click-man, and the
+parts of ``setup.cfg`` and ``bin/`` that list the tools, from
+:data:`tarproc.cli.TOOLS`.
 
 click-man writes NAME, SYNOPSIS, DESCRIPTION and OPTIONS from the click
 command; the examples and the EXIT STATUS section are added here from the
 same epilog that ``--help`` prints, so the two cannot drift apart.
 
-Usage: ``python -m tarproc.cli.man [DIR]`` (default ``man``).
+Usage: ``python -m tarproc.cli.man [DIR]`` (default ``man``; run from the
+repository root, ``make man``): writes the man pages into DIR, the
+``console_scripts`` and ``share/man/man1`` lists of ``setup.cfg`` and the
+``bin/<tool>`` launcher links.
 """
 
 from __future__ import annotations
@@ -12,14 +17,15 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import re
 import sys
 
 import typer
 
 from .. import __version__
+from . import TOOLS
 
-#: every console script, in the order of the README
-TOOLS = ["tarproc", "tarsplit", "tarcats", "tarpcat", "tarshow", "tarsort", "tar2json", "lines2tar", "tsv2tar", "dir2tar"]
+__all__ = ["TOOLS", "man_page", "write_man_pages", "setup_cfg_text", "write_launchers"]
 
 #: fixed date, so regenerating gives the same bytes (SOURCE_DATE_EPOCH style)
 MAN_DATE = "2026-11-21"
@@ -87,6 +93,46 @@ def write_man_pages(directory: str = "man", tools: list[str] | None = None) -> l
     return written
 
 
+def setup_cfg_text(text: str, tools: list[str] | None = None) -> str:
+    """``text`` (setup.cfg) with its ``console_scripts`` and ``share/man/man1``
+    lists made of ``tools`` (default :data:`TOOLS`); the rest is kept."""
+    tools = tools or TOOLS
+    scripts = "console_scripts =\n" + "".join(f"    {t} = tarproc.cli.{t}:main\n" for t in tools)
+    pages = "share/man/man1 =\n" + "".join(f"    man/{t}.1\n" for t in tools)
+    text = re.sub(r"^console_scripts =\n(?:[ \t]+\S.*\n)*", scripts, text, flags=re.M)
+    return re.sub(r"^share/man/man1 =\n(?:[ \t]+\S.*\n)*", pages, text, flags=re.M)
+
+
+#: the launcher every ``bin/<tool>`` links to
+LAUNCHER = "tarproc-launch"
+
+
+def write_launchers(directory: str = "bin", tools: list[str] | None = None) -> list[str]:
+    """Make ``directory/<tool>`` a symlink to :data:`LAUNCHER` for each tool
+    (replacing a wrong one); returns the links made."""
+    made = []
+    for tool in tools or TOOLS:
+        path = os.path.join(directory, tool)
+        if os.path.islink(path) and os.readlink(path) == LAUNCHER:
+            continue
+        if os.path.lexists(path):
+            os.remove(path)
+        os.symlink(LAUNCHER, path)
+        made.append(path)
+    return made
+
+
 if __name__ == "__main__":
     for path in write_man_pages(sys.argv[1] if len(sys.argv) > 1 else "man"):
         print(path, file=sys.stderr)
+    if os.path.exists("setup.cfg"):
+        with open("setup.cfg", encoding="utf-8") as handle:
+            old = handle.read()
+        new = setup_cfg_text(old)
+        if new != old:
+            with open("setup.cfg", "w", encoding="utf-8") as handle:
+                handle.write(new)
+            print("setup.cfg", file=sys.stderr)
+    if os.path.isdir("bin"):
+        for path in write_launchers("bin"):
+            print(path, file=sys.stderr)

@@ -13,25 +13,7 @@ import typer
 from ..create import parse_fields
 from ..describe import is_text
 from ..errors import UsageError
-from ..sources import check_inputs_exist, expand_inputs, iter_samples
-from ..stages import skip_count
-from .common import (
-    Count,
-    Counter,
-    Debug,
-    Inputs,
-    Progress,
-    Quiet,
-    Skip,
-    Strict,
-    Tool,
-    Verbose,
-    Version,
-    command,
-    make_app,
-    refuse_terminal_input,
-    run_app,
-)
+from .common import Counter, Tool, command, make_app, run_app
 
 app = make_app(
     help="Write one JSON line (or TSV row) per sample with its __key__ and the chosen fields.\n\n"
@@ -78,35 +60,24 @@ def _tsv_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
-@command(app)
+@command(app, shared="read count skip")
 def tar2json(
-    inputs: Inputs = None,
+    tool: Tool,
     fields: FieldsOpt = None,
     parse_json: ParseJson = False,
     binary: BinaryOpt = Binary.base64,
     fmt: FormatOpt = Format.jsonl,
     available: Available = False,
-    count: Count = None,
-    skip: Skip = 0,
-    strict: Strict = False,
-    progress: Progress = None,
-    verbose: Verbose = 0,
-    quiet: Quiet = False,
-    debug: Debug = False,
-    version: Version = False,
 ):
-    tool = Tool("tar2json", verbose, quiet, debug)
     with tool.run():
         chosen = parse_fields(fields) if fields is not None else None  # -k '' is an error, not "all"
         if chosen and "__key__" in chosen:
             chosen.remove("__key__")
             if not chosen:
                 raise UsageError("-k names no field besides __key__")
-        specs = expand_inputs(inputs or ["-"])
-        refuse_terminal_input(specs)
-        check_inputs_exist(specs)
+        specs = tool.input_specs()
         read = Counter()
-        samples = tool.progress(read(skip_count(iter_samples(specs, tool.warn, strict), skip, count)), progress)
+        samples = tool.progress(read(tool.skip_count(tool.read(specs))))
         out = sys.stdout.buffer
         if available:
             seen: dict[str, int] = {}

@@ -10,7 +10,6 @@ import typer
 
 from ..errors import UsageError
 from ..parallel import ParallelReader
-from ..sinks import open_sink
 from ..sources import check_inputs_exist, expand_inputs, iter_source_samples
 from ..stages import (
     BadShards,
@@ -21,25 +20,13 @@ from ..stages import (
     read_filelist,
     shuffle_list,
     shuffle_samples,
-    skip_count,
     slice_samples,
 )
 from .common import (
-    Compress,
-    Count,
-    Debug,
-    Inputs,
-    Mtime,
     Parallel,
-    Progress,
-    Quiet,
-    Skip,
-    Strict,
+    Shared,
     Tool,
-    Verbose,
-    Version,
     command,
-    compression_name,
     make_app,
     output_option,
     refuse_terminal,
@@ -66,22 +53,6 @@ EXAMPLES = """\
   tarcats a.tar b.tar --interleave --rekey '{shard}/{key}' -o both.tar
   tarcats in.tar --slice 0:1000:10 -o every10th.tar
   tarcats 'https://example.com/shard-{000..009}.tar' --max-bad-shards 2 -o -"""
-
-PCAT_HELP = """\
-Read many tar shards in parallel worker processes and merge their samples.
-
-Each of the -p N workers reads whole shards (decompressing them) and sends
-their samples back through a bounded queue; the parent writes them in input
-order, so every sample of every shard appears exactly once, and the output is
-the same as tarcats'. --shuffle N (with --seed) mixes samples of neighbouring
-shards; --shuffle-shards shuffles the input order. Takes every tarcats option
-except --interleave."""
-
-PCAT_EXAMPLES = """\
-  tarpcat -p 8 'train-{0000..0147}.tgz' -o train.tar
-  tarpcat -p 4 'train-{0000..0147}.tgz' --shuffle-shards --shuffle 5000 --seed 7 -o - | tarsplit -n 1000 -o mixed
-  tarpcat -p 4 -T shards.txt --count 10000 -o subset.tar"""
-
 
 class Missing(str, enum.Enum):
     error = "error"
@@ -129,12 +100,6 @@ RekeyOpt = Annotated[
     Optional[str],
     typer.Option("--rekey", help="New keys: '{index:09d}', '{shard}/{key}', '{key}', '{source}'.", metavar="FORMAT"),
 ]
-#: tarpcat's -p: the same option, with a default (the CPU count) described rather than shown
-PcatParallel = Annotated[
-    int,
-    typer.Option("-p", "--parallel", min=1, help="Worker processes.", metavar="N",
-                 show_default="the number of CPUs, at least 2"),
-]
 InterleaveOpt = Annotated[bool, typer.Option("--interleave", help="Round-robin over the inputs instead of one after another.")]
 MaxBad = Annotated[
     int,
@@ -166,36 +131,14 @@ def _capped(tool: Tool, limit: int):
     return warn
 
 
-def run_cats(
-    name: str,
-    inputs: Optional[list[str]],
-    filelist: Optional[list[str]],
-    output: str,
-    skip: int,
-    count: Optional[int],
-    slice_: Optional[str],
-    shuffle: int,
-    seed: Optional[str],
-    shuffle_shards: bool,
-    fields: Optional[list[str]],
-    missing: Missing,
-    rekey: Optional[str],
-    interleaved: bool,
-    max_bad_shards: int,
-    parallel: int,
-    compress,
-    mtime: int,
-    strict: bool,
-    progress: Optional[bool],
-    verbose: int,
-    quiet: bool,
-    debug: bool,
-) -> None:
-    """The body shared by tarcats and tarpcat."""
-    tool = Tool(name, verbose, quiet, debug)
-    seed = parse_seed(seed)
+def run_cats(tool: Tool, interleaved: bool, parallel: int) -> None:
+    """The body shared by tarcats and tarpcat: the options of :data:`CATS`
+    are in ``tool.args``."""
+    a = tool.args
+    seed = parse_seed(a.seed)
+    filelist, fields, max_bad_shards = a.filelist, a.fields, a.max_bad_shards
     with tool.run():
-        specs = expand_inputs(inputs or [])
+        specs = expand_inputs(a.inputs or [])
         for path in filelist or []:
             if path == "-" and "-" in specs:
                 raise UsageError("stdin is used both as an input and as the file list")
@@ -209,11 +152,11 @@ def run_cats(
             raise UsageError("--interleave needs every input open at once: use -p 1")
         if parallel > 1 and "-" in specs and len(specs) > 1:  # stdin alone is read in this process
             raise UsageError("stdin ('-') cannot be read by parallel workers together with other inputs: use -p 1")
-        slicing = parse_slice(slice_) if slice_ else None
-        selector = FieldSelector(fields, missing.value, _capped(tool, MAX_SKIP_MESSAGES)) if fields else None
-        rekeyer = Rekeyer(rekey) if rekey is not None else None
-        refuse_terminal(output)
-        if shuffle_shards:
+        slicing = parse_slice(a.slice_) if a.slice_ else None
+        selector = FieldSelector(fields, a.missing.value, _capped(tool, MAX_SKIP_MESSAGES)) if fields else None
+        rekeyer = Rekeyer(a.rekey) if a.rekey is not None else None
+        refuse_terminal(a.output)
+        if a.shuffle_shards:
             specs = shuffle_list(specs, seed)
         if max_bad_shards == 0:
             check_inputs_exist(specs)
@@ -222,25 +165,24 @@ def run_cats(
 
         reader = None
         if parallel > 1 and len(specs) > 1:
-            reader = ParallelReader(specs, parallel, warn, strict)
+            reader = ParallelReader(specs, parallel, warn, a.strict)
             per_shard = reader.shards()
         else:
-            per_shard = ((spec, iter_source_samples(spec, warn, strict)) for spec in specs)
+            per_shard = ((spec, iter_source_samples(spec, warn, a.strict)) for spec in specs)
         guarded = (bad.guard(samples, spec) for spec, samples in per_shard)
         stream = interleave(list(guarded)) if interleaved else itertools.chain.from_iterable(guarded)
-        if shuffle > 1:
-            stream = shuffle_samples(stream, shuffle, seed)
+        if a.shuffle > 1:
+            stream = shuffle_samples(stream, a.shuffle, seed)
         if selector is not None:
             stream = selector(stream)
         if slicing is not None:
             stream = slice_samples(stream, *slicing)
-        if skip or count is not None:
-            stream = skip_count(stream, skip, count)
+        stream = tool.skip_count(stream)
         if rekeyer is not None:
             stream = rekeyer(stream)
         try:
-            with open_sink(output, compression_name(compress), mtime) as sink:
-                for sample in tool.progress(stream, progress):
+            with tool.open_output(a.output, terminal=False) as sink:
+                for sample in tool.progress(stream):
                     sink.write(sample)
         finally:
             if reader is not None:
@@ -251,51 +193,32 @@ def run_cats(
             tool.warn(f"{len(bad.bad)} bad shards: " + ", ".join(s for s, _ in bad.bad), problem=False)
         tool.info(
             f"wrote {sink.samples} samples ({sink.bytes_written} bytes) from {len(specs)} inputs"
-            f" to {output} in {tool.elapsed():.2f} s"
+            f" to {a.output} in {tool.elapsed():.2f} s"
         )
 
 
-def build_app(name: str, help: str, examples: str, default_parallel: int) -> typer.Typer:
-    """The typer app of tarcats (``default_parallel`` 1) or tarpcat."""
-    app = make_app(help, examples)
+#: the options of tarcats that tarpcat takes too (see :func:`tarproc.cli.common.command`)
+CATS = {
+    "output": Shared(output_option("-", "Output file, '-' for stdout, or 'pipe:CMD'."), "-"),
+    "filelist": Shared(Filelist, None),
+    "slice_": Shared(SliceOpt, None),
+    "shuffle": Shared(ShuffleOpt, 0),
+    "seed": Shared(SeedOpt, None),
+    "shuffle_shards": Shared(ShuffleShards, False),
+    "fields": Shared(FieldsOpt, None),
+    "missing": Shared(MissingOpt, Missing.error),
+    "rekey": Shared(RekeyOpt, None),
+    "max_bad_shards": Shared(MaxBad, 0),
+}
+#: the shared options of tarcats and tarpcat
+CATS_SHARED = "read write skip count"
 
-    def cats(
-        inputs: Inputs = None,
-        output: output_option("-", "Output file, '-' for stdout, or 'pipe:CMD'.") = "-",
-        filelist: Filelist = None,
-        skip: Skip = 0,
-        count: Count = None,
-        slice_: SliceOpt = None,
-        shuffle: ShuffleOpt = 0,
-        seed: SeedOpt = None,
-        shuffle_shards: ShuffleShards = False,
-        fields: FieldsOpt = None,
-        missing: MissingOpt = Missing.error,
-        rekey: RekeyOpt = None,
-        interleaved: InterleaveOpt = False,
-        max_bad_shards: MaxBad = 0,
-        parallel: Parallel = default_parallel,
-        compress: Compress = None,
-        mtime: Mtime = 0,
-        strict: Strict = False,
-        progress: Progress = None,
-        verbose: Verbose = 0,
-        quiet: Quiet = False,
-        debug: Debug = False,
-        version: Version = False,
-    ) -> None:
-        run_cats(
-            name, inputs, filelist, output, skip, count, slice_, shuffle, seed, shuffle_shards, fields, missing,
-            rekey, interleaved, max_bad_shards, parallel, compress, mtime, strict, progress, verbose, quiet, debug,
-        )  # fmt: skip
-
-    if default_parallel > 1:  # tarpcat: the default is the machine's, which help and man page must not show
-        cats.__annotations__["parallel"] = PcatParallel
-    command(app)(cats)
-    return app
+app = make_app(HELP, EXAMPLES)
 
 
-app = build_app("tarcats", HELP, EXAMPLES, 1)
+@command(app, shared=CATS_SHARED, options=CATS)
+def tarcats(tool: Tool, interleaved: InterleaveOpt = False, parallel: Parallel = 1) -> None:
+    run_cats(tool, interleaved, parallel)
 
 
 def main() -> None:

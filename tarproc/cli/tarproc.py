@@ -14,29 +14,7 @@ from ..errors import CommandError, UsageError
 from ..executor import CommandSpec, print_log, run_samples
 from ..samples import MAX_SEEN_KEYS
 from ..sinks import PARTIAL, open_sink
-from ..sources import check_inputs_exist, expand_inputs, iter_samples
-from ..stages import skip_count
-from .common import (
-    Compress,
-    Count,
-    Debug,
-    Inputs,
-    Mtime,
-    Parallel,
-    Progress,
-    Quiet,
-    Skip,
-    Strict,
-    Tool,
-    Verbose,
-    Version,
-    command,
-    compression_name,
-    make_app,
-    refuse_terminal,
-    refuse_terminal_input,
-    run_app,
-)
+from .common import Tool, command, make_app, refuse_terminal, run_app
 
 HELP = """Run a shell command on every sample of tar shards and re-pack the results.
 
@@ -69,15 +47,14 @@ app = make_app(HELP, EXAMPLES)
 
 
 
-@command(app)
+@command(app, shared="read count skip parallel write")
 def tarproc(
-    inputs: Inputs = None,
+    tool: Tool,
     cmd: Annotated[Optional[str], typer.Option("-c", "--command", metavar="CMD", help="Shell command run in each sample's directory.")] = None,
     script: Annotated[Optional[str], typer.Option("-s", "--script", metavar="FILE", help="Script run (with --shell) in each sample's directory.")] = None,
     shell: Annotated[str, typer.Option("--shell", metavar="SHELL", help="Shell that runs the command.")] = "bash",
     output: Annotated[Optional[str], typer.Option("-o", "--output", metavar="OUT", help="Output: '-' for stdout, a file (compressed by suffix), 'pipe:CMD'. Omitted: no archive.")] = None,
     base: Annotated[str, typer.Option("-b", "--base", metavar="NAME", help="File stem of the fields in the sample directory.")] = "sample",
-    parallel: Parallel = 1,
     unordered: Annotated[bool, typer.Option("--unordered", help="Write samples as they finish instead of in input order.")] = False,
     errors: Annotated[str, typer.Option("-e", "--errors", metavar="abort|skip|ignore", help="What a failed sample does: stop the run, be left out, or be kept as the command left it.")] = "skip",
     max_errors: Annotated[Optional[int], typer.Option("--max-errors", min=0, metavar="N", help="Stop when more than N samples failed.")] = None,
@@ -87,18 +64,7 @@ def tarproc(
     subdirs: Annotated[bool, typer.Option("--subdirs", help="Each subdirectory holding __key__ and BASE.* becomes an output sample (files directly in the sample directory are not collected).")] = False,
     workdir: Annotated[Optional[str], typer.Option("-w", "--workdir", metavar="DIR", help="Where sample directories are made [default: $TMPDIR].")] = None,
     keep: Annotated[bool, typer.Option("--keep", help="Keep the sample directories (for debugging).")] = False,
-    count: Count = None,
-    skip: Skip = 0,
-    strict: Strict = False,
-    compress: Compress = None,
-    mtime: Mtime = 0,
-    progress: Progress = None,
-    verbose: Verbose = 0,
-    quiet: Quiet = False,
-    debug: Debug = False,
-    version: Version = False,
 ) -> None:
-    tool = Tool("tarproc", verbose, quiet, debug)
     with tool.run():
         if timeout is not None and timeout <= 0:
             raise UsageError("--timeout must be more than 0 seconds")
@@ -123,9 +89,7 @@ def tarproc(
         workdir = workdir or tempfile.gettempdir()
         if not os.path.isdir(workdir):
             raise UsageError(f"--workdir {workdir!r}: no such directory")
-        specs = expand_inputs(inputs or ["-"])
-        refuse_terminal_input(specs)
-        check_inputs_exist(specs)
+        specs = tool.input_specs()
         _check_clashes(output, failed, specs)
 
         root = tempfile.mkdtemp(prefix="tarproc-", dir=workdir)
@@ -134,11 +98,11 @@ def tarproc(
         written: set[str] = set()  # output keys, to refuse one that comes back
         sink = failed_sink = results = None
         try:
-            sink = open_sink(output, compression_name(compress), mtime) if output is not None else None
-            failed_sink = open_sink(failed, mtime=mtime) if failed else None
-            samples = skip_count(iter_samples(specs, warn=tool.warn, strict=strict), skip, count)
-            results = run_samples(spec, samples, parallel, ordered=not unordered)
-            for inp, result in tool.progress(results, progress):
+            sink = tool.open_output(output, terminal=False) if output is not None else None
+            failed_sink = open_sink(failed, mtime=tool.args.mtime) if failed else None
+            samples = tool.skip_count(tool.read(specs))
+            results = run_samples(spec, samples, tool.args.parallel, ordered=not unordered)
+            for inp, result in tool.progress(results):
                 stats["in"] += 1
                 for message in result.warnings:
                     tool.warn(message)
@@ -146,7 +110,7 @@ def tarproc(
                     _check_output_keys(result, written)
                 if result.failed:
                     stats["failed"] += 1
-                    _report_failure(tool, result, errors, verbose)
+                    _report_failure(tool, result, errors, tool.verbose)
                     if failed_sink is not None:
                         failed_sink.write(inp)
                     if errors == "abort":
@@ -155,7 +119,7 @@ def tarproc(
                         raise CommandError(f"{stats['failed']} samples failed, more than --max-errors {max_errors}")
                     if errors != "ignore":
                         continue
-                elif not quiet:
+                elif not tool.quiet:
                     print_log(result.log)
                 if keep and result.directory:
                     tool.info(f"kept {result.directory}", 2)

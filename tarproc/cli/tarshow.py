@@ -10,25 +10,7 @@ import typer
 
 from ..describe import Stats, contact_sheet, format_summary, summarize
 from ..errors import UsageError
-from ..sources import check_inputs_exist, expand_inputs, iter_samples
-from ..stages import skip_count
-from .common import (
-    Count,
-    Counter,
-    Debug,
-    Inputs,
-    Progress,
-    Quiet,
-    Skip,
-    Strict,
-    Tool,
-    Verbose,
-    Version,
-    command,
-    make_app,
-    refuse_terminal_input,
-    run_app,
-)
+from .common import Counter, Tool, command, make_app, run_app
 
 app = make_app(
     help="Show what tar shards hold: samples, field sizes and previews, statistics, contact sheets.\n\n"
@@ -69,11 +51,9 @@ Thumb = Annotated[int, typer.Option("--thumb", min=16, help="Cell size of the co
 Width = Annotated[int, typer.Option("--width", min=10, help="Width of text previews in characters.", metavar="N")]
 
 
-@command(app)
+@command(app, shared="read count skip")
 def tarshow(
-    inputs: Inputs = None,
-    count: Count = None,
-    skip: Skip = 0,
+    tool: Tool,
     field: Field = None,
     json_out: Json = False,
     stats: StatsOpt = False,
@@ -82,23 +62,14 @@ def tarshow(
     columns: Columns = 8,
     thumb: Thumb = 128,
     width: Width = 60,
-    strict: Strict = False,
-    progress: Progress = None,
-    verbose: Verbose = 0,
-    quiet: Quiet = False,
-    debug: Debug = False,
-    version: Version = False,
 ):
-    tool = Tool("tarshow", verbose, quiet, debug)
     with tool.run():
         modes = [name for name, on in (("-f", field), ("--stats", stats), ("--contact-sheet", sheet)) if on]
         if len(modes) > 1:
             raise UsageError(f"{' and '.join(modes)} cannot be combined")
         if json_out and (field or sheet):
             raise UsageError("--json goes with the listing or --stats, not with -f or --contact-sheet")
-        specs = expand_inputs(inputs or ["-"])
-        refuse_terminal_input(specs)
-        check_inputs_exist(specs)
+        specs = tool.input_specs()
         summary = Stats()
 
         def warn(message: str) -> None:
@@ -106,12 +77,11 @@ def tarshow(
             tool.warn(message)
 
         read = Counter()
-        samples = read(skip_count(iter_samples(specs, warn, strict), skip, count))
-        samples = tool.progress(samples, progress)
+        samples = tool.progress(read(tool.skip_count(tool.read(specs, warn))))
         out = sys.stdout.buffer
         if sheet:
-            n = contact_sheet(samples, sheet, limit=count if count is not None else 64, columns=columns,
-                              thumb=thumb, field=image_field, warn=tool.warn)
+            limit = tool.args.count if tool.args.count is not None else 64
+            n = contact_sheet(samples, sheet, limit=limit, columns=columns, thumb=thumb, field=image_field, warn=tool.warn)
             tool.info(f"wrote {sheet}: {n} images")
         elif stats:
             for sample in samples:

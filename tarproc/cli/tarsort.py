@@ -9,28 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import UsageError
-from ..sinks import open_sink
 from ..sort import DEFAULT_BUFFER, ExternalSorter, parse_size, sort_key_function
-from ..sources import check_inputs_exist, expand_inputs, iter_samples
-from .common import (
-    Compress,
-    Debug,
-    Inputs,
-    Mtime,
-    Progress,
-    Quiet,
-    Strict,
-    Tool,
-    Verbose,
-    Version,
-    command,
-    compression_name,
-    make_app,
-    output_option,
-    refuse_terminal,
-    refuse_terminal_input,
-    run_app,
-)
+from .common import Tool, command, make_app, output_option, run_app
 
 app = make_app(
     help="Sort or shuffle the samples of tar shards with bounded memory.\n\n"
@@ -74,9 +54,9 @@ BufferSize = Annotated[
 ]
 
 
-@command(app)
+@command(app, shared="read write")
 def tarsort(
-    inputs: Inputs = None,
+    tool: Tool,
     output: output_option("-", "Output: a file (compressed by its suffix), '-' for stdout, or 'pipe:CMD'.") = "-",
     field: SortField = None,
     sort_type: TypeOpt = SortType.str_,
@@ -85,16 +65,7 @@ def tarsort(
     seed: Seed = "0",
     tmpdir: TmpDir = None,
     buffer_size: BufferSize = f"{DEFAULT_BUFFER >> 20}M",
-    compress: Compress = None,
-    mtime: Mtime = 0,
-    strict: Strict = False,
-    progress: Progress = None,
-    verbose: Verbose = 0,
-    quiet: Quiet = False,
-    debug: Debug = False,
-    version: Version = False,
 ):
-    tool = Tool("tarsort", verbose, quiet, debug)
     with tool.run():
         budget = parse_size(buffer_size)
         if budget <= 0:
@@ -102,16 +73,13 @@ def tarsort(
         if tmpdir is not None and not os.path.isdir(tmpdir):  # say so now, not when the first run spills
             raise UsageError(f"--tmpdir {tmpdir!r} is not a directory")
         keyfunc = sort_key_function(field, sort_type.value, shuffle, seed)
-        refuse_terminal(output)
-        specs = expand_inputs(inputs or ["-"])
-        refuse_terminal_input(specs)
-        check_inputs_exist(specs)
+        specs = tool.input_specs()
         sorter = ExternalSorter(keyfunc, reverse, budget, tmpdir)
-        samples = tool.progress(iter_samples(specs, tool.warn, strict), progress)
+        samples = tool.progress(tool.read(specs))
         repeated = 0
         previous = None
         try:
-            with open_sink(output, compression_name(compress), mtime=mtime) as sink:
+            with tool.open_output(output) as sink:
                 for sample in sorter.sort(samples):
                     key = sample["__key__"]
                     if key == previous:

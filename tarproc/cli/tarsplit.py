@@ -8,24 +8,7 @@ import typer
 
 from ..errors import UsageError
 from ..shards import ShardInfo, ShardPattern, ShardWriter, open_manifest, parse_size
-from ..sources import check_inputs_exist, expand_inputs, iter_samples
-from .common import (
-    Compress,
-    Debug,
-    Inputs,
-    Mtime,
-    Progress,
-    Quiet,
-    Strict,
-    Tool,
-    Verbose,
-    Version,
-    command,
-    compression_name,
-    make_app,
-    refuse_terminal_input,
-    run_app,
-)
+from .common import Tool, command, compression_name, make_app, run_app
 
 HELP = """\
 Split a stream of WebDataset samples into shards of N samples or B bytes.
@@ -60,9 +43,9 @@ EXAMPLES = """\
 app = make_app(HELP, EXAMPLES)
 
 
-@command(app)
+@command(app, shared="read mtime compress")
 def tarsplit(
-    inputs: Inputs = None,
+    tool: Tool,
     output: Annotated[
         Optional[str],
         typer.Option("-o", "--output", help="Shard pattern: out-%06d.tar, out-{shard:06d}.tar, prefix, pipe:CMD.", metavar="PATTERN"),
@@ -73,7 +56,6 @@ def tarsplit(
         typer.Option("-s", "--maxsize", help="Uncompressed tar bytes per shard: 1e9, 500M (SI), 2GiB (IEC).", metavar="SIZE"),
     ] = None,
     gzip: Annotated[bool, typer.Option("-z", "--gzip", help="Compress every shard with gzip (a plain prefix gets .tar.gz).")] = False,
-    compress: Compress = None,
     start: Annotated[int, typer.Option("--start", min=0, help="Number of the first shard.", metavar="N")] = 0,
     maxshards: Annotated[
         Optional[int], typer.Option(
@@ -93,28 +75,19 @@ def tarsplit(
     manifest: Annotated[
         Optional[str], typer.Option("--manifest", help="Write one JSON line per shard to FILE ('-': stdout).", metavar="FILE")
     ] = None,
-    mtime: Mtime = 0,
-    strict: Strict = False,
-    progress: Progress = None,
-    verbose: Verbose = 0,
-    quiet: Quiet = False,
-    debug: Debug = False,
-    version: Version = False,
 ) -> None:
-    tool = Tool("tarsplit", verbose, quiet, debug)
     with tool.run():
         if output is None:
             raise UsageError("missing -o PATTERN (e.g. -o 'out-%06d.tar')")
         if maxcount is None and maxsize is None:
             raise UsageError("give -n/--maxcount and/or -s/--maxsize")
-        if gzip and compress is not None and compression_name(compress) != "gzip":
+        compress = compression_name(tool.args.compress)
+        if gzip and compress not in (None, "gzip"):
             raise UsageError("-z and --compress disagree")
-        compression = "gzip" if gzip else compression_name(compress)
+        compression = "gzip" if gzip else compress
         size = parse_size(maxsize) if maxsize is not None else None
         pattern = ShardPattern(output, compression)
-        specs = expand_inputs(inputs or ["-"])
-        refuse_terminal_input(specs)
-        check_inputs_exist(specs)
+        specs = tool.input_specs()
         manifest_file = open_manifest(manifest) if manifest else None
 
         def finished(info: ShardInfo) -> None:
@@ -132,7 +105,7 @@ def tarsplit(
                 start=start,
                 maxshards=maxshards,
                 compression=compression,
-                mtime=mtime,
+                mtime=tool.args.mtime,
                 post=post,
                 post_parallel=post_parallel,
                 manifest=manifest_file,
@@ -140,7 +113,7 @@ def tarsplit(
                 on_shard=finished,
                 on_post_error=post_failed,
             ) as writer:
-                writer.write_all(tool.progress(iter_samples(specs, tool.warn, strict), progress))
+                writer.write_all(tool.progress(tool.read(specs)))
         finally:
             if manifest_file is not None and manifest != "-":
                 manifest_file.close()

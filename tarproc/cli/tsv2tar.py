@@ -7,24 +7,8 @@ from typing import Annotated
 import typer
 
 from ..create import DEFAULT_KEYFORMAT, KeyNumbers, tsv_samples
-from ..sinks import open_sink
 from ..sources import check_inputs_exist, open_source
-from .common import (
-    Compress,
-    Debug,
-    Mtime,
-    Progress,
-    Quiet,
-    Tool,
-    Verbose,
-    Version,
-    command,
-    compression_name,
-    make_app,
-    output_option,
-    refuse_terminal,
-    run_app,
-)
+from .common import Tool, command, make_app, output_option, run_app
 
 app = make_app(
     help="Make one sample per row of a TSV plan.\n\n"
@@ -54,30 +38,22 @@ KeyFormat = Annotated[str, typer.Option("--keyformat", help="Key of the N-th row
 Start = Annotated[int, typer.Option("--start", min=0, help="Number of the first key.", metavar="N")]
 
 
-@command(app)
+@command(app, shared="write")
 def tsv2tar(
+    tool: Tool,
     plan: Plan = "-",
     output: output_option("-", "Output: a file (compressed by its suffix), '-' for stdout, or 'pipe:CMD'.") = "-",
     directory: Directory = ".",
     keyformat: KeyFormat = DEFAULT_KEYFORMAT,
     start: Start = 0,
-    compress: Compress = None,
-    mtime: Mtime = 0,
-    progress: Progress = None,
-    verbose: Verbose = 0,
-    quiet: Quiet = False,
-    debug: Debug = False,
-    version: Version = False,
 ):
-    tool = Tool("tsv2tar", verbose, quiet, debug)
     with tool.run():
         KeyNumbers(keyformat, start)  # a bad --keyformat is a usage error before anything is read
-        refuse_terminal(output)
         check_inputs_exist([plan])
         with open_source(plan) as stream:
             samples = tsv_samples(stream, directory, keyformat, start, source=plan)
-            with open_sink(output, compression_name(compress), mtime=mtime) as sink:
-                for sample in tool.progress(samples, progress):
+            with tool.open_output(output) as sink:
+                for sample in tool.progress(samples):
                     sink.write(sample)
         tool.info(f"wrote {sink.samples} samples ({sink.bytes_written} bytes) to {output} in {tool.elapsed():.2f} s")
 

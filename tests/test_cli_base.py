@@ -1,0 +1,65 @@
+"""The shared base of the tools (tarproc/cli/common.py): a tool declares only
+its own options, the shared ones come from one table, spelled the same in
+every tool."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Annotated
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from tarproc.cli import TOOLS
+from tarproc.cli.common import ALWAYS, SHARED, Tool, command, make_app, shared_names, tool_shared
+
+
+def _toy():
+    app = make_app("Toy tool.", "  toy --count 2 in.tar")
+    seen = {}
+
+    @command(app, shared="read count")
+    def toy(tool: Tool, name: Annotated[str, typer.Option("--name", help="A name.")] = "x") -> None:
+        with tool.run():
+            seen.update(vars(tool.args), name=name, tool=tool.name, verbose=tool.verbose)
+
+    return app, seen
+
+
+def test_a_tool_gets_the_shared_options_it_names_and_those_every_tool_takes():
+    app, seen = _toy()
+    result = CliRunner().invoke(app, ["--count", "2", "--strict", "-vv", "--name", "y", "a.tar", "b.tar"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"inputs": ["a.tar", "b.tar"], "count": 2, "strict": True, "progress": None, "verbose": 2,
+                    "quiet": False, "debug": False, "name": "y", "tool": "toy"}
+    assert tool_shared(app) == ("inputs", "count", "strict", "progress", "verbose", "quiet", "debug", "version")
+    assert CliRunner().invoke(app, ["--skip", "1"]).exit_code == 2  # not asked for
+
+
+def test_an_unknown_shared_name_is_refused_when_the_tool_is_defined():
+    app = make_app("Toy tool.", "  toy")
+    with pytest.raises(KeyError, match="no shared option"):
+        command(app, shared="read cuont")(lambda tool: None)
+
+
+def _params(tool: str) -> dict[str, tuple]:
+    cmd = typer.main.get_command(importlib.import_module(f"tarproc.cli.{tool}").app)
+    return {p.name: (tuple(p.opts), tuple(p.secondary_opts), p.help if hasattr(p, "help") else None)
+            for p in cmd.params}
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_every_tool_takes_its_shared_options_from_the_one_table(tool):
+    shared = tool_shared(importlib.import_module(f"tarproc.cli.{tool}").app)
+    assert set(ALWAYS) <= set(shared), "the tool declares its options the old way"
+    params = _params(tool)
+    reference = _params("tarproc")  # takes most shared options
+    for name in shared:
+        assert name in SHARED
+        if name in reference:
+            assert params[name] == reference[name], f"{tool} spells {name} differently"
+
+
+def test_groups_expand_in_table_order():
+    assert shared_names("write read") == ["inputs", "strict", "compress", "mtime", *ALWAYS]
