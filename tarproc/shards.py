@@ -38,35 +38,6 @@ Warn = Callable[[str], None]
 #: bytes of the end-of-archive marker (two zero blocks, POSIX ustar)
 END_MARKER = 2 * BLOCK
 
-_SIZE = re.compile(r"^([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*(?:([kKmMgGtTpP])(i?)[bB]?|[bB])?$")
-_POWERS = {"k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
-
-
-def parse_size(text: str | int) -> int:
-    """Parse a byte count such as ``1e9``, ``500M``, ``500MB``, ``2GiB``, ``4096``.
-
-    SI suffixes (``k``/``K``, ``M``, ``G``, ``T``, ``P``, optionally followed by
-    ``B``) are powers of 1000; IEC suffixes (``KiB``, ``MiB``, ``GiB``, ``TiB``,
-    ``PiB``, ``B`` optional) are powers of 1024 (IEC 80000-13). A fraction is
-    rounded down to whole bytes.
-
-    :returns: a positive number of bytes
-    :raises UsageError: the text is not a size, or it is not positive
-    """
-    if isinstance(text, int):
-        value = text
-    else:
-        match = _SIZE.match(text.strip())
-        if not match:
-            raise UsageError(f"bad size {text!r} (examples: 1e9, 500M, 500MB, 2GiB)")
-        number, unit, binary = match.groups()
-        scale = 1
-        if unit:
-            scale = (1024 if binary else 1000) ** _POWERS[unit.lower()]
-        value = int(float(number) * scale) if ("." in number or "e" in number.lower()) else int(number) * scale
-    if value <= 0:
-        raise UsageError(f"size must be positive: {text!r}")
-    return value
 
 
 #: name suffixes that a plain prefix keeps at the end (``out.tgz`` -> ``out-000000.tgz``)
@@ -526,7 +497,6 @@ __all__ = [
     "ShardWriter",
     "file_sha256",
     "open_manifest",
-    "parse_size",
     "post_command",
     "sample_tar_size",
     "split_samples",

@@ -24,7 +24,6 @@ import heapq
 import math
 import os
 import pickle
-import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -46,22 +45,6 @@ FIELD_OVERHEAD = 120
 
 SORT_TYPES = ("str", "int", "float")
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([kKmMgGtT]?)(?:i?[bB])?\s*$")
-
-
-def parse_size(text: str) -> int:
-    """Parse a memory size: a number of bytes with an optional binary suffix
-    ``K``, ``M``, ``G``, ``T`` (``256M`` is 256 MiB; ``KiB``/``MB`` spellings
-    are accepted and also binary).
-
-    :raises UsageError: the text is not a size
-    """
-    match = _SIZE.match(text)
-    if not match:
-        raise UsageError(f"bad size {text!r} (expected e.g. 256M, 2G, 65536)")
-    number, unit = match.groups()
-    scale = 1 << (10 * "KMGT".find(unit.upper()) + 10) if unit else 1
-    return int(float(number) * scale)
 
 
 def _nan_last(value: float) -> tuple:

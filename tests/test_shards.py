@@ -18,7 +18,6 @@ from tarproc.shards import (
     ShardInfo,
     ShardPattern,
     ShardWriter,
-    parse_size,
     post_command,
     sample_tar_size,
     split_samples,
@@ -37,33 +36,6 @@ def make_samples(n: int, size: int = 700, prefix: str = "s") -> list[dict]:
 
 def read_back(paths) -> list[dict]:
     return [{k: v for k, v in s.items() if k != "__source__"} for s in iter_samples([str(p) for p in paths])]
-
-
-# ------------------------------------------------------------------ sizes
-@pytest.mark.parametrize(
-    "text,expected",
-    [
-        ("4096", 4096),
-        ("1e9", 10**9),
-        ("500M", 500 * 10**6),
-        ("500MB", 500 * 10**6),
-        ("500 MB", 500 * 10**6),
-        ("2GiB", 2 * 1024**3),
-        ("2Gi", 2 * 1024**3),
-        ("10KiB", 10240),
-        ("1.5k", 1500),
-        ("3T", 3 * 10**12),
-        ("7b", 7),
-    ],
-)
-def test_parse_size(text, expected):
-    assert parse_size(text) == expected
-
-
-@pytest.mark.parametrize("text", ["", "abc", "0", "-5", "5X", "1e", "M", "2GiBB"])
-def test_parse_size_rejects(text):
-    with pytest.raises(UsageError):
-        parse_size(text)
 
 
 # --------------------------------------------------------------- patterns

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tarproc.errors import SampleError, UsageError
-from tarproc.sort import ExternalSorter, parse_size, sort_key_function, sort_samples
+from tarproc.sort import ExternalSorter, sort_key_function, sort_samples
 
 
 def make_samples(n: int, seed: int = 0, size: int = 100) -> list[dict]:
@@ -25,18 +25,6 @@ def make_samples(n: int, seed: int = 0, size: int = 100) -> list[dict]:
 
 def keys_of(samples) -> list[str]:
     return [s["__key__"] for s in samples]
-
-
-def test_parse_size():
-    assert parse_size("65536") == 65536
-    assert parse_size("256M") == 256 << 20
-    assert parse_size("2G") == 2 << 30
-    assert parse_size("64k") == 64 << 10
-    assert parse_size("1.5K") == 1536
-    assert parse_size("10MiB") == 10 << 20
-    for bad in ("", "M", "-1", "12X", "1e3"):
-        with pytest.raises(UsageError):
-            parse_size(bad)
 
 
 def test_sort_by_key_in_memory():

@@ -110,7 +110,7 @@ def test_usage_and_data_errors(tmp_path):
     result = runner.invoke(tarsort_cli.app, ["--shuffle", "-s", "cls"])
     assert result.exit_code == 2 and "cannot be combined" in result.stderr
     result = runner.invoke(tarsort_cli.app, ["--buffer-size", "lots"])
-    assert result.exit_code == 2 and "bad size" in result.stderr
+    assert result.exit_code == 2 and "'lots' is not a size" in result.stderr
     result = runner.invoke(tarsort_cli.app, ["-S", "date"])
     assert result.exit_code == 2
     result = runner.invoke(tarsort_cli.app, ["-s", "bin", "-S", "int"], input=make_input(2, 4))

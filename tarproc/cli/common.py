@@ -64,6 +64,7 @@ from typer.exceptions import TyperException
 
 from .. import __version__
 from ..compress import COMPRESSIONS
+from ..sizes import SIZE_HELP, parse_size
 from ..errors import ExitStatus, Interrupted, TarprocError, UsageError
 
 EXIT_STATUS = """\
@@ -165,6 +166,24 @@ def compression_name(value: Optional[Compression]) -> Optional[str]:
     """The ``--compress`` value as a plain string (None: follow the name)."""
     return None if value is None else value.value
 Mtime = Annotated[int, typer.Option("--mtime", help="Modification time stored in every member (seconds).", metavar="SECONDS")]
+
+
+def _size(value) -> int:
+    if isinstance(value, int):
+        return value
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def size_option(*names: str, help: str, optional: bool = True):
+    """A size option (``-s/--maxsize``...): its value is an ``int`` of bytes
+    parsed by the one size parser, :func:`tarproc.sizes.parse_size`
+    (coreutils units: ``K`` = 1024, ``KB`` = 1000, ``KiB``; ``1e9``).
+    A bad size is a usage error naming the option."""
+    return Annotated[Optional[int] if optional else int,
+                     typer.Option(*names, help=f"{help} ({SIZE_HELP}).", metavar="SIZE", parser=_size)]
 
 
 def output_option(default: str | None, help: str):

@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import UsageError
-from ..sort import DEFAULT_BUFFER, ExternalSorter, parse_size, sort_key_function
-from .common import Tool, command, make_app, output_option, run_app
+from ..sort import DEFAULT_BUFFER, ExternalSorter, sort_key_function
+from .common import Tool, command, make_app, output_option, run_app, size_option
 
 app = make_app(
     help="Sort or shuffle the samples of tar shards with bounded memory.\n\n"
@@ -48,10 +48,7 @@ Seed = Annotated[str, typer.Option("--seed", help="Seed of --shuffle (any text).
 TmpDir = Annotated[
     Optional[str], typer.Option("--tmpdir", help="Directory for sorted runs [default: $TMPDIR or /tmp].", metavar="DIR")
 ]
-BufferSize = Annotated[
-    str,
-    typer.Option("--buffer-size", help="Memory budget for buffered samples: bytes, or with K, M, G suffix.", metavar="SIZE"),
-]
+BufferSize = size_option("--buffer-size", help="Memory budget for buffered samples", optional=False)
 
 
 @command(app, shared="read write")
@@ -67,14 +64,11 @@ def tarsort(
     buffer_size: BufferSize = f"{DEFAULT_BUFFER >> 20}M",
 ):
     with tool.run():
-        budget = parse_size(buffer_size)
-        if budget <= 0:
-            raise UsageError("--buffer-size must be positive")
         if tmpdir is not None and not os.path.isdir(tmpdir):  # say so now, not when the first run spills
             raise UsageError(f"--tmpdir {tmpdir!r} is not a directory")
         keyfunc = sort_key_function(field, sort_type.value, shuffle, seed)
         specs = tool.input_specs()
-        sorter = ExternalSorter(keyfunc, reverse, budget, tmpdir)
+        sorter = ExternalSorter(keyfunc, reverse, buffer_size, tmpdir)
         samples = tool.progress(tool.read(specs))
         repeated = 0
         previous = None

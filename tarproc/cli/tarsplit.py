@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import UsageError
-from ..shards import ShardInfo, ShardPattern, ShardWriter, open_manifest, parse_size
-from .common import Tool, command, compression_name, make_app, run_app
+from ..shards import ShardInfo, ShardPattern, ShardWriter, open_manifest
+from .common import Tool, command, compression_name, make_app, run_app, size_option
 
 HELP = """\
 Split a stream of WebDataset samples into shards of N samples or B bytes.
@@ -51,10 +51,7 @@ def tarsplit(
         typer.Option("-o", "--output", help="Shard pattern: out-%06d.tar, out-{shard:06d}.tar, prefix, pipe:CMD.", metavar="PATTERN"),
     ] = None,
     maxcount: Annotated[Optional[int], typer.Option("-n", "--maxcount", min=1, help="Samples per shard.", metavar="N")] = None,
-    maxsize: Annotated[
-        Optional[str],
-        typer.Option("-s", "--maxsize", help="Uncompressed tar bytes per shard: 1e9, 500M (SI), 2GiB (IEC).", metavar="SIZE"),
-    ] = None,
+    maxsize: size_option("-s", "--maxsize", help="Uncompressed tar bytes per shard") = None,
     gzip: Annotated[bool, typer.Option("-z", "--gzip", help="Compress every shard with gzip (a plain prefix gets .tar.gz).")] = False,
     start: Annotated[int, typer.Option("--start", min=0, help="Number of the first shard.", metavar="N")] = 0,
     maxshards: Annotated[
@@ -85,7 +82,6 @@ def tarsplit(
         if gzip and compress not in (None, "gzip"):
             raise UsageError("-z and --compress disagree")
         compression = "gzip" if gzip else compress
-        size = parse_size(maxsize) if maxsize is not None else None
         pattern = ShardPattern(output, compression)
         specs = tool.input_specs()
         manifest_file = open_manifest(manifest) if manifest else None
@@ -101,7 +97,7 @@ def tarsplit(
             with ShardWriter(
                 pattern,
                 maxcount=maxcount,
-                maxsize=size,
+                maxsize=maxsize,
                 start=start,
                 maxshards=maxshards,
                 compression=compression,
