@@ -3,15 +3,24 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# man pages in the venv: man-db finds $(VENV)/share/man from $(VENV)/bin on PATH
+# (an editable install does not install setup.cfg's data files)
+MANDIR := $(VENV)/share/man/man1
+MANPAGES := $(patsubst man/%,$(MANDIR)/%,$(wildcard man/*.1))
 
 .PHONY: install test bench man demo lint clean imagemagick
 
-install: $(STAMP)
+install: $(STAMP) $(MANPAGES)
+	@./.ci/man-db >/dev/null 2>&1 || true
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
+
+$(MANDIR)/%.1: man/%.1 $(STAMP)
+	@mkdir -p $(MANDIR)
+	cp $< $@
 
 # ImageMagick for the tests that run `convert`; installed when we can, else those tests skip
 imagemagick:
@@ -23,8 +32,10 @@ test: install imagemagick
 bench: install imagemagick
 	$(BIN)/pytest tests/bench --benchmark-enable --benchmark-columns=min,median,mean,ops,rounds -p no:cacheprovider --benchmark-json=.benchmarks/latest.json -s
 
-man: install
+# man pages, setup.cfg's tool lists and bin/ launchers, from tarproc.cli.TOOLS
+man: $(STAMP)
 	$(BIN)/python -m tarproc.cli.man man
+	@mkdir -p $(MANDIR) && cp man/*.1 $(MANDIR)/
 
 demo: install imagemagick
 	$(BIN)/python tests/makeshards.py --samples 200 demo/imagenet_train-0000.tgz

@@ -79,11 +79,11 @@ class KeyNumbers:
         try:
             same = keyformat.format(start) == keyformat.format(start + 1)
         except (IndexError, KeyError):
-            raise UsageError(f"bad --keyformat {keyformat!r}: the only field is the number, {{}} or {{:09d}}") from None
+            raise UsageError(f"bad key format {keyformat!r}: the only field is the number, {{}} or {{:09d}}") from None
         except (ValueError, TypeError) as exc:
-            raise UsageError(f"bad --keyformat {keyformat!r}: {exc}") from None
+            raise UsageError(f"bad key format {keyformat!r}: {exc}") from None
         if same:
-            raise UsageError(f"--keyformat {keyformat!r} gives every sample the same key (use a {{}} for the number)")
+            raise UsageError(f"key format {keyformat!r} gives every sample the same key (use a {{}} for the number)")
         self.keyformat = keyformat
         self.next = start
 
@@ -444,7 +444,7 @@ def _finish(sample: Sample, label: bytes, label_field: str | None) -> Sample:
     if label_field in sample:
         raise SampleError(
             f"sample {sample['__key__']!r} has a file for field {label_field!r},"
-            " the field --label-from-dir would add"
+            " the field that holds the directory's name"
         )
     sample[label_field] = label
     return _sample(sample.pop("__key__"), sample)

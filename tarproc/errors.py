@@ -38,6 +38,10 @@ class TarprocError(Exception):
     """
 
     exit_status: int = ExitStatus.ERROR
+    #: which rule the error is about ("missing_field", "bad_shards"...), so a
+    #: command line can add how to change it (the library's message speaks of
+    #: the data, not of options)
+    topic: str | None = None
 
 
 class DataError(TarprocError):
@@ -65,6 +69,12 @@ class CompressionError(DataError):
 class SampleError(DataError):
     """The members do not form WebDataset samples (repeated field, key that
     comes back after another key, member without a key under ``strict``)."""
+
+
+class MissingFieldError(SampleError):
+    """A sample lacks a field that was asked for."""
+
+    topic = "missing_field"
 
 
 class SourceError(TarprocError):

@@ -69,7 +69,7 @@ def sort_key_function(
         raise UsageError(f"unknown sort type {type!r} (use str, int or float)")
     if shuffle:
         if field is not None:
-            raise UsageError("--shuffle orders by a hash of the key: it cannot be combined with a sort field")
+            raise UsageError("a shuffle orders by a hash of the key: it cannot be combined with a sort field")
         secret = hashlib.blake2b(str(seed).encode("utf-8", "surrogateescape"), digest_size=32).digest()
 
         def shuffled(sample: Sample) -> bytes:

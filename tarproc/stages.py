@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from .errors import SampleError, TarprocError, UsageError
+from .errors import MissingFieldError, SampleError, TarprocError, UsageError
 from .samples import Sample, split_name, unsafe_name
 from .sources import iter_source_samples
 
@@ -173,7 +173,7 @@ class FieldSelector:
                 have = ", ".join(k for k in sample if not k.startswith("__")) or "none"
                 message = f"{sample.get('__source__', '-')}: sample {sample['__key__']!r} has no field {wanted} (it has {have})"
                 if self.missing == "error":
-                    raise SampleError(message + "; use --missing skip to drop such samples")
+                    raise MissingFieldError(message)
                 self.skipped += 1
                 if self.warn is not None:
                     self.warn(f"skipping {message}")
@@ -312,7 +312,9 @@ class BadShards:
                 raise
             self.bad.append((source, str(exc)))
             if len(self.bad) > self.limit:
-                raise type(exc)(f"{exc} (more than --max-bad-shards {self.limit} bad shards)") from None
+                error = type(exc)(f"{exc} (more than {self.limit} bad shards)")
+                error.topic = "bad_shards"
+                raise error from None
             if self.warn is not None:
                 message = str(exc)
                 if message.startswith(source + ": "):  # name the shard once

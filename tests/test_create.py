@@ -47,7 +47,7 @@ def test_check_key():
 def test_key_numbers():
     keys = KeyNumbers("img{:04d}", 7)
     assert [keys(), keys()] == ["img0007", "img0008"]
-    with pytest.raises(UsageError, match="bad --keyformat"):
+    with pytest.raises(UsageError, match="bad key format"):
         KeyNumbers("{:q}")
 
 

@@ -50,6 +50,7 @@ import contextlib
 import enum
 import inspect
 import os
+import re
 import signal
 import sys
 import time
@@ -60,6 +61,7 @@ from collections.abc import Iterable, Iterator
 
 import click
 import typer
+from typer.core import TyperArgument, TyperCommand
 from typer.exceptions import TyperException
 
 from .. import __version__
@@ -79,12 +81,37 @@ EXIT_STATUS = """\
 141  the downstream pipe was closed (quiet, like coreutils killed by SIGPIPE)."""
 
 
+class FamilyCommand(TyperCommand):
+    """A tool's click command: arguments are shown as their name alone
+    (``[INPUT]...``, ``DIR``), without typer's type (``<list[str]>``) or the
+    braces it puts around a required one (``{DIR}``)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if isinstance(param, TyperArgument):
+                param.display_type_rich = _no_type
+                param._usage_display_name = _usage_name(param)
+
+
+def _no_type(ctx) -> None:
+    return None
+
+
+def _usage_name(param: TyperArgument):
+    name = param.metavar or param.name.upper()
+    shown = name if param.required else f"[{name}]"
+    shown += "..." if param.nargs != 1 else ""
+    return lambda: shown
+
+
 def make_app(help: str, examples: str) -> typer.Typer:
-    """A single-command typer app with plain (non-rich) help, ``-h``, and an
+    """A single-command typer app with plain (non-rich) help, ``-h``, shell
+    completion (``--install-completion``, ``--show-completion``), and an
     epilog holding ``examples`` and the exit status."""
     epilog = "\b\nExamples:\n" + examples.rstrip() + "\n\n\b\nExit status:\n" + EXIT_STATUS
     app = typer.Typer(
-        add_completion=False,
+        add_completion=True,
         pretty_exceptions_enable=False,
         rich_markup_mode=None,
         context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
@@ -106,7 +133,7 @@ def command(app: typer.Typer, shared: str = "", options: dict[str, Shared] | Non
         are in ``tool.args`` too.
     """
     short = app.info.help.split("\n", 1)[0].rstrip(".")
-    register = app.command(help=app.info.help, epilog=app.info.epilog, short_help=short)
+    register = app.command(cls=FamilyCommand, help=app.info.help, epilog=app.info.epilog, short_help=short)
 
     def decorate(func):
         if next(iter(inspect.signature(func).parameters), None) != "tool":
@@ -383,8 +410,12 @@ class Tool:
         return tqdm(iterable, file=sys.stderr, unit=unit, total=total, dynamic_ncols=True, leave=False)
 
     @contextlib.contextmanager
-    def run(self) -> Iterator[Tool]:
+    def run(self, hints: dict[str, str] | None = None) -> Iterator[Tool]:
         """Run the body of a command: map errors to messages and exit status.
+
+        :param hints: topic of a library error (:attr:`TarprocError.topic`) ->
+            what to add to its message, in the tool's words (``use --missing
+            skip to drop such samples``)
 
         SIGTERM raises :class:`tarproc.errors.Interrupted` in the main thread
         so that ``finally`` blocks remove temporary files and kill children.
@@ -397,7 +428,8 @@ class Tool:
         except TarprocError as exc:
             if self.debug:
                 raise
-            self.error(str(exc))
+            hint = (hints or {}).get(exc.topic) if exc.topic else None
+            self.error(f"{exc}; {hint}" if hint else str(exc))
             raise typer.Exit(exc.exit_status) from None
         except BrokenPipeError:
             _silence_stdout()
@@ -472,11 +504,19 @@ def usage_message(name: str, exc: TyperException) -> str:
     --help')``, in the form of every other error (click prints the usage,
     a hint and ``Error: ...`` on four lines)."""
     message = " ".join(exc.format_message().split())
+    # typer's words for a bad choice: "Value error, 'x' is not one of 'a', 'b'."
+    message = message.replace("Value error, ", "")
+    message = re.sub(r"is not one of ((?:'[^']*'(?:, )?)+)\.?",
+                     lambda m: "must be " + _one_of(re.findall(r"'([^']*)'", m.group(1))), message)
     if message[:1].isupper() and message[1:2].islower():
         message = message[0].lower() + message[1:]
     message = message.rstrip(".")
     hint = f" (see '{name} --help')" if exc.exit_code == ExitStatus.USAGE else ""
     return f"{name}: error: {message}{hint}"
+
+
+def _one_of(choices: list[str]) -> str:
+    return choices[0] if len(choices) == 1 else ", ".join(choices[:-1]) + " or " + choices[-1]
 
 
 def run_app(app: typer.Typer, name: str) -> None:

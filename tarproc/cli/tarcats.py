@@ -112,6 +112,12 @@ MaxBad = Annotated[
 ]
 
 
+#: what tarcats adds to a library error about a rule its options change
+HINTS = {
+    "missing_field": "use --missing skip to drop such samples",
+    "bad_shards": "--max-bad-shards N allows more",
+}
+
 #: samples skipped for a missing field that are reported one by one (then only counted)
 MAX_SKIP_MESSAGES = 20
 
@@ -137,7 +143,7 @@ def run_cats(tool: Tool, interleaved: bool, parallel: int) -> None:
     a = tool.args
     seed = parse_seed(a.seed)
     filelist, fields, max_bad_shards = a.filelist, a.fields, a.max_bad_shards
-    with tool.run():
+    with tool.run(HINTS):
         specs = expand_inputs(a.inputs or [])
         for path in filelist or []:
             if path == "-" and "-" in specs:
