@@ -28,8 +28,9 @@ class TarSink:
 
     On a clean exit of the ``with`` block the stream is finished (end marker,
     compressor trailer) and a file output is renamed into place; on an
-    exception it is left incomplete: ``NAME.partial`` stays for inspection and
-    stdout gets no end-of-archive marker.
+    exception it is left incomplete: ``NAME.partial`` is removed (only
+    SIGKILL or the OOM killer can leave one, and the next run replaces it)
+    and stdout gets no end-of-archive marker.
 
     :param target: ``-`` for stdout, ``pipe:CMD`` or a file name
     :param compression: ``none``/``gzip``/``bzip2``/``xz``/``zstd``, or None
@@ -144,8 +145,8 @@ class TarSink:
             self._write_failed(exc)
 
     def abort(self) -> None:
-        """Stop without an end-of-archive marker; ``NAME.partial`` stays
-        (removed when no sample was written: there is nothing to keep); a
+        """Stop without an end-of-archive marker; ``NAME.partial`` is
+        removed (an unfinished output is never left to be taken for data); a
         ``pipe:`` command is terminated (SIGTERM) before its input is closed,
         so that it does not take the cut stream for a complete one (an upload
         is not completed)."""
@@ -166,7 +167,7 @@ class TarSink:
                 if self._stream is not self._raw:
                     self._stream.close()  # flush what was written before the error
                 self._raw.close()
-                if self.path is not None and self.samples == 0:
+                if self.path is not None:
                     os.unlink(self.path + PARTIAL)
         except OSError:
             pass

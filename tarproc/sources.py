@@ -14,6 +14,7 @@ import contextlib
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 from typing import BinaryIO
@@ -82,22 +83,63 @@ class _PipeSource:
         return f"pipe:{self.command}: command exited with status {self.proc.returncode}"
 
 
+class _Counting:
+    """A raw input whose reads are reported to ``on_read(nbytes)`` (for a
+    progress bar in bytes of the input as stored, compressed or not)."""
+
+    def __init__(self, raw, on_read: Callable[[int], None]):
+        self.raw = raw
+        self.on_read = on_read
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.on_read(len(data))
+        return data
+
+    def readinto(self, buf) -> int:
+        n = self.raw.readinto(buf)
+        self.on_read(n or 0)
+        return n
+
+    def __getattr__(self, name):
+        return getattr(self.raw, name)
+
+
+def input_size(spec: str) -> int | None:
+    """The size in bytes of an input as stored, when known before reading it
+    (a local regular file); None otherwise (stdin, ``pipe:``, URLs)."""
+    if spec == "-" or spec.startswith("pipe:") or (_URL.match(spec) and not spec.startswith("file://")):
+        return None
+    path = spec[7:] if spec.startswith("file://") else spec
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
+def _counted(raw, on_read):
+    return raw if on_read is None else _Counting(raw, on_read)
+
+
 @contextlib.contextmanager
-def open_source(spec: str) -> Iterator[BinaryIO]:
+def open_source(spec: str, on_read: Callable[[int], None] | None = None) -> Iterator[BinaryIO]:
     """Open one (already expanded) input as a decompressed binary stream.
 
     :param spec: ``-``, a path, ``pipe:CMD`` or a URL
+    :param on_read: called with the number of bytes of each read of the
+        input as stored (before decompression), for progress
     :raises SourceError: the input cannot be opened, or a ``pipe:`` command
         exits non-zero after its output was read completely
     """
     if spec == "-":
-        yield decompressing_reader(sys.stdin.buffer, "-")
+        yield decompressing_reader(_counted(sys.stdin.buffer, on_read), "-")
         return
     if spec.startswith("pipe:"):
         pipe = _PipeSource(spec[5:])
         complete = False
         try:
-            yield decompressing_reader(pipe, spec)
+            yield decompressing_reader(_counted(pipe, on_read), spec)
             complete = True
         except TarprocError as exc:
             # a cut or empty stream is best explained by the command's failure
@@ -118,7 +160,7 @@ def open_source(spec: str) -> Iterator[BinaryIO]:
         except (OSError, ValueError, ImportError) as exc:
             raise SourceError(f"{spec}: cannot open: {exc}") from None
         with handle:
-            yield decompressing_reader(handle, spec)
+            yield decompressing_reader(_counted(handle, on_read), spec)
         return
     path = spec[7:] if spec.startswith("file://") else spec
     try:
@@ -126,20 +168,22 @@ def open_source(spec: str) -> Iterator[BinaryIO]:
     except OSError as exc:
         raise SourceError(f"{spec}: cannot open: {exc.strerror}") from None
     with handle:
-        yield decompressing_reader(handle, spec)
+        yield decompressing_reader(_counted(handle, on_read), spec)
 
 
-def iter_source_samples(spec: str, warn: Warn | None = None, strict: bool = False) -> Iterator[Sample]:
+def iter_source_samples(spec: str, warn: Warn | None = None, strict: bool = False,
+                        on_read: Callable[[int], None] | None = None) -> Iterator[Sample]:
     """Yield the samples of one input; ``"__source__"`` is ``spec``.
 
     :raises TarprocError: see :func:`open_source`, :class:`tarproc.tario.TarReader`
         and :func:`tarproc.samples.group_samples`
     """
-    with open_source(spec) as stream:
+    with open_source(spec, on_read) as stream:
         yield from group_samples(iter_members(stream, spec, warn or _ignore), spec, warn, strict)
 
 
-def iter_samples(inputs: Iterable[str], warn: Warn | None = None, strict: bool = False) -> Iterator[Sample]:
+def iter_samples(inputs: Iterable[str], warn: Warn | None = None, strict: bool = False,
+                 on_read: Callable[[int], None] | None = None) -> Iterator[Sample]:
     """Yield the samples of several inputs one after another.
 
     Brace patterns are expanded (:func:`expand_inputs`); each input is opened
@@ -150,7 +194,7 @@ def iter_samples(inputs: Iterable[str], warn: Warn | None = None, strict: bool =
     ...     print(sample["__key__"], sorted(sample))
     """
     for spec in expand_inputs(inputs):
-        yield from iter_source_samples(spec, warn, strict)
+        yield from iter_source_samples(spec, warn, strict, on_read)
 
 
 def _ignore(message: str) -> None:
@@ -174,5 +218,6 @@ __all__ = [
     "iter_source_samples",
     "iter_samples",
     "check_inputs_exist",
+    "input_size",
     "TarprocError",
 ]

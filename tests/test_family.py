@@ -4,6 +4,7 @@ in the tools' own words, shell completion in a real bash, man pages found by
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -69,8 +70,9 @@ def _complete(tool: str, words: list[str]) -> list[str]:
     with the script `tool --show-completion bash` prints, in a real bash."""
     script = run([tool, "--show-completion", "bash"], env={**tool_env(), "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"})
     assert script.returncode == 0, script.stderr
-    line = ("source /dev/stdin; COMP_WORDS=(%s); COMP_CWORD=%d; _%s_completion %s; printf '%%s\\n' \"${COMPREPLY[@]}\""
-            % (" ".join(f"'{w}'" for w in [tool, *words]), len(words), tool, tool))
+    quoted = " ".join(f"'{w}'" for w in [tool, *words])
+    line = (f"source /dev/stdin; COMP_WORDS=({quoted}); COMP_CWORD={len(words)}; _{tool}_completion {tool};"
+            " printf '%s\\n' \"${COMPREPLY[@]}\"")
     out = subprocess.run(["bash", "-c", line], input=script.stdout, capture_output=True, env=tool_env(), timeout=60)
     assert out.returncode == 0, out.stderr
     return out.stdout.decode().split()
@@ -108,3 +110,105 @@ def test_man_finds_the_pages_installed_in_the_venv():
     assert Path(out.stdout.strip()).resolve() == page.resolve()
     assert page.read_bytes() == (Path(__file__).parent.parent / "man" / "tarproc.1").read_bytes(), "run `make install`"
     assert Path(BIN).resolve().parent == Path(sys.prefix).resolve()
+
+
+# ------------------------------------------------------- -q, -v, -vv, bars
+def _inputs(tool: str, tmp_path, shard) -> list[str]:
+    """Arguments that make ``tool`` read 40 samples and succeed."""
+    if tool == "lines2tar":
+        path = tmp_path / "lines.txt"
+        path.write_text("".join(f"http://x/{i}.jpg caption {i}\n" for i in range(40)))
+        return ["-k", "url txt", str(path), "-o", str(tmp_path / "o.tar")]
+    if tool == "tsv2tar":
+        path = tmp_path / "plan.tsv"
+        path.write_text("__key__\ttxt\n" + "".join(f"k{i:03d}\ttext {i}\n" for i in range(40)))
+        return [str(path), "-o", str(tmp_path / "o.tar")]
+    if tool == "dir2tar":
+        tree = tmp_path / "tree"
+        tree.mkdir()
+        for i in range(40):
+            (tree / f"{i:03d}.txt").write_text(str(i))
+        return [str(tree), "-o", str(tmp_path / "o.tar")]
+    return {
+        "tarproc": ["-c", "true", "-o", str(tmp_path / "o.tar")],
+        "tarsplit": ["-n", "10", "-o", str(tmp_path / "s-%03d.tar")],
+        "tarcats": ["-o", str(tmp_path / "o.tar")],
+        "tarpcat": ["-p", "2", "-o", str(tmp_path / "o.tar")],
+        "tarsort": ["-o", str(tmp_path / "o.tar")],
+        "tarshow": [],
+        "tar2json": [],
+    }[tool] + [str(shard)]
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_quiet_verbose_and_very_verbose(tool, tmp_path, imagenet_shard):
+    args = _inputs(tool, tmp_path, imagenet_shard)
+    quiet = run([tool, "-q", *args])
+    assert quiet.returncode == 0 and quiet.stderr == b""
+    verbose = run([tool, "-v", *args])
+    lines = verbose.stderr.decode().splitlines()
+    assert verbose.returncode == 0 and lines and all(line.startswith(f"{tool}: ") for line in lines), lines
+    assert not any(f"{tool}: sample " in line for line in lines)
+    assert any("40 samples" in line for line in lines), lines
+    very = run([tool, "-vv", *args])
+    per_sample = [line for line in very.stderr.decode().splitlines() if line.startswith(f"{tool}: sample ")]
+    assert very.returncode == 0 and len(per_sample) == 40, very.stderr.decode()
+
+
+def test_keep_says_where_the_directories_are(tmp_path, imagenet_shard):
+    work = tmp_path / "work"
+    work.mkdir()
+    out = run(["tarproc", "--keep", "-c", "true", "--count", "2", "-w", str(work), str(imagenet_shard)])
+    assert out.returncode == 0
+    (root,) = list(work.iterdir())
+    assert out.stderr.decode() == f"tarproc: sample directories kept in {root}\n"
+
+
+def _on_a_terminal(argv: list[str], cwd) -> str:
+    """stderr of ``argv`` run with stderr on a pseudo-terminal 120 columns wide."""
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave, cwd=cwd,
+                            env=tool_env())
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the other side is closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    assert proc.wait(timeout=60) == 1  # a member was skipped
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+@pytest.mark.parametrize("tool", ["tarcats", "tarsplit", "tarproc"])
+def test_terminal_shows_a_bar_with_percentage_and_warnings_on_their_own_lines(tool, tmp_path, imagenet_shard):
+    """Regression: `8sample [00:00, 70.55sample/s]tarproc: sample ... failed`
+    (a warning printed into the bar's line), and no percentage for a local file."""
+    import tarfile
+
+    shard = tmp_path / "in.tar"
+    with tarfile.open(imagenet_shard) as src, tarfile.open(shard, "w") as dst:
+        members = src.getmembers()
+        for i, member in enumerate(members):
+            dst.addfile(member, src.extractfile(member))
+            if i == len(members) // 2:
+                info = tarfile.TarInfo("README")  # no key: skipped with a warning
+                info.size = 3
+                dst.addfile(info, io.BytesIO(b"hi\n"))
+    args = {"tarcats": ["-o", "/dev/null"], "tarsplit": ["-n", "10", "-o", "s-%d.tar"],
+            "tarproc": ["-c", "true", "-o", "/dev/null", "-w", str(tmp_path)]}[tool]
+    text = _on_a_terminal([tool, *args, str(shard)], tmp_path)
+    segments = re.split(r"[\r\n]+", text)
+    assert any(re.search(r"\d+%\|", s) for s in segments), text  # a bar with a percentage
+    warnings = [s for s in segments if "warning" in s]
+    assert warnings and all(s.startswith(f"{tool}: warning: ") for s in warnings), text
+    assert "README" in warnings[0]

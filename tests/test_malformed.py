@@ -115,12 +115,11 @@ def test_cli(case: Case, tmp_path, tarproc_cmd):
         assert len(lines) == 1, stderr
         assert lines[0].startswith("tarproc: error: "), stderr
         assert re.search(case.message, lines[0]), stderr
-        assert not (rundir / "OUT").exists()
-        output = rundir / "OUT.partial"
-        if not case.survivors:  # nothing written: no partial file is kept
-            assert not output.exists()
-            assert [p.name for p in rundir.iterdir()] == []
-            return
+        # no output, and no unfinished OUT.partial to be taken for data
+        assert [p.name for p in rundir.iterdir()] == []
+        assert list(workdir.iterdir()) == []
+        assert [p.exists() for p in ESCAPES] == escapes_before
+        return
     else:
         assert len(lines) == case.warnings, stderr
         for line in lines:
@@ -151,7 +150,7 @@ def test_cli_corpus_as_files(tmp_path, tarproc_cmd):
         assert proc.returncode == 3
         assert len(lines) == 1 and lines[0].startswith(f"tarproc: error: {path}: "), lines
         assert re.search(case.message, lines[0])
-        assert not out.exists() and Path(f"{out}.partial").exists()
+        assert not out.exists() and not Path(f"{out}.partial").exists()
 
 
 def test_write_corpus(tmp_path):

@@ -188,7 +188,7 @@ def test_manifest_matches_files(tmp_path):
         assert record["sha256"] == hashlib.sha256(data).hexdigest()
 
 
-def test_error_leaves_partial_and_runs_no_post(tmp_path):
+def test_error_removes_the_partial_shard_and_runs_no_post(tmp_path):
     marker = tmp_path / "posted"
 
     def samples():
@@ -198,8 +198,7 @@ def test_error_leaves_partial_and_runs_no_post(tmp_path):
     with pytest.raises(RuntimeError):
         with ShardWriter(str(tmp_path / "e-%d.tar"), maxcount=2, post=f"echo {{index}} >> {marker}") as writer:
             writer.write_all(samples())
-    assert (tmp_path / "e-0.tar").exists()
-    assert (tmp_path / "e-1.tar.partial").exists() and not (tmp_path / "e-1.tar").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e-0.tar", "posted"]  # the finished shard stays
     assert marker.read_text().split() == ["0"]
 
 

@@ -149,7 +149,7 @@ def test_cli_missing_input(tmp_path):
     assert "tarsplit: error:" in result.stderr and "nope.tar" in result.stderr
 
 
-def test_cli_truncated_input_leaves_partial(imagenet_shard, tmp_path):
+def test_cli_truncated_input_keeps_finished_shards_and_removes_the_partial_one(imagenet_shard, tmp_path):
     cut = tmp_path / "cut.tar"
     cut.write_bytes(imagenet_shard.read_bytes()[:50000])
     out = tmp_path / "out"
@@ -159,10 +159,7 @@ def test_cli_truncated_input_leaves_partial(imagenet_shard, tmp_path):
     assert "cut" in result.stderr
     complete = shard_files(out)
     assert complete and all(len(tar_members(f.read_bytes())) == 6 for f in complete)
-    # a shard is finished as soon as it holds -n samples: only a shard with
-    # fewer samples can be left as .partial
-    for partial in out.glob("*.partial"):
-        assert len(tar_members(partial.read_bytes())) == 3
+    assert not list(out.glob("*.partial"))
 
 
 # -------------------------------------------------------------- real pipes

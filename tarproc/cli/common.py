@@ -328,6 +328,10 @@ class Tool:
         #: warnings about data that was skipped; any makes the exit status 1
         self.problems = 0
         self.started = time.monotonic()
+        self._bar = None  # the tqdm bar on stderr while one is shown
+        self._bytes_read = 0  # input bytes read (as stored), when counted
+        self._bytes_total: int | None = None
+        self._counting = False
 
     def warn(self, message: str, problem: bool = True) -> None:
         """Print ``tool: warning: message``; a ``problem`` (data skipped or
@@ -335,15 +339,37 @@ class Tool:
         if problem:
             self.problems += 1
         if not self.quiet:
-            print(f"{self.name}: warning: {message}", file=sys.stderr, flush=True)
+            self.say(f"{self.name}: warning: {message}")
 
     def info(self, message: str, level: int = 1) -> None:
-        """Print ``tool: message`` when ``-v`` was given ``level`` times."""
-        if self.verbose >= level:
-            print(f"{self.name}: {message}", file=sys.stderr, flush=True)
+        """Print ``tool: message`` when ``-v`` was given ``level`` times
+        (level 0: unless ``-q``)."""
+        if self.verbose >= level and not (level == 0 and self.quiet):
+            self.say(f"{self.name}: {message}")
 
     def error(self, message: str) -> None:
-        print(f"{self.name}: error: {message}", file=sys.stderr, flush=True)
+        """Print ``tool: error: message`` (also with ``-q``)."""
+        self.say(f"{self.name}: error: {message}")
+
+    def say(self, line: str) -> None:
+        """Print a line on stderr; while a progress bar is shown, on its own
+        line above the bar (the bar is cleared and drawn again below it)."""
+        if self._bar is not None:
+            self._bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def stderr(self) -> Iterator:
+        """Write to ``sys.stderr`` (e.g. a command's output) with the
+        progress bar, if any, cleared first and drawn again after."""
+        if self._bar is None:
+            yield sys.stderr
+            return
+        from tqdm import tqdm
+
+        with tqdm.external_write_mode(file=sys.stderr):
+            yield sys.stderr
 
     def elapsed(self) -> float:
         """Seconds since the tool started."""
@@ -372,7 +398,31 @@ class Tool:
         ``--strict`` and warnings through ``warn`` (default :meth:`warn`)."""
         from ..sources import iter_samples
 
-        return iter_samples(specs, warn or self.warn, getattr(self.args, "strict", False))
+        return iter_samples(specs, warn or self.warn, getattr(self.args, "strict", False),
+                            on_read=self.count_input(specs))
+
+    def count_input(self, specs: list[str]):
+        """The ``on_read`` callback for :func:`tarproc.sources.open_source`
+        that feeds the progress bar the bytes read of ``specs`` (their total:
+        the sizes of local files), or None when no bar is shown."""
+        from ..sources import input_size
+
+        if not self._progress_enabled():
+            return None
+        sizes = [input_size(spec) for spec in specs]
+        self._bytes_total = None if None in sizes else sum(sizes)
+        self._counting = True
+        return self._count_bytes
+
+    def _count_bytes(self, n: int) -> None:
+        self._bytes_read += n
+
+    def _progress_enabled(self, enabled: Optional[bool] = None) -> bool:
+        if enabled is None:
+            enabled = getattr(self.args, "progress", None)
+        if enabled is None:
+            enabled = sys.stderr.isatty()
+        return bool(enabled)
 
     def skip_count(self, samples: Iterable) -> Iterator:
         """``--skip`` and ``--count`` applied to ``samples``."""
@@ -396,18 +446,52 @@ class Tool:
                          mtime=getattr(self.args, "mtime", 0))
 
     def progress(self, iterable: Iterable, enabled: Optional[bool] = None, unit: str = "sample",
-                 total: int | None = None):
-        """Wrap ``iterable`` in a tqdm bar on stderr when ``enabled`` (None:
-        ``--progress``/``--no-progress``, else when stderr is a terminal)."""
-        if enabled is None:
-            enabled = getattr(self.args, "progress", None)
-        if enabled is None:
-            enabled = sys.stderr.isatty()
-        if not enabled:
-            return iterable
-        from tqdm import tqdm
+                 total: int | None = None, describe=None):
+        """Wrap ``iterable`` (samples, or what ``describe`` describes) for the
+        progress bar and ``-vv``.
 
-        return tqdm(iterable, file=sys.stderr, unit=unit, total=total, dynamic_ncols=True, leave=False)
+        The bar (tqdm, on stderr) is shown when ``enabled`` (None:
+        ``--progress``/``--no-progress``, else when stderr is a terminal).
+        When :meth:`read` counts the input's bytes it shows bytes, with a
+        percentage, rate and ETA when the inputs' sizes are known, and the
+        sample count and rate beside it; otherwise it counts samples. With
+        ``-vv`` each item gets a line: ``describe(item)``, by default the
+        sample's key, fields and bytes.
+        """
+        per_item = self.verbose >= 2
+        if not self._progress_enabled(enabled) and not per_item:
+            return iterable
+        return self._progress(iterable, self._progress_enabled(enabled), unit, total, describe or _describe_sample)
+
+    def _progress(self, iterable, shown: bool, unit: str, total, describe):
+        bar = None
+        if shown:
+            from tqdm import tqdm
+
+            if self._counting:
+                bar = tqdm(file=sys.stderr, total=self._bytes_total, unit="B", unit_scale=True, unit_divisor=1024,
+                           dynamic_ncols=True, leave=False)
+            else:
+                bar = tqdm(file=sys.stderr, unit=unit, total=total, dynamic_ncols=True, leave=False)
+            self._bar = bar
+        n = 0
+        try:
+            for item in iterable:
+                n += 1
+                if self.verbose >= 2:
+                    self.say(f"{self.name}: {describe(item)}")
+                if bar is not None:
+                    if self._counting:
+                        bar.update(self._bytes_read - bar.n)
+                        rate = n / max(time.monotonic() - self.started, 1e-9)
+                        bar.set_postfix_str(f"{n} {unit}s, {rate:.1f} {unit}s/s", refresh=False)
+                    else:
+                        bar.update(1)
+                yield item
+        finally:
+            if bar is not None:
+                self._bar = None
+                bar.close()
 
     @contextlib.contextmanager
     def run(self, hints: dict[str, str] | None = None) -> Iterator[Tool]:
@@ -451,6 +535,14 @@ class Tool:
                 signal.signal(signal.SIGTERM, previous)
         if self.problems:
             raise typer.Exit(ExitStatus.ERROR)
+
+
+def _describe_sample(sample) -> str:
+    if not isinstance(sample, dict):
+        return str(sample)
+    fields = [k for k in sample if not k.startswith("__")]
+    size = sum(len(sample[k]) for k in fields)
+    return f"sample {sample.get('__key__')!r}: {', '.join(fields) or 'no fields'} ({size} bytes)"
 
 
 def _raise_interrupted(signum, frame):

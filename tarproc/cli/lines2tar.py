@@ -66,9 +66,10 @@ def lines2tar(
         keys = KeyNumbers(keyformat, start)
         unique = UniqueKeys()  # across all inputs: a repeated key would split a sample
         specs = tool.input_specs(inputs, terminal=False)
+        on_read = tool.count_input(specs)
         with tool.open_output(output) as sink:
             for spec in specs:
-                with open_source(spec) as stream:
+                with open_source(spec, on_read) as stream:
                     samples = line_samples(stream, names, sep, source=spec, keys=keys, unique=unique)
                     for sample in tool.progress(samples):
                         sink.write(sample)

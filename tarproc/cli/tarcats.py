@@ -174,7 +174,8 @@ def run_cats(tool: Tool, interleaved: bool, parallel: int) -> None:
             reader = ParallelReader(specs, parallel, warn, a.strict)
             per_shard = reader.shards()
         else:
-            per_shard = ((spec, iter_source_samples(spec, warn, a.strict)) for spec in specs)
+            on_read = tool.count_input(specs)
+            per_shard = ((spec, iter_source_samples(spec, warn, a.strict, on_read)) for spec in specs)
         guarded = (bad.guard(samples, spec) for spec, samples in per_shard)
         stream = interleave(list(guarded)) if interleaved else itertools.chain.from_iterable(guarded)
         if a.shuffle > 1:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 from typing import Annotated, Optional
 
@@ -102,7 +101,7 @@ def tarproc(
             failed_sink = open_sink(failed, mtime=tool.args.mtime) if failed else None
             samples = tool.skip_count(tool.read(specs))
             results = run_samples(spec, samples, tool.args.parallel, ordered=not unordered)
-            for inp, result in tool.progress(results):
+            for inp, result in tool.progress(results, describe=_describe_result):
                 stats["in"] += 1
                 for message in result.warnings:
                     tool.warn(message)
@@ -120,7 +119,8 @@ def tarproc(
                     if errors != "ignore":
                         continue
                 elif not tool.quiet:
-                    print_log(result.log)
+                    with tool.stderr():
+                        print_log(result.log)
                 if keep and result.directory:
                     tool.info(f"kept {result.directory}", 2)
                 if sink is not None:
@@ -150,7 +150,7 @@ def tarproc(
             if results is not None:
                 results.close()  # stops the pool and kills running commands before the cleanup
             if keep:
-                tool.info(f"sample directories kept in {root}")
+                tool.info(f"sample directories kept in {root}", 0)
             else:
                 shutil.rmtree(root, ignore_errors=True)
             tool.info(
@@ -205,17 +205,23 @@ def _check_clashes(output: str | None, failed: str | None, specs: list[str]) -> 
         seen[path] = option
 
 
+def _describe_result(item) -> str:
+    """The -vv line of one sample."""
+    _, result = item
+    outcome = f"failed: {result.reason}" if result.failed else f"{len(result.outputs)} output samples"
+    return f"sample {result.key!r}: {outcome}"
+
+
 def _report_failure(tool: Tool, result, errors: str, verbose: int) -> None:
-    action = "kept as is" if errors == "ignore" else "left out"
-    # printed even with -q, which silences only the commands' own output
-    print(f"{tool.name}: sample {result.key!r} failed: {result.reason} ({action})", file=sys.stderr)
+    """A failed sample's line and the last lines of its output; nothing with
+    -q (the summary line and the exit status still tell)."""
     if tool.quiet:
         return
+    action = "kept as is" if errors == "ignore" else "left out"
     lines = result.log.decode("utf-8", "replace").splitlines()
     tail = lines if verbose else lines[-5:]
-    for line in tail:
-        print(f"  | {line}", file=sys.stderr)
-    sys.stderr.flush()
+    tool.say("\n".join([f"{tool.name}: sample {result.key!r} failed: {result.reason} ({action})"]
+                       + [f"  | {line}" for line in tail]))
 
 
 def main() -> None:
