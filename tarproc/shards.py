@@ -20,13 +20,13 @@ import json
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from typing import IO
 from collections.abc import Callable, Iterable
 
+from . import procs
 from .compress import compression_for_name
 from .errors import OutputError, UsageError
 from .samples import Sample, sample_members
@@ -388,9 +388,7 @@ class ShardWriter:
         try:
             # its own process group, so that an interrupt kills the command's children too
             # the command's stdout goes to our stderr: our stdout may carry --manifest - or tar bytes
-            proc = subprocess.Popen(
-                ["bash", "-c", command], stdin=subprocess.DEVNULL, stdout=_stderr_fd(), env=env, start_new_session=True
-            )
+            proc = procs.spawn_shell(command, stdout=_stderr_fd(), env=env)
         except OSError as exc:
             self._failed(info, f"post command cannot start: {exc.strerror}")
             return
@@ -414,8 +412,7 @@ class ShardWriter:
 
     def _check(self, info: ShardInfo, status: int) -> None:
         if status != 0:
-            how = f"killed by signal {-status}" if status < 0 else f"exited with status {status}"
-            self._failed(info, f"post command {how}")
+            self._failed(info, f"post command {procs.describe_status(status)}")
 
     def _failed(self, info: ShardInfo, message: str) -> None:
         self.failures.append((info, message))
@@ -431,10 +428,7 @@ class ShardWriter:
         """Kill running post commands and their children (on interrupt)."""
         for _, proc in self._running:
             if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    proc.kill()
+                procs.kill_group(proc.pid)
         for _, proc in self._running:
             proc.wait()
         self._running = []

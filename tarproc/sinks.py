@@ -15,6 +15,7 @@ import subprocess
 import sys
 from typing import BinaryIO, NoReturn
 
+from . import procs
 from .compress import compressing_writer, compression_for_name
 from .errors import OutputError
 from .samples import Sample, sample_members
@@ -53,7 +54,7 @@ class TarSink:
         elif target.startswith("pipe:"):
             try:
                 # its own process group: abort() can stop the whole command, not just bash
-                self._proc = subprocess.Popen(["bash", "-c", target[5:]], stdin=subprocess.PIPE, process_group=0)
+                self._proc = procs.spawn_shell(target[5:], stdin=subprocess.PIPE, stdout=None)
             except OSError as exc:
                 raise OutputError(f"{target}: cannot start: {exc.strerror}") from None
             self._raw = self._proc.stdin
@@ -107,13 +108,7 @@ class TarSink:
         for stream in (self._stream, self._raw):
             with contextlib.suppress(OSError, ValueError):
                 stream.close()
-        status = self._proc.wait()
-        if status < 0:
-            how = f"was killed by signal {-status}"
-        elif status:
-            how = f"exited with status {status}"
-        else:
-            how = "exited"
+        how = procs.describe_status(self._proc.wait())
         raise OutputError(f"{self.target}: command {how} before reading all of its input") from None
 
     def close(self) -> None:
@@ -133,7 +128,7 @@ class TarSink:
                 self._raw.close()
                 status = self._proc.wait()
                 if status != 0:
-                    raise OutputError(f"{self.target}: command exited with status {status}")
+                    raise OutputError(f"{self.target}: command {procs.describe_status(status)}")
             elif self.path is not None:
                 self._raw.close()
                 os.replace(self.path + PARTIAL, self.path)
@@ -155,10 +150,7 @@ class TarSink:
         self.closed = True
         try:
             if self._proc is not None:
-                try:
-                    os.killpg(self._proc.pid, signal.SIGTERM)
-                except (ProcessLookupError, PermissionError):
-                    pass
+                procs.kill_group(self._proc.pid, signal.SIGTERM)
                 self._raw.close()
                 self._proc.wait()
             elif self._raw is sys.stdout.buffer:

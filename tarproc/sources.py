@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import braceexpand
 
+from . import procs
 from .compress import decompressing_reader
 from .errors import SourceError, TarprocError
 from .samples import Sample, group_samples
@@ -47,12 +48,14 @@ def expand_inputs(inputs: Iterable[str]) -> list[str]:
 
 
 class _PipeSource:
-    """The stdout of ``bash -c CMD``; :meth:`close` checks its exit status."""
+    """The stdout of ``bash -c CMD`` (in its own process group,
+    :func:`tarproc.procs.spawn_shell`); :meth:`close` checks its exit status."""
 
     def __init__(self, command: str):
         self.command = command
+        self.stopped = False
         try:
-            self.proc = subprocess.Popen(["bash", "-c", command], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+            self.proc = procs.spawn_shell(command, stdout=subprocess.PIPE)
         except OSError as exc:
             raise SourceError(f"pipe:{command}: cannot start: {exc.strerror}") from None
         self.stdout = self.proc.stdout
@@ -63,11 +66,22 @@ class _PipeSource:
     def readinto(self, buf) -> int:
         return self.stdout.readinto(buf)
 
-    def close(self, complete: bool = True) -> int:
+    def close(self, complete: bool = True, grace: float = 0.0) -> int:
         """Wait for the command and return its exit status; raise
         :class:`SourceError` on a non-zero exit if its output was read to the
-        end (``complete``). Calling it again returns the same status."""
+        end (``complete``). Otherwise a command still running after ``grace``
+        seconds is stopped with its children (SIGTERM to its group): we
+        stopped reading early, or were interrupted. Calling it again returns
+        the same status."""
         self.stdout.close()
+        if not complete and self.proc.poll() is None:
+            try:
+                self.proc.wait(timeout=grace) if grace else None
+            except subprocess.TimeoutExpired:
+                pass
+            if self.proc.poll() is None:
+                self.stopped = True
+                procs.kill_group(self.proc.pid, signal.SIGTERM)
         status = self.proc.wait()
         # when we stopped reading early the command may die of SIGPIPE
         if complete and status != 0:
@@ -76,11 +90,13 @@ class _PipeSource:
 
     def failed(self) -> bool:
         """True when the command exited non-zero for a reason other than
-        SIGPIPE (our closing the pipe)."""
-        return self.close(False) not in (0, -signal.SIGPIPE, 128 + signal.SIGPIPE)
+        SIGPIPE or our stopping it (we closed the pipe); used after a cut
+        or invalid stream, so the command gets a moment to exit by itself."""
+        status = self.close(False, grace=2.0)
+        return not self.stopped and status != 0 and not procs.died_of_sigpipe(status)
 
     def status_message(self) -> str:
-        return f"pipe:{self.command}: command exited with status {self.proc.returncode}"
+        return f"pipe:{self.command}: command {procs.describe_status(self.proc.returncode)}"
 
 
 class _Counting:

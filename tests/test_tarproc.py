@@ -307,7 +307,7 @@ runner = CliRunner()
 @pytest.mark.parametrize(
     "args, message",
     [
-        ([], "give exactly one of -c/--command or -s/--script"),
+        ([], "give exactly one of -c/--command, -s/--script or --map"),
         (["-c", "true", "-s", "x.sh"], "give exactly one of"),
         (["-c", "true", "-e", "explode"], "--errors must be abort, skip or ignore"),
         (["-c", "true", "-b", "a.b"], "--base 'a.b' must be a plain name"),

@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import CommandError, UsageError
-from ..executor import CommandSpec, print_log, run_samples
+from ..executor import CommandJob, CommandSpec, ErrorPolicy, print_log, run_samples
+from ..executor.policy import HALT_AFTER, KEEP
 from ..samples import MAX_SEEN_KEYS
 from ..sinks import PARTIAL, open_sink
 from .common import Tool, command, make_app, refuse_terminal, run_app
@@ -24,11 +25,19 @@ the key read back from __key__ (so a command may rename a sample). The
 command's stdout and stderr go to stderr (one sample's output together),
 never to stdout, which carries only tar bytes.
 
-A failed sample (non-zero exit, --timeout) is left out and reported with its
-key, status and last lines of output; the run goes on and exits 1 (like xargs
-and GNU parallel). --errors abort stops at the first failure; --errors ignore
-keeps the sample as the command left it; --failed FILE saves the failed
-input samples."""
+The command runs in the sample's directory: give your own script with -s FILE
+(or an absolute path), not -c ./script.sh. --persistent runs each sample's
+command in a subshell of one long-lived shell per worker; --batch N runs it
+once per N samples in a directory of sample directories 000000/, 000001/...;
+--map runs a Python function sample -> dict | list | None instead.
+
+A failed sample (non-zero exit, --timeout) is run again up to --retries N
+times, then left out and reported with its key, status and last lines of
+output; the run goes on and exits 1 (like xargs and GNU parallel), unless
+the first --halt-after K samples all failed: then one message names the
+command and its output, and the run stops. --errors abort stops at the first
+failure; --errors ignore keeps the sample as the command left it; --failed
+FILE saves the failed input samples."""
 
 EXAMPLES = """\
   # convert every JPEG to PPM, 8 processes, output order = input order
@@ -38,9 +47,14 @@ EXAMPLES = """\
   # the first three keys (command output goes to stderr)
   tarproc -c 'cat __key__; echo' --count 3 shard.tar
   # stream to a re-sharder, keeping failures for later
-  tarproc -c ./resize.sh -o - --failed failed.tar 'train-{0000..0147}.tgz' | tarsplit -n 1000 -o 'out-%06d.tar'
+  tarproc -s resize.sh -o - --failed failed.tar 'train-{0000..0147}.tgz' | tarsplit -n 1000 -o 'out-%06d.tar'
   # one sample -> many: each subdirectory with __key__ and sample.* becomes a sample
-  tarproc --subdirs -s crop.sh -o crops.tar shard.tar"""
+  tarproc --subdirs -s crop.sh -o crops.tar shard.tar
+  # many small samples: one shell per worker, or one md5sum per 64 samples
+  tarproc -p 2 --persistent -c 'md5sum sample.jpg > sample.md5' -o out.tar shard.tar
+  tarproc --batch 64 -c 'for d in 0*/; do md5sum < $d/sample.jpg > $d/sample.md5; done' -o out.tar shard.tar
+  # a Python function in the workers
+  tarproc -p 4 --map resize.py:resize -o out.tar shard.tar"""
 
 app = make_app(HELP, EXAMPLES)
 
@@ -57,6 +71,12 @@ def tarproc(
     unordered: Annotated[bool, typer.Option("--unordered", help="Write samples as they finish instead of in input order.")] = False,
     errors: Annotated[str, typer.Option("-e", "--errors", metavar="abort|skip|ignore", help="What a failed sample does: stop the run, be left out, or be kept as the command left it.")] = "skip",
     max_errors: Annotated[Optional[int], typer.Option("--max-errors", min=0, metavar="N", help="Stop when more than N samples failed.")] = None,
+    retries: Annotated[int, typer.Option("--retries", min=0, metavar="N", help="Run a failed sample again up to N times, in a fresh directory, before it counts as failed.")] = 0,
+    halt_after: Annotated[int, typer.Option("--halt-after", min=0, metavar="K", help="Stop (exit 1) when the first K samples to finish all failed; 0: never.")] = HALT_AFTER,
+    persistent: Annotated[bool, typer.Option("--persistent", help="One long-lived shell per worker runs each sample's command in a subshell (cheaper than a new shell per sample; same contract).")] = False,
+    batch: Annotated[Optional[int], typer.Option("--batch", min=1, metavar="N", help="Run the command once per N samples, in a directory of sample directories 000000/, 000001/, ...")] = None,
+    map_function: Annotated[Optional[str], typer.Option("--map", metavar="PATH.py:NAME|MODULE:NAME", help="Run a Python function sample dict -> dict | list | None in the workers instead of a command.")] = None,
+    map_batch: Annotated[Optional[int], typer.Option("--map-batch", min=1, metavar="N", help="Pass the --map function lists of N samples (it returns one entry per sample).")] = None,
     failed: Annotated[Optional[str], typer.Option("--failed", metavar="FILE", help="Write the failed input samples to this tar.")] = None,
     timeout: Annotated[Optional[float], typer.Option("--timeout", min=0, metavar="SECONDS", help="Kill a command's process group after this many seconds (the sample fails).")] = None,
     add_log: Annotated[Optional[str], typer.Option("--add-log", metavar="EXT", help="Also store the command's output in the sample as field EXT.")] = None,
@@ -67,60 +87,81 @@ def tarproc(
     with tool.run():
         if timeout is not None and timeout <= 0:
             raise UsageError("--timeout must be more than 0 seconds")
-        if (cmd is None) == (script is None):
-            raise UsageError("give exactly one of -c/--command or -s/--script")
+        if (cmd is not None) + (script is not None) + (map_function is not None) != 1:
+            raise UsageError("give exactly one of -c/--command, -s/--script or --map")
         if errors not in ("abort", "skip", "ignore"):
             raise UsageError(f"--errors must be abort, skip or ignore, not {errors!r}")
         if not base or "/" in base or "." in base:
             raise UsageError(f"--base {base!r} must be a plain name without '/' or '.'")
         if add_log is not None and (not add_log or "/" in add_log):
             raise UsageError(f"--add-log {add_log!r} must be a field name")
-        if script is not None:
-            if not os.path.isfile(script):
-                raise UsageError(f"--script {script!r}: no such file")
-            argv = [shell, os.path.abspath(script)]
-        else:
-            argv = [shell, "-c", cmd]
-        if shutil.which(shell) is None:
-            raise UsageError(f"--shell {shell!r}: not found on PATH")
+        if map_function is None and map_batch is not None:
+            raise UsageError("--map-batch goes with --map")
+        if map_function is not None:
+            for flag, given in (("--persistent", persistent), ("--batch", batch is not None), ("--timeout", timeout is not None),
+                                ("--subdirs", subdirs), ("--add-log", add_log is not None), ("--keep", keep)):
+                if given:
+                    raise UsageError(f"{flag} applies to commands, not to --map")
+        policy = ErrorPolicy(errors, retries, max_errors, halt_after)
         if output is not None:
             refuse_terminal(output)
-        workdir = workdir or tempfile.gettempdir()
-        if not os.path.isdir(workdir):
-            raise UsageError(f"--workdir {workdir!r}: no such directory")
         specs = tool.input_specs()
         _check_clashes(output, failed, specs)
+        if map_function is not None:
+            from ..executor.pymap import MapJob, load_function
 
-        root = tempfile.mkdtemp(prefix="tarproc-", dir=workdir)
-        spec = CommandSpec(argv, root, base, timeout, add_log, subdirs, keep, collect=output is not None)
-        stats = {"in": 0, "out": 0, "failed": 0}
+            job = MapJob(load_function(map_function), map_batch or 0, policy, name=map_function)
+            root = None
+        else:
+            if script is not None:
+                if not os.path.isfile(script):
+                    raise UsageError(f"--script {script!r}: no such file")
+                argv = [shell, os.path.abspath(script)]
+            else:
+                argv = [shell, "-c", cmd]
+            if shutil.which(shell) is None:
+                raise UsageError(f"--shell {shell!r}: not found on PATH")
+            workdir = workdir or tempfile.gettempdir()
+            if not os.path.isdir(workdir):
+                raise UsageError(f"--workdir {workdir!r}: no such directory")
+            root = tempfile.mkdtemp(prefix="tarproc-", dir=workdir)
+            spec = CommandSpec(argv, root, base, timeout, add_log, subdirs, keep, collect=output is not None,
+                               persistent=persistent, batch=batch or 0)
+            job = CommandJob(spec, policy)
+        stats = {"in": 0, "out": 0, "failed": 0, "retries": 0}
         written: set[str] = set()  # output keys, to refuse one that comes back
         sink = failed_sink = results = None
+        # failures of a run that has seen no success yet wait here: if the
+        # first --halt-after samples all fail, one message replaces them
+        held: list = []
         try:
             sink = tool.open_output(output, terminal=False) if output is not None else None
             failed_sink = open_sink(failed, mtime=tool.args.mtime) if failed else None
             samples = tool.skip_count(tool.read(specs))
-            results = run_samples(spec, samples, tool.args.parallel, ordered=not unordered)
+            results = run_samples(job, samples, tool.args.parallel, ordered=not unordered)
             for inp, result in tool.progress(results, describe=_describe_result):
                 stats["in"] += 1
+                stats["retries"] += result.attempts - 1
                 for message in result.warnings:
                     tool.warn(message)
-                if sink is not None:
-                    _check_output_keys(result, written)
+                if sink is not None and _check_output_keys(result, written):
+                    result.action = policy.final(result)
                 if result.failed:
                     stats["failed"] += 1
-                    _report_failure(tool, result, errors, tool.verbose)
+                    if halt_after and stats["failed"] == stats["in"] <= halt_after:
+                        held.append(result)
+                    else:
+                        _flush_held(tool, held, tool.verbose)
+                        _report_failure(tool, result, tool.verbose)
                     if failed_sink is not None:
                         failed_sink.write(inp)
-                    if errors == "abort":
-                        raise CommandError(f"sample {result.key!r} failed: {result.reason} (--errors abort)")
-                    if max_errors is not None and stats["failed"] > max_errors:
-                        raise CommandError(f"{stats['failed']} samples failed, more than --max-errors {max_errors}")
-                    if errors != "ignore":
+                    if result.action != KEEP:
                         continue
-                elif not tool.quiet:
-                    with tool.stderr():
-                        print_log(result.log)
+                else:
+                    _flush_held(tool, held, tool.verbose)
+                    if not tool.quiet:
+                        with tool.stderr():
+                            print_log(result.log)
                 if keep and result.directory:
                     tool.info(f"kept {result.directory}", 2)
                 if sink is not None:
@@ -131,37 +172,42 @@ def tarproc(
                             written.add(out["__key__"])
                         sink.write(out)
                         stats["out"] += 1
+            _flush_held(tool, held, tool.verbose)
             if sink is not None:
                 sink.close()
             if failed_sink is not None:
                 failed_sink.close()
         except BaseException as exc:
+            if not (isinstance(exc, CommandError) and "--halt-after" in str(exc)):
+                _flush_held(tool, held, tool.verbose)
             if sink is not None:
                 sink.abort()
             if failed_sink is not None:
                 if isinstance(exc, CommandError):
-                    # stopped by --errors abort / --max-errors: the failed
-                    # samples seen so far are all there is, so finish the file
+                    # stopped by --errors abort / --max-errors / --halt-after: the
+                    # failed samples seen so far are all there is, so finish the file
                     failed_sink.close()
                 else:
                     failed_sink.abort()
             raise
         finally:
             if results is not None:
-                results.close()  # stops the pool and kills running commands before the cleanup
-            if keep:
-                tool.info(f"sample directories kept in {root}", 0)
-            else:
-                shutil.rmtree(root, ignore_errors=True)
+                results.close()  # stops the workers and kills running commands before the cleanup
+            if root is not None:
+                if keep:
+                    tool.info(f"sample directories kept in {root}", 0)
+                else:
+                    shutil.rmtree(root, ignore_errors=True)
+            retried = f", {stats['retries']} retries" if stats["retries"] else ""
             tool.info(
-                f"{stats['in']} samples in, {stats['out']} out, {stats['failed']} failed, {tool.elapsed():.2f} s"
+                f"{stats['in']} samples in, {stats['out']} out, {stats['failed']} failed{retried}, {tool.elapsed():.2f} s"
             )
         if stats["failed"] and errors != "ignore":
             tool.error(f"{stats['failed']} of {stats['in']} samples failed")
             raise typer.Exit(1)
 
 
-def _check_output_keys(result, written: set) -> None:
+def _check_output_keys(result, written: set) -> bool:
     """Fail a result whose output key was already written (or repeats within
     its outputs): a key that comes back makes the output ungrouped, or
     repeats a field, and readers would reject the whole shard."""
@@ -171,7 +217,9 @@ def _check_output_keys(result, written: set) -> None:
             if not result.failed:
                 result.failed = True
                 result.reason = f"output key {key!r} was already written"
-            return
+                return True
+            return False
+    return False
 
 
 def _local_path(spec: str) -> str | None:
@@ -205,6 +253,11 @@ def _check_clashes(output: str | None, failed: str | None, specs: list[str]) -> 
         seen[path] = option
 
 
+def _flush_held(tool: Tool, held: list, verbose: int) -> None:
+    while held:
+        _report_failure(tool, held.pop(0), verbose)
+
+
 def _describe_result(item) -> str:
     """The -vv line of one sample."""
     _, result = item
@@ -212,12 +265,14 @@ def _describe_result(item) -> str:
     return f"sample {result.key!r}: {outcome}"
 
 
-def _report_failure(tool: Tool, result, errors: str, verbose: int) -> None:
+def _report_failure(tool: Tool, result, verbose: int) -> None:
     """A failed sample's line and the last lines of its output; nothing with
     -q (the summary line and the exit status still tell)."""
     if tool.quiet:
         return
-    action = "kept as is" if errors == "ignore" else "left out"
+    action = "kept as is" if result.action == KEEP else "left out"
+    if result.attempts > 1:
+        action += f", after {result.attempts} attempts"
     lines = result.log.decode("utf-8", "replace").splitlines()
     tail = lines if verbose else lines[-5:]
     tool.say("\n".join([f"{tool.name}: sample {result.key!r} failed: {result.reason} ({action})"]

@@ -1,0 +1,110 @@
+"""Signal safety, in one place: SIGINT/SIGTERM never leave a command running.
+
+A process that runs commands (the parent at ``-p 1``, each pool worker)
+records the process group of the command it is running; the handler kills
+that group first and raises only once the command's bookkeeping is done,
+so no command outlives an interrupt and no sample directory is left behind
+(the ``finally`` blocks that remove it run). While a command is being
+spawned (its group is not known yet) the signal is kept pending and acted
+on as soon as the group is known.
+
+In a pool worker the signal becomes ``SystemExit(128 + N)`` (the parent
+stops its workers with SIGTERM and coordinates Ctrl-C itself, so workers
+ignore SIGINT); in the parent SIGINT becomes :class:`KeyboardInterrupt` and
+SIGTERM :class:`tarproc.errors.Interrupted` (exit 130 / 143).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Iterator
+
+from ..errors import Interrupted
+from ..procs import kill_group
+
+
+class _State:
+    """What this process is running, for the signal handler (one process,
+    one state: each worker has its own copy after fork)."""
+
+    spawning = False
+    pgid: int | None = None
+    pending: int | None = None
+    in_worker = False
+
+
+def _raise_for(signum: int):
+    if _State.in_worker:
+        raise SystemExit(128 + signum)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Interrupted(signum)
+
+
+def _on_signal(signum, frame) -> None:
+    if _State.spawning:
+        _State.pending = signum
+        return
+    if _State.pgid is not None:
+        kill_group(_State.pgid)
+        _State.pending = signum
+        return
+    _raise_for(signum)
+
+
+def install_signal_handlers() -> dict:
+    """Install the handler for SIGINT and SIGTERM in this process; returns
+    the previous handlers for :func:`restore_signal_handlers`."""
+    return {signum: signal.signal(signum, _on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+
+def restore_signal_handlers(previous: dict) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+def enter_worker() -> None:
+    """Make this (forked) process a pool worker: SIGINT ignored (the parent
+    coordinates Ctrl-C), SIGTERM kills the running command, then exits 143."""
+    _State.in_worker = True
+    _State.pgid = None
+    _State.pending = None
+    _State.spawning = False
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+
+
+def check_pending() -> None:
+    """Raise for a signal that arrived while a command was running."""
+    if _State.pending is not None:
+        signum, _State.pending = _State.pending, None
+        _raise_for(signum)
+
+
+@contextlib.contextmanager
+def spawning() -> Iterator[None]:
+    """Around the start of a command: a signal meanwhile is kept pending."""
+    _State.spawning = True
+    try:
+        yield
+    finally:
+        _State.spawning = False
+
+
+@contextlib.contextmanager
+def running(pgid: int) -> Iterator[None]:
+    """While the command whose process group is ``pgid`` runs: a signal
+    kills the group (also one that arrived while it was spawned); on the
+    way out the group is killed (background children of the command), then
+    a pending signal is raised."""
+    _State.pgid = pgid
+    try:
+        if _State.pending is not None:
+            kill_group(pgid)
+        yield
+    finally:
+        kill_group(pgid)
+        _State.pgid = None
+    check_pending()

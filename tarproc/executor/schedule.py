@@ -1,0 +1,253 @@
+"""Schedulers: hand work items to a job, in this process or in a pool.
+
+A scheduler knows nothing about what the samples hold: it takes an
+iterator of samples, cuts it into work items of ``job.chunk`` samples
+(``[(index, sample), ...]``), has ``job.run(item)`` turn each into one
+:class:`Result` per sample, and yields ``(input sample, result)`` in input
+order (or as they finish), with at most ``window`` samples taken from the
+input and not yet yielded (bounded read-ahead).
+
+A job is any object with ``chunk`` (int), ``start()``, ``run(item) ->
+list[Result]`` and ``stop()`` (see :class:`tarproc.executor.CommandJob`).
+
+:func:`run_pool` runs ``parallel`` worker processes of its own
+(:mod:`multiprocess` ``fork`` processes, each with a task pipe and a result
+pipe of its own); samples and results cross them as raw buffers
+(:mod:`.wire`). The parent never blocks on one worker: it writes tasks and
+reads results as the pipes allow (``selectors``). A worker that dies is an
+error naming it (its samples are lost), never a hang: the end of its result
+pipe says so at once, and the parent stops the other workers itself.
+"""
+
+from __future__ import annotations
+
+import collections
+import fcntl
+import itertools
+import os
+import selectors
+import signal
+import traceback
+from collections.abc import Iterable, Iterator
+
+from ..errors import TarprocError
+from ..procs import describe_status
+from ..samples import Sample
+from . import guard, wire
+
+#: work items queued per worker (one running, one waiting in its pipe)
+PER_WORKER = 2
+#: seconds the parent waits for a worker to exit after SIGTERM before SIGKILL
+STOP_GRACE = 5.0
+#: pipe buffer asked for (F_SETPIPE_SZ): a 1 MB sample in one write
+PIPE_SIZE = 1 << 20
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+def work_items(samples: Iterable[Sample], chunk: int) -> Iterator[list[tuple[int, Sample]]]:
+    """``[(index, sample), ...]`` of ``chunk`` samples (the last may be shorter)."""
+    numbered = enumerate(samples)
+    if chunk <= 1:
+        for pair in numbered:
+            yield [pair]
+        return
+    while True:
+        item = list(itertools.islice(numbered, chunk))
+        if not item:
+            return
+        yield item
+
+
+def run_serial(job, samples: Iterable[Sample]) -> Iterator[tuple[Sample, object]]:
+    """Run every work item in this process (SIGINT/SIGTERM kill the running
+    command first: :mod:`.guard`)."""
+    previous = guard.install_signal_handlers()
+    try:
+        job.start()
+        for item in work_items(samples, job.chunk):
+            results = job.run(item)
+            for (_, sample), result in zip(item, results):
+                yield sample, result
+    finally:
+        try:
+            job.stop()
+        finally:
+            guard.restore_signal_handlers(previous)
+
+
+# ------------------------------------------------------------------ pool
+
+
+def _worker_main(job, task_fd: int, result_fd: int, inherited: list[int]) -> None:
+    """A worker: read tasks until end of file, answer each with its results."""
+    for fd in inherited:  # the parent's ends of other workers' pipes
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    guard.enter_worker()
+    try:
+        job.start()
+        while True:
+            message = wire.receive(task_fd)
+            if message is None:
+                return
+            item = wire.unpack_items(*message)
+            try:
+                results = job.run(item)
+            except Exception:  # noqa: BLE001 - a bug must reach the parent, not hang it
+                wire.send(result_fd, wire.pack(("crash", traceback.format_exc()), [], []))
+                return
+            wire.send(result_fd, wire.pack_results(results))
+    finally:
+        job.stop()
+
+
+class _Worker:
+    def __init__(self, context, job, inherited: list[int]):
+        task_r, task_w = os.pipe()
+        result_r, result_w = os.pipe()
+        for fd in (task_w, result_w):
+            try:
+                fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_SIZE)
+            except OSError:
+                pass  # the default size works, with more system calls
+        self.process = context.Process(
+            target=_worker_main, args=(job, task_r, result_w, inherited + [task_w, result_r]),
+            daemon=True, name="tarproc-worker",
+        )
+        try:
+            self.process.start()
+        finally:
+            os.close(task_r)
+            os.close(result_w)
+        os.set_blocking(task_w, False)
+        os.set_blocking(result_r, False)
+        self.task_fd, self.result_fd = task_w, result_r
+        self.writer = wire.Writer(task_w)
+        self.reader = wire.Reader(result_r)
+        self.pending: collections.deque = collections.deque()  # work items sent, not answered
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def died(self) -> TarprocError:
+        self.process.join(STOP_GRACE)
+        code = self.process.exitcode
+        how = "ended" if code is None else describe_status(code)
+        return TarprocError(f"worker process {self.pid} {how}: its sample is lost, stopping")
+
+
+def _stop_workers(workers: list[_Worker], clean: bool) -> None:
+    """End the workers: at the end of the input they exit once their task
+    pipe is closed; otherwise SIGTERM (each kills its running command's
+    process group), then SIGKILL for one that does not exit in time."""
+    for w in workers:
+        try:
+            os.close(w.task_fd)
+        except OSError:
+            pass
+        if not clean and w.process.exitcode is None:
+            try:
+                os.kill(w.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    for w in workers:
+        w.process.join(STOP_GRACE if not clean else None)
+        if w.process.exitcode is None:
+            os.kill(w.pid, signal.SIGKILL)
+            w.process.join()
+        try:
+            os.close(w.result_fd)
+        except OSError:
+            pass
+
+
+def run_pool(job, samples: Iterable[Sample], parallel: int, ordered: bool = True,
+             window: int | None = None) -> Iterator[tuple[Sample, object]]:
+    """Run the work items in ``parallel`` worker processes (see the module docs).
+
+    :param window: most samples taken and not yet yielded (default
+        ``2 * parallel * job.chunk``)
+    :raises TarprocError: a worker process died or crashed
+    """
+    import multiprocess
+
+    chunk = max(1, job.chunk)
+    window = window or PER_WORKER * parallel * chunk
+    context = multiprocess.get_context("fork")
+    workers: list[_Worker] = []
+    selector = selectors.DefaultSelector()
+    clean = False
+    try:
+        inherited: list[int] = []
+        for _ in range(parallel):
+            worker = _Worker(context, job, inherited)
+            workers.append(worker)
+            inherited += [worker.task_fd, worker.result_fd]
+            selector.register(worker.result_fd, selectors.EVENT_READ, worker)
+        items = work_items(samples, chunk)
+        exhausted = False
+        inputs: dict[int, Sample] = {}
+        done: dict[int, object] = {}
+        finished: collections.deque = collections.deque()  # unordered: (index, result)
+        next_index = 0
+        outstanding = 0  # samples taken from the input and not yet yielded
+        writing: set = set()
+        while True:
+            # hand back what is ready
+            if ordered:
+                while next_index in done:
+                    result = done.pop(next_index)
+                    outstanding -= 1
+                    yield inputs.pop(next_index), result
+                    next_index += 1
+            else:
+                while finished:
+                    index, result = finished.popleft()
+                    outstanding -= 1
+                    yield inputs.pop(index), result
+            # hand out work while the window and a worker's queue allow
+            while not exhausted and outstanding + chunk <= max(window, chunk):
+                worker = min(workers, key=lambda w: len(w.pending))
+                if len(worker.pending) >= PER_WORKER:
+                    break
+                item = next(items, None)
+                if item is None:
+                    exhausted = True
+                    break
+                for index, sample in item:
+                    inputs[index] = sample
+                outstanding += len(item)
+                worker.pending.append(item)
+                worker.writer.put(wire.pack_items(item))
+                if worker.writer.pending and worker not in writing:
+                    selector.register(worker.task_fd, selectors.EVENT_WRITE, worker)
+                    writing.add(worker)
+            if exhausted and outstanding == 0:
+                break
+            for key, events in selector.select():
+                worker = key.data
+                if events & selectors.EVENT_WRITE:
+                    worker.writer.flush()
+                    if not worker.writer.pending:
+                        selector.unregister(worker.task_fd)
+                        writing.discard(worker)
+                    continue
+                messages = worker.reader.read()
+                if messages is None:
+                    raise worker.died()
+                for skeleton, lengths, raw in messages:
+                    if skeleton and skeleton[0] == "crash":
+                        raise TarprocError(f"worker process {worker.pid} crashed:\n{skeleton[1]}")
+                    worker.pending.popleft()
+                    for result in wire.unpack_results(skeleton, lengths, raw):
+                        if ordered:
+                            done[result.index] = result
+                        else:
+                            finished.append((result.index, result))
+        clean = True
+    finally:
+        selector.close()
+        _stop_workers(workers, clean)

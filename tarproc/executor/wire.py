@@ -1,0 +1,229 @@
+"""Samples and results across a pipe, without pickling their bytes.
+
+A message is ``[u64 skeleton length][u64 raw length][skeleton][raw]``: the
+skeleton is a small :mod:`pickle` (the C pickler, protocol 5) of the
+structure with every bytes value taken out, and the raw part is those
+values back to back, written with one ``writev(2)`` straight from the
+sample's own buffers (no join, no pickling of the bytes) and read into one
+buffer. Receivers get :class:`memoryview` slices of that buffer (the worker
+writes files from them) or, with ``copy``, bytes (what the parent hands on).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+
+from .results import Result
+
+HEADER = struct.Struct("<QQ")
+#: at most this many buffers per writev(2) (IOV_MAX is 1024 on Linux)
+IOV_BATCH = 512
+_RAW = None  # marks a value sent in the raw part
+
+
+def _flatten(sample: dict, lengths: list, buffers: list) -> list:
+    entries = []
+    for name, value in sample.items():
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            buffers.append(value)
+            lengths.append(len(value) if type(value) is not memoryview else value.nbytes)
+            entries.append((name, _RAW))
+        else:
+            entries.append((name, value))
+    return entries
+
+
+def _rebuild(entries: list, raw: memoryview, lengths: list, pos: list, copy: bool) -> dict:
+    sample = {}
+    offset, i = pos
+    for name, value in entries:
+        if value is _RAW:
+            n = lengths[i]
+            view = raw[offset : offset + n]
+            sample[name] = bytes(view) if copy else view
+            offset += n
+            i += 1
+        else:
+            sample[name] = value
+    pos[0], pos[1] = offset, i
+    return sample
+
+
+def pack(skeleton, lengths: list, buffers: list) -> list:
+    """The buffers of one message (for :func:`send` or a non-blocking writer)."""
+    head = pickle.dumps((skeleton, lengths), protocol=5)
+    return [HEADER.pack(len(head), sum(lengths)), head, *buffers]
+
+
+def pack_items(items: list) -> list:
+    """A task: ``[(index, sample), ...]``."""
+    lengths: list = []
+    buffers: list = []
+    skeleton = [(index, _flatten(sample, lengths, buffers)) for index, sample in items]
+    return pack(skeleton, lengths, buffers)
+
+
+def unpack_items(skeleton, lengths, raw: memoryview, copy: bool = False) -> list:
+    pos = [0, 0]
+    return [(index, _rebuild(entries, raw, lengths, pos, copy)) for index, entries in skeleton]
+
+
+_FIELDS = ("index", "key", "status", "failed", "reason", "warnings", "directory", "attempts", "action")
+
+
+def pack_results(results: list) -> list:
+    """A task's answer: ``[Result, ...]`` (or ``("crash", text)``)."""
+    lengths: list = []
+    buffers: list = []
+    skeleton = []
+    for r in results:
+        lengths.append(len(r.log))
+        buffers.append(r.log)
+        outputs = [_flatten(out, lengths, buffers) for out in r.outputs]
+        skeleton.append((tuple(getattr(r, f) for f in _FIELDS), outputs))
+    return pack(skeleton, lengths, buffers)
+
+
+def unpack_results(skeleton, lengths, raw: memoryview) -> list:
+    pos = [0, 0]
+    results = []
+    for fields, outputs in skeleton:
+        n = lengths[pos[1]]
+        log = bytes(raw[pos[0] : pos[0] + n])
+        pos[0] += n
+        pos[1] += 1
+        result = Result(**dict(zip(_FIELDS, fields)))
+        result.log = log
+        result.outputs = [_rebuild(entries, raw, lengths, pos, True) for entries in outputs]
+        results.append(result)
+    return results
+
+
+def send(fd: int, buffers: list) -> None:
+    """Write one message to a blocking ``fd`` (``writev``, resumed after a
+    partial write)."""
+    views = [memoryview(b).cast("B") if not isinstance(b, bytes) else b for b in buffers]
+    while views:
+        batch = views[:IOV_BATCH]
+        n = os.writev(fd, batch)
+        done = 0
+        for b in batch:
+            size = len(b)
+            if n >= size:
+                n -= size
+                done += 1
+            else:
+                views[done] = memoryview(b)[n:]
+                break
+        del views[:done]
+
+
+def _read_exact(fd: int, buf: bytearray | memoryview) -> bool:
+    view = memoryview(buf)
+    got = 0
+    while got < len(view):
+        n = os.readv(fd, [view[got:]])
+        if n == 0:
+            if got == 0:
+                return False
+            raise EOFError("message cut short")
+        got += n
+    return True
+
+
+def receive(fd: int):
+    """Read one message from a blocking ``fd``: ``(skeleton, lengths, raw)``
+    or None at end of file."""
+    head = bytearray(HEADER.size)
+    if not _read_exact(fd, head):
+        return None
+    skeleton_size, raw_size = HEADER.unpack(head)
+    body = bytearray(skeleton_size + raw_size)
+    if body and not _read_exact(fd, body):
+        raise EOFError("message cut short")
+    view = memoryview(body)
+    skeleton, lengths = pickle.loads(view[:skeleton_size])
+    return skeleton, lengths, view[skeleton_size:]
+
+
+class Reader:
+    """Non-blocking reader of messages from one fd (the parent's side)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.head = bytearray(HEADER.size)
+        self.body: bytearray | None = None
+        self.got = 0
+        self.skeleton_size = 0
+        self.eof = False
+
+    def read(self) -> list | None:
+        """Complete messages now readable, as ``(skeleton, lengths, raw)``;
+        None once the writer is gone (end of file; a message it had begun
+        is lost with it)."""
+        if self.eof:
+            return None
+        messages = []
+        while True:
+            target = self.head if self.body is None else self.body
+            try:
+                n = os.readv(self.fd, [memoryview(target)[self.got :]])
+            except BlockingIOError:
+                return messages
+            if n == 0:
+                self.eof = True
+                return messages or None
+            self.got += n
+            if self.body is None:
+                if self.got < HEADER.size:
+                    continue
+                self.skeleton_size, raw_size = HEADER.unpack(self.head)
+                self.body = bytearray(self.skeleton_size + raw_size)
+                self.got = 0
+            if self.got < len(self.body):
+                continue
+            view = memoryview(self.body)
+            skeleton, lengths = pickle.loads(view[: self.skeleton_size])
+            messages.append((skeleton, lengths, view[self.skeleton_size :]))
+            self.body = None
+            self.got = 0
+
+
+class Writer:
+    """Non-blocking writer of messages to one fd (the parent's side)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.queue: list = []
+
+    def put(self, buffers: list) -> None:
+        self.queue.extend(b if isinstance(b, bytes) else memoryview(b).cast("B") for b in buffers)
+        self.flush()
+
+    def flush(self) -> None:
+        """Write what the pipe takes now; what is left stays queued."""
+        queue = self.queue
+        while queue:
+            batch = queue[:IOV_BATCH]
+            try:
+                n = os.writev(self.fd, batch)
+            except BlockingIOError:
+                return
+            done = 0
+            for b in batch:
+                size = len(b)
+                if n >= size:
+                    n -= size
+                    done += 1
+                else:
+                    queue[done] = memoryview(b)[n:]
+                    break
+            del queue[:done]
+            if done < len(batch):
+                return
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.queue)
