@@ -15,7 +15,7 @@ import lzma
 import zlib
 from typing import BinaryIO
 
-from .errors import CompressionError
+from .errors import CompressionError, UsageError
 
 try:  # ISA-L gzip: several times faster than zlib
     from isal import igzip as _gzip
@@ -51,6 +51,48 @@ SUFFIXES = {
     ".tzst": "zstd",
 }
 COMPRESSIONS = ("none", "gzip", "bzip2", "xz", "zstd")
+#: the suffix a tar name gets for each compression (``out`` -> ``out.tar.gz``)
+TAR_SUFFIX = {"none": ".tar", "gzip": ".tar.gz", "bzip2": ".tar.bz2", "xz": ".tar.xz", "zstd": ".tar.zst"}
+#: every suffix of a tar shard's name, longest first (``.tar.gz`` before ``.gz``)
+TAR_SUFFIXES = tuple(sorted({*TAR_SUFFIX.values(), *SUFFIXES}, key=len, reverse=True))
+
+
+def split_tar_suffix(name: str) -> tuple[str, str]:
+    """``name`` as (stem, tar suffix): ``train.tar.gz`` -> (``train``,
+    ``.tar.gz``); (``name``, ``""``) when it has no tar or compression suffix."""
+    lower = name.lower()
+    for suffix in TAR_SUFFIXES:
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)], name[-len(suffix) :]
+    return name, ""
+
+
+def named_compression(name: str) -> str | None:
+    """The compression a file name states by its suffix: ``gzip`` for
+    ``.gz``/``.tgz`` (``bzip2``, ``xz``, ``zstd`` likewise), ``none`` for
+    ``.tar``; None when the name says nothing (``out``, ``data.bin``)."""
+    suffix = split_tar_suffix(name)[1].lower()
+    if not suffix:
+        return None
+    return "none" if suffix == ".tar" else compression_for_name(suffix)
+
+
+def output_compression(name: str, compression: str | None = None) -> str:
+    """The compression of an output file called ``name``: ``compression``
+    when given, else the one its suffix states (``none`` if it states none).
+
+    :raises UsageError: ``compression`` contradicts the name (gzip into
+        ``x.tar``, none into ``x.tgz``): the file would not be what it says
+    """
+    named = named_compression(name)
+    if compression is None:
+        return named or "none"
+    if named is not None and named != compression:
+        said = "an uncompressed tar" if named == "none" else f"{named}-compressed"
+        asked = "no compression" if compression == "none" else f"{compression} compression"
+        raise UsageError(f"output {name!r} is named as {said}, but {asked} was asked for:"
+                         f" name it {split_tar_suffix(name)[0]}{TAR_SUFFIX[compression]}")
+    return compression
 
 
 def detect(prefix: bytes) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import io
+import re
 import math
 import struct
 from array import array
@@ -65,7 +66,8 @@ IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "ppm"
 
 def image_format(data: bytes) -> str | None:
     """The image format named by ``data``'s magic number (``"JPEG"``,
-    ``"PNG"``, ``"GIF"``, ``"WEBP"``, ``"BMP"``, ``"TIFF"``), else None."""
+    ``"PNG"``, ``"GIF"``, ``"WEBP"``, ``"BMP"``, ``"TIFF"``, ``"PPM"``,
+    ``"PGM"``, ``"PBM"``), else None."""
     for magic, name in _IMAGE_MAGIC:
         if data.startswith(magic):
             if name == "BMP" and len(data) < 26:
@@ -73,7 +75,25 @@ def image_format(data: bytes) -> str | None:
             return name
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP"
+    if _NETPBM.match(data):
+        return _NETPBM_NAMES[data[1:2]]
     return None
+
+
+#: Netpbm (PBM/PGM/PPM, plain and raw): "P1".."P6", whitespace, width, height
+_NETPBM = re.compile(rb"P([1-6])(?:\s|#[^\n]*\n)+(\d+)(?:\s|#[^\n]*\n)+(\d+)\s")
+_NETPBM_NAMES = {b"1": "PBM", b"4": "PBM", b"2": "PGM", b"5": "PGM", b"3": "PPM", b"6": "PPM"}
+
+
+def _netpbm_size(data: bytes) -> tuple[int, int] | None:
+    match = _NETPBM.match(data)
+    return (int(match.group(2)), int(match.group(3))) if match else None
+
+
+def _mp3_frame(data: bytes) -> bool:
+    """An MPEG audio frame header without an ID3 tag (frame sync, layer III)."""
+    return len(data) >= 4 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0 and (data[1] >> 1) & 3 == 1 \
+        and (data[2] >> 4) not in (0, 15)
 
 
 def _png_size(data: bytes) -> tuple[int, int] | None:
@@ -126,7 +146,9 @@ def image_size(data: bytes) -> tuple[int, int, str] | None:
         except Exception:  # noqa: BLE001 - Pillow raises many types on bad data
             return None
     fmt = image_format(data)
-    size = {"JPEG": _jpeg_size, "PNG": _png_size, "GIF": _gif_size}.get(fmt or "", lambda d: None)(data)
+    parsers = {"JPEG": _jpeg_size, "PNG": _png_size, "GIF": _gif_size, "PPM": _netpbm_size, "PGM": _netpbm_size,
+               "PBM": _netpbm_size}
+    size = parsers.get(fmt or "", lambda d: None)(data)
     return (size[0], size[1], "") if size else None
 
 
@@ -177,7 +199,10 @@ def describe_bytes(data: bytes, width: int = 60) -> str:
     - empty: ``empty``
     - text: its first line quoted like a Python string (``'...'``), followed by
       ``...`` when truncated, plus ``(N lines)`` when there are more
-    - an image: ``JPEG 500x375 RGB`` (``PNG``, ``GIF``, ``WEBP``, ``BMP``, ``TIFF``)
+    - an image: ``JPEG 500x375 RGB`` (``PNG``, ``GIF``, ``WEBP``, ``BMP``, ``TIFF``,
+      ``PPM``/``PGM``/``PBM``)
+    - audio and video: ``WAV``, ``FLAC``, ``MP3`` (ID3 tag or frame header), ``Ogg``,
+      ``MP4/ISO media``, ``Matroska/WebM``
     - NumPy: ``npy float32 (3, 224, 224)``; pickle: ``pickle protocol 4``
     - other known magic numbers: ``gzip``, ``zstd``, ``zip``, ``PDF``, ``tar``...
     - anything else: ``binary`` and its first bytes in hex
@@ -200,6 +225,8 @@ def describe_bytes(data: bytes, width: int = 60) -> str:
             return name
     if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
         return "WAV"
+    if _mp3_frame(data):
+        return "MP3"
     if is_text(data):
         text = data.decode("utf-8")
         lines = text.splitlines() or [""]

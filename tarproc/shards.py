@@ -27,7 +27,7 @@ from typing import IO
 from collections.abc import Callable, Iterable
 
 from . import procs
-from .compress import compression_for_name
+from .compress import TAR_SUFFIX, compression_for_name, output_compression, split_tar_suffix
 from .errors import OutputError, UsageError
 from .samples import Sample, sample_members
 from .sinks import TarSink
@@ -40,8 +40,6 @@ END_MARKER = 2 * BLOCK
 
 
 
-#: name suffixes that a plain prefix keeps at the end (``out.tgz`` -> ``out-000000.tgz``)
-TAR_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tar.zst", ".tgz", ".tbz2", ".txz", ".tzst", ".tar")
 _PRINTF = re.compile(r"%(%|[-0 +#]*[0-9]*d)")
 _BRACE = re.compile(r"\{shard(?::([^{}]*))?\}")
 #: something that looks like a format placeholder: ``{name}`` or ``{name:spec}``
@@ -80,12 +78,11 @@ class ShardPattern:
         elif _BRACE.search(pattern):
             self._kind = "brace"
         elif not self.is_pipe:
-            stem, suffix = pattern, ".tar.gz" if compression == "gzip" else ".tar"
-            lower = pattern.lower()
-            for candidate in TAR_SUFFIXES:
-                if lower.endswith(candidate) and len(pattern) > len(candidate):
-                    stem, suffix = pattern[: -len(candidate)], pattern[-len(candidate) :]
-                    break
+            if pattern.endswith("/") or os.path.isdir(pattern):  # a directory D: D/000000.tar
+                stem, suffix = os.path.join(pattern, ""), ""
+            else:
+                stem, suffix = split_tar_suffix(pattern)
+            suffix = suffix or TAR_SUFFIX[compression or "none"]
             sep = "" if stem.endswith("/") else "-"
             self._plain = (stem + sep, suffix)
         if not self.is_pipe:  # a shell command may hold any % or {...} of its own
@@ -102,6 +99,8 @@ class ShardPattern:
             self.name(0)
         except (ValueError, TypeError) as exc:
             raise UsageError(f"bad shard pattern {pattern!r}: {exc}") from None
+        if not self.is_pipe:
+            output_compression(pattern, compression)  # -z -o 'x-%06d.tar' would write gzip named .tar
 
     def name(self, index: int) -> str:
         """The name (or ``pipe:CMD``) of shard number ``index``."""

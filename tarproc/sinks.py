@@ -16,7 +16,7 @@ import sys
 from typing import BinaryIO, NoReturn
 
 from . import procs
-from .compress import compressing_writer, compression_for_name
+from .compress import compressing_writer, compression_for_name, output_compression
 from .errors import OutputError
 from .samples import Sample, sample_members
 from .tario import TarWriter
@@ -40,14 +40,20 @@ class TarSink:
     :param mode: permission bits of every member
     :raises OutputError: the file cannot be created, or a ``pipe:`` command
         exits non-zero
+    :raises UsageError: ``compression`` contradicts the file's name
+        (:func:`tarproc.compress.output_compression`)
     """
 
     def __init__(self, target: str, compression: str | None = None, mtime: int = 0, mode: int = 0o444):
         self.target = target
         self.path: str | None = None
         self._proc: subprocess.Popen | None = None
-        if compression is None:
-            compression = "none" if target == "-" or target.startswith("pipe:") else compression_for_name(target)
+        if target == "-" or target.startswith("pipe:"):
+            compression = compression or "none"
+        elif os.path.exists(target) and not os.path.isfile(target):  # a device or FIFO
+            compression = compression or compression_for_name(target)
+        else:
+            compression = output_compression(target, compression)
         self.compression = compression
         if target == "-":
             self._raw: BinaryIO = sys.stdout.buffer

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
+from .compress import split_tar_suffix
 from .errors import MissingFieldError, SampleError, TarprocError, UsageError
 from .samples import Sample, split_name, unsafe_name
 from .sources import iter_source_samples
@@ -189,7 +190,6 @@ class FieldSelector:
 
 
 # ---------------------------------------------------------------- rekeying
-_SHARD_SUFFIXES = (".tar", ".tgz", ".tbz2", ".txz", ".tzst", ".gz", ".bz2", ".xz", ".zst")
 
 
 def shard_stem(source: str) -> str:
@@ -201,14 +201,11 @@ def shard_stem(source: str) -> str:
     if source.startswith("pipe:"):
         return "pipe"
     name = os.path.basename(source.rstrip("/").split("?", 1)[0]) or source
-    changed = True
-    while changed:
-        changed = False
-        for suffix in _SHARD_SUFFIXES:
-            if name.lower().endswith(suffix) and len(name) > len(suffix):
-                name = name[: -len(suffix)]
-                changed = True
-    return name
+    while True:
+        stem, suffix = split_tar_suffix(name)
+        if not suffix:
+            return name
+        name = stem
 
 
 class Rekeyer:

@@ -212,3 +212,36 @@ def test_terminal_shows_a_bar_with_percentage_and_warnings_on_their_own_lines(to
     warnings = [s for s in segments if "warning" in s]
     assert warnings and all(s.startswith(f"{tool}: warning: ") for s in warnings), text
     assert "README" in warnings[0]
+
+
+# ------------------------------------------------------ output names
+@pytest.mark.parametrize("tool", [t for t in TOOLS if t not in ("tarshow", "tar2json", "tarsplit")])
+@pytest.mark.parametrize("compress,name", [("gzip", "out.tar"), ("none", "out.tgz"), ("xz", "out.tar.zst")])
+def test_compression_contradicting_the_output_name_is_a_usage_error(tool, compress, name, tmp_path, imagenet_shard):
+    args = [a for a in _inputs(tool, tmp_path, imagenet_shard)]
+    i = args.index("-o")
+    args[i + 1] = str(tmp_path / name)
+    out = run([tool, "--compress", compress, *args])
+    assert out.returncode == 2, out.stderr
+    line = out.stderr.decode()
+    assert line.startswith(f"{tool}: error: output ") and "was asked for" in line and line.count("\n") == 1, line
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("out")]
+
+
+@pytest.mark.parametrize("args", [["-z", "-o", "x-%06d.tar"], ["--compress", "bzip2", "-o", "x-{shard:04d}.tgz"]])
+def test_tarsplit_compression_contradicting_the_pattern_is_a_usage_error(args, tmp_path, imagenet_shard):
+    out = run(["tarsplit", "-n", "10", *args, str(imagenet_shard)], cwd=tmp_path)
+    assert out.returncode == 2
+    assert "was asked for" in out.stderr.decode() and list(tmp_path.iterdir()) == []
+
+
+def test_tarsplit_into_a_directory(tmp_path, imagenet_shard):
+    existing = tmp_path / "adir"
+    existing.mkdir()
+    out = run(["tarsplit", "-n", "20", "-o", "adir", str(imagenet_shard)], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in existing.iterdir()) == ["000000.tar", "000001.tar"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir"]
+    out = run(["tarsplit", "-n", "20", "-z", "-o", "new/", str(imagenet_shard)], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["000000.tar.gz", "000001.tar.gz"]

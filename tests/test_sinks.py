@@ -14,7 +14,7 @@ import tarfile
 import pytest
 import zstandard
 
-from tarproc.errors import OutputError
+from tarproc.errors import UsageError, OutputError
 from tarproc.sinks import PARTIAL, TarSink, open_sink
 from tarproc.tario import BLOCK, iter_members
 
@@ -98,12 +98,17 @@ def test_compression_by_suffix_readable_by_tarfile(tmp_path, name, magic, decomp
         assert [(m.name, tf.extractfile(m).read()) for m in tf] == EXPECTED
 
 
-def test_explicit_compression_overrides_the_name(tmp_path):
-    path = tmp_path / "out.tar"
+def test_explicit_compression_must_agree_with_the_name(tmp_path):
+    """A name without a tar suffix takes any compression; a name that states
+    one (out.tar: none, plain.tgz: gzip) must not be contradicted."""
+    path = tmp_path / "out.data"
     write(str(path), compression="gzip")
     assert path.read_bytes()[:2] == b"\x1f\x8b"
-    write(str(tmp_path / "plain.tgz"), compression="none")
-    assert tar_members((tmp_path / "plain.tgz").read_bytes()) == EXPECTED
+    with pytest.raises(UsageError, match="named as an uncompressed tar, but gzip compression was asked for"):
+        write(str(tmp_path / "out.tar"), compression="gzip")
+    with pytest.raises(UsageError, match="named as gzip-compressed, but no compression was asked for: name it"):
+        write(str(tmp_path / "plain.tgz"), compression="none")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.data"]
 
 
 def test_gzip_output_is_deterministic(tmp_path):

@@ -188,3 +188,44 @@ def test_corrupt_input_lists_the_samples_before_the_fault(imagenet_shard):
     assert len(errors) == 1 and errors[0].startswith("tarshow: error: -: stream is cut")
     last_key = shown[-1].splitlines()[0]
     assert f"last complete sample: '{last_key}'" in errors[0] and "Traceback" not in result.stderr.decode()
+
+
+def _media_fields() -> dict[str, tuple[bytes, str]]:
+    """field -> (bytes, what tarshow must say), one per format it recognises."""
+    import io
+    import struct
+
+    Image = pytest.importorskip("PIL.Image")
+    np = pytest.importorskip("numpy")
+
+    def image(fmt, mode="RGB"):
+        buf = io.BytesIO()
+        Image.new(mode, (7, 5)).save(buf, fmt)
+        return buf.getvalue()
+
+    npy = io.BytesIO()
+    np.save(npy, np.zeros((3, 4), np.float32))
+    return {
+        "ppm": (image("PPM"), "PPM 7x5 RGB"),
+        "pgm": (image("PPM", "L"), "PGM 7x5 L"),
+        "pbm": (image("PPM", "1"), "PBM 7x5 1"),
+        "tiff": (image("TIFF"), "TIFF 7x5 RGB"),
+        "webp": (image("WEBP"), "WEBP 7x5 RGB"),
+        "gif": (image("GIF"), "GIF 7x5 P"),
+        "wav": (b"RIFF" + struct.pack("<I", 36) + b"WAVEfmt " + bytes(24), "WAV"),
+        "flac": (b"fLaC\0\0\0\x22" + bytes(34), "FLAC"),
+        "mp3": (b"\xff\xfb\x90\x64" + bytes(40), "MP3"),
+        "id3.mp3": (b"ID3\x04\0\0\0\0\0\0" + bytes(10), "MP3"),
+        "mp4": (b"\0\0\0\x18ftypmp42\0\0\0\0mp42isom" + bytes(8), "MP4/ISO media"),
+        "npy": (npy.getvalue(), "npy float32 (3, 4)"),
+    }
+
+
+def test_recognises_images_audio_video_and_npy():
+    fields = _media_fields()
+    data = tar_bytes([(f"k.{name}", value) for name, (value, _) in fields.items()])
+    result = invoke(["--json"], input=data)
+    assert result.exit_code == 0, result.stderr
+    described = json.loads(result.stdout)["fields"]
+    for name, (_, expected) in fields.items():
+        assert described[name]["preview"] == expected, name

@@ -60,7 +60,8 @@ def test_split_then_cat_is_identity(spec, maxcount, maxsize, compression, data_s
             sample[field] = bytes((data_seed + i + j + k) % 256 for k in range(size + j))
         samples.append(sample)
     with tempfile.TemporaryDirectory() as tmp:
-        shards = split_samples(samples, f"{tmp}/s-%04d.tar", maxcount=maxcount, maxsize=maxsize, compression=compression)
+        pattern = f"{tmp}/s-%04d" + (".tar.gz" if compression == "gzip" else ".tar")
+        shards = split_samples(samples, pattern, maxcount=maxcount, maxsize=maxsize, compression=compression)
         names = [s.name for s in shards]
         assert sorted(os.listdir(tmp)) == sorted(os.path.basename(n) for n in names)
         assert strip(iter_samples(names)) == samples

@@ -16,7 +16,7 @@ app = make_app(
     help="Show what tar shards hold: samples, field sizes and previews, statistics, contact sheets.\n\n"
     "By default each sample is shown as its key, then each field with its size in bytes and a preview"
     " (the first line of text, truncated; binary data described by its magic number, e.g. 'JPEG 500x375"
-    " RGB', 'PNG', 'gzip', 'npy float32 (3, 224, 224)').\n\n"
+    " RGB', 'PPM 7x5 RGB', 'WAV', 'MP3', 'MP4/ISO media', 'gzip', 'npy float32 (3, 224, 224)').\n\n"
     "--stats summarises the whole stream instead: samples, members, bytes, how many samples carry each"
     " field, size percentiles per field (nearest rank), skipped members, first and last key."
     " --contact-sheet draws the first images in a grid captioned with their keys (needs Pillow:"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Optional
 
 import typer
@@ -22,8 +23,10 @@ complete. Output compression follows the shard name (.gz/.tgz, .bz2, .xz,
 
 The pattern -o is printf style (out-%06d.tar), format style
 (out-{shard:06d}.tar), a plain prefix (out -> out-000000.tar, out.tgz ->
-out-000000.tgz) or pipe:CMD, which streams each shard into CMD (with the
-same placeholders).
+out-000000.tgz), a directory (D/ or an existing D -> D/000000.tar; D/ is
+made if missing) or pipe:CMD, which streams each shard into CMD (with the
+same placeholders). Compression that contradicts the name (-z -o
+x-%06d.tar) is a usage error.
 
 --post CMD runs after each finished shard, while the next one is written
 (at most --post-parallel at once), with {shard} (the path), {basename} and
@@ -48,7 +51,7 @@ def tarsplit(
     tool: Tool,
     output: Annotated[
         Optional[str],
-        typer.Option("-o", "--output", help="Shard pattern: out-%06d.tar, out-{shard:06d}.tar, prefix, pipe:CMD.", metavar="PATTERN"),
+        typer.Option("-o", "--output", help="Shard pattern: out-%06d.tar, out-{shard:06d}.tar, prefix, DIR/, pipe:CMD.", metavar="PATTERN"),
     ] = None,
     maxcount: Annotated[Optional[int], typer.Option("-n", "--maxcount", min=1, help="Samples per shard.", metavar="N")] = None,
     maxsize: size_option("-s", "--maxsize", help="Uncompressed tar bytes per shard") = None,
@@ -83,6 +86,8 @@ def tarsplit(
             raise UsageError("-z and --compress disagree")
         compression = "gzip" if gzip else compress
         pattern = ShardPattern(output, compression)
+        if output.endswith("/") and not os.path.isdir(output):  # -o DIR/: DIR/000000.tar...
+            os.makedirs(output, exist_ok=True)
         specs = tool.input_specs()
         manifest_file = open_manifest(manifest) if manifest else None
 
