@@ -18,13 +18,12 @@ import fnmatch
 import os
 import re
 import stat
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import BinaryIO
 
-from .errors import SampleError, SourceError, UsageError
+from .errors import SampleError, SourceError, UsageError, Warn
 from .samples import MAX_SEEN_KEYS, Sample, key_problem
 
-Warn = Callable[[str], None]
 
 DEFAULT_KEYFORMAT = "{:09d}"
 

@@ -17,9 +17,9 @@ import re
 import math
 import struct
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
-from .errors import TarprocError
+from .errors import TarprocError, Warn
 from .samples import Sample
 
 try:  # optional: image sizes and contact sheets
@@ -430,7 +430,7 @@ def contact_sheet(
     columns: int = 8,
     thumb: int = 128,
     field: str | None = None,
-    warn: Callable[[str], None] | None = None,
+    warn: Warn | None = None,
 ) -> int:
     """Draw the first ``limit`` images of ``samples`` in a grid, each
     captioned with its key, and save it to ``path`` (format from the suffix,

@@ -7,8 +7,15 @@ into ``tool: error: message`` on stderr and the exit status of the error.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import enum
 
+
+#: the warning callback every library function takes: called with one line
+#: of text about data that was skipped or repaired (the CLI prints it as
+#: ``tool: warning: ...``); the one definition, imported by every module
+Warn = Callable[[str], None]
 
 class ExitStatus(enum.IntEnum):
     """Exit status of every tarproc tool (documented in each man page)."""

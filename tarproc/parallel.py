@@ -21,14 +21,13 @@ from __future__ import annotations
 import queue as queue_module
 import signal
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from . import errors
-from .errors import TarprocError, UsageError
+from .errors import TarprocError, UsageError, Warn
 from .samples import Sample
 from .sources import iter_source_samples
 
-Warn = Callable[[str], None]
 
 #: seconds between liveness checks of a worker the parent waits for
 POLL_SECONDS = 0.5

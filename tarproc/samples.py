@@ -10,13 +10,12 @@ field name -> ``bytes``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
-from .errors import SampleError, TarprocError
+from .errors import SampleError, TarprocError, Warn
 from .tario import Member
 
 Sample = dict
-Warn = Callable[[str], None]
 
 #: how many keys per source are remembered to detect a key that comes back
 #: after another key (a shard that is not grouped); beyond this only the

@@ -28,12 +28,11 @@ from collections.abc import Callable, Iterable
 
 from . import procs
 from .compress import TAR_SUFFIX, compression_for_name, output_compression, split_tar_suffix
-from .errors import OutputError, UsageError
+from .errors import OutputError, UsageError, Warn
 from .samples import Sample, sample_members
 from .sinks import TarSink
 from .tario import BLOCK, member_header
 
-Warn = Callable[[str], None]
 
 #: bytes of the end-of-archive marker (two zero blocks, POSIX ustar)
 END_MARKER = 2 * BLOCK

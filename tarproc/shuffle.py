@@ -55,7 +55,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from .errors import OutputError, SampleError, SourceError, TarprocError, UsageError
+from .errors import OutputError, SampleError, SourceError, TarprocError, UsageError, Warn
 from .samples import Sample, group_samples, sample_members
 from .sinks import PARTIAL, TarSink
 from .sort import DEFAULT_BUFFER, ExternalSorter, sort_key_function
@@ -63,7 +63,6 @@ from .sources import iter_source_samples, open_source
 from .stages import Rekeyer
 from .tario import BLOCK, TarReader, TarWriter, iter_members, member_header
 
-Warn = Callable[[str], None]
 
 #: version of the staged-file layout written in the index
 STAGING_FORMAT = 1

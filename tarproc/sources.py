@@ -24,12 +24,32 @@ import braceexpand
 
 from . import procs
 from .compress import decompressing_reader
-from .errors import SourceError, TarprocError
+from .errors import SourceError, TarprocError, Warn
 from .samples import Sample, group_samples
 from .tario import iter_members
 
-Warn = Callable[[str], None]
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def input_kind(spec: str) -> str:
+    """What an (expanded) input or output names, the one rule every module
+    uses: ``"stdin"`` for ``-``, ``"pipe"`` for ``pipe:CMD`` (``|CMD`` too,
+    the original tarproc's spelling), ``"url"`` for ``scheme://...`` other
+    than ``file://``, else ``"file"`` (a path, or ``file://PATH``)."""
+    if spec == "-":
+        return "stdin"
+    if spec.startswith(("pipe:", "|")):
+        return "pipe"
+    if _URL.match(spec) and not spec.startswith("file://"):
+        return "url"
+    return "file"
+
+
+def local_path(spec: str) -> str | None:
+    """The path a ``file`` input names (``file://`` removed), else None."""
+    if input_kind(spec) != "file":
+        return None
+    return spec[7:] if spec.startswith("file://") else spec
 
 
 def expand_inputs(inputs: Iterable[str]) -> list[str]:
@@ -40,7 +60,7 @@ def expand_inputs(inputs: Iterable[str]) -> list[str]:
     """
     out: list[str] = []
     for spec in inputs:
-        if spec.startswith("pipe:") or "{" not in spec:
+        if "{" not in spec or input_kind(spec) == "pipe":
             out.append(spec)
         else:
             out.extend(braceexpand.braceexpand(spec))
@@ -124,9 +144,9 @@ class _Counting:
 def input_size(spec: str) -> int | None:
     """The size in bytes of an input as stored, when known before reading it
     (a local regular file); None otherwise (stdin, ``pipe:``, URLs)."""
-    if spec == "-" or spec.startswith("pipe:") or (_URL.match(spec) and not spec.startswith("file://")):
+    path = local_path(spec)
+    if path is None:
         return None
-    path = spec[7:] if spec.startswith("file://") else spec
     try:
         st = os.stat(path)
     except OSError:
@@ -151,8 +171,8 @@ def open_source(spec: str, on_read: Callable[[int], None] | None = None) -> Iter
     if spec == "-":
         yield decompressing_reader(_counted(sys.stdin.buffer, on_read), "-")
         return
-    if spec.startswith("pipe:"):
-        pipe = _PipeSource(spec[5:])
+    if input_kind(spec) == "pipe":
+        pipe = _PipeSource(spec[5:] if spec.startswith("pipe:") else spec[1:])
         complete = False
         try:
             yield decompressing_reader(_counted(pipe, on_read), spec)
@@ -166,7 +186,7 @@ def open_source(spec: str, on_read: Callable[[int], None] | None = None) -> Iter
         finally:
             pipe.close(complete)
         return
-    if _URL.match(spec) and not spec.startswith("file://"):
+    if input_kind(spec) == "url":
         try:
             import fsspec
         except ImportError:
@@ -221,10 +241,8 @@ def check_inputs_exist(specs: Iterable[str]) -> None:
     """Fail early, before any output is written, on local inputs that do not
     exist. :raises SourceError:"""
     for spec in specs:
-        if spec == "-" or spec.startswith("pipe:") or (_URL.match(spec) and not spec.startswith("file://")):
-            continue
-        path = spec[7:] if spec.startswith("file://") else spec
-        if not os.path.exists(path):
+        path = local_path(spec)
+        if path is not None and not os.path.exists(path):
             raise SourceError(f"{spec}: cannot open: No such file or directory")
 
 
@@ -235,5 +253,7 @@ __all__ = [
     "iter_samples",
     "check_inputs_exist",
     "input_size",
+    "input_kind",
+    "local_path",
     "TarprocError",
 ]

@@ -14,14 +14,13 @@ import os
 import random
 import re
 from dataclasses import dataclass
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from .compress import split_tar_suffix
-from .errors import MissingFieldError, SampleError, TarprocError, UsageError
-from .samples import Sample, split_name, unsafe_name
+from .errors import MissingFieldError, SampleError, TarprocError, UsageError, Warn
+from .samples import Sample, key_problem
 from .sources import iter_source_samples
 
-Warn = Callable[[str], None]
 
 
 # ---------------------------------------------------------------- slicing
@@ -240,11 +239,10 @@ class Rekeyer:
         for sample in samples:
             source = sample.get("__source__", "-")
             key = fmt.format(index=self.index, key=sample["__key__"], shard=shard_stem(source), source=source)
-            parts = split_name(key + ".x")
-            if parts is None or parts[0] != key or unsafe_name(key):
+            problem = key_problem(key)  # the one key rule (samples.py)
+            if problem:
                 raise SampleError(
-                    f"new key {key!r} (from {sample['__key__']!r} with {fmt!r}) is not a valid key:"
-                    " its basename must be non-empty and have no dot, and it must be relative without '..'"
+                    f"new key {key!r} (from {sample['__key__']!r} with {fmt!r}) is not a valid key: {problem}"
                 )
             if key == previous:
                 raise SampleError(
@@ -309,7 +307,7 @@ class BadShards:
                 raise
             self.bad.append((source, str(exc)))
             if len(self.bad) > self.limit:
-                error = type(exc)(f"{exc} (more than {self.limit} bad shards)")
+                error = type(exc)(f"{exc}; more than {self.limit} bad shards")
                 error.topic = "bad_shards"
                 raise error from None
             if self.warn is not None:

@@ -18,9 +18,9 @@ import struct
 from zlib import adler32 as _adler32
 from dataclasses import dataclass
 from typing import BinaryIO
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
-from .errors import ArchiveError, TruncatedError, UsageError
+from .errors import ArchiveError, TruncatedError, UsageError, Warn
 
 BLOCK = 512
 #: cap on a pax extended header or GNU long-name record, in bytes
@@ -48,7 +48,6 @@ _TYPE_NAMES = {
     b"D": "GNU dump directory",
 }
 
-Warn = Callable[[str], None]
 
 
 def _no_warn(message: str) -> None:
@@ -299,7 +298,7 @@ class TarReader:
             if header is None:
                 start = self.offset
                 if not read_any:
-                    raise TruncatedError(f"{self.source}: empty input (no tar data)")
+                    raise TruncatedError(f"{self.source}: empty input, no tar data")
                 if zero_blocks >= 2:
                     return
                 if long_name is not None or long_link is not None or pax:

@@ -223,7 +223,7 @@ def test_bad_shards_limit(tmp_path):
     bad2 = cut_shard(tmp_path, "b2.tar", 5, 3)
     with pytest.raises(TruncatedError) as info:
         list(open_shards([bad1, bad2], bad=BadShards(1)))
-    assert "b2.tar" in str(info.value) and "(more than 1 bad shards)" in str(info.value)
+    assert "b2.tar" in str(info.value) and "; more than 1 bad shards" in str(info.value)
     # limit 0: the original error, unchanged
     with pytest.raises(TruncatedError) as info:
         list(open_shards([bad1], bad=BadShards(0)))

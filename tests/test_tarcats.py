@@ -303,7 +303,7 @@ def test_max_bad_shards_keeps_good_samples(small, tmp_path):
     assert keys(samples_of(result.stdout_bytes)) == ["a0", "a1", "a2", "a3", "c0", "c1", "b0", "b1", "b2"]
     assert "bad shard" in result.stderr and "cut-c-0.tar" in result.stderr and "garbage.tar" in result.stderr
     over = invoke([small[0], bad, str(garbage), "--max-bad-shards", "1", "-o", "-"])
-    assert over.exit_code == 3 and "(more than 1 bad shards); --max-bad-shards N allows more" in over.stderr
+    assert over.exit_code == 3 and "; more than 1 bad shards; --max-bad-shards N allows more" in over.stderr
 
 
 def test_max_bad_shards_counts_missing_inputs(small, tmp_path):

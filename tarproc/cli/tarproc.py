@@ -14,6 +14,7 @@ from ..executor import CommandJob, CommandSpec, ErrorPolicy, print_log, run_samp
 from ..executor.policy import HALT_AFTER, KEEP
 from ..samples import MAX_SEEN_KEYS
 from ..sinks import PARTIAL, open_sink
+from ..sources import local_path
 from .common import Tool, command, make_app, refuse_terminal, run_app
 
 HELP = """Run a shell command on every sample of tar shards and re-pack the results.
@@ -224,9 +225,9 @@ def _check_output_keys(result, written: set) -> bool:
 
 def _local_path(spec: str) -> str | None:
     """The file an input or output names, or None (stdin/stdout, pipe:, URL, device)."""
-    if spec == "-" or spec.startswith("pipe:") or ("://" in spec and not spec.startswith("file://")):
+    path = local_path(spec)
+    if path is None:
         return None
-    path = spec[7:] if spec.startswith("file://") else spec
     if os.path.exists(path) and not os.path.isfile(path):
         return None  # /dev/null, a FIFO: written directly, never replaced
     return os.path.realpath(path)
