@@ -8,8 +8,10 @@ import io
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -245,3 +247,29 @@ def test_tarsplit_into_a_directory(tmp_path, imagenet_shard):
     out = run(["tarsplit", "-n", "20", "-z", "-o", "new/", str(imagenet_shard)], cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["000000.tar.gz", "000001.tar.gz"]
+
+
+@pytest.mark.parametrize("sig,status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("tool", ["tarcats", "tarproc", "lines2tar"])
+def test_a_signal_removes_the_unfinished_output(tool, sig, status, tmp_path, imagenet_shard):
+    """SIGINT/SIGTERM while OUT.partial is being written: exit 130/143 and no
+    OUT.partial left (only SIGKILL can leave one)."""
+    data = imagenet_shard.read_bytes()
+    args = {"tarcats": ["-o", "out.tar"],
+            "tarproc": ["-c", "true", "-o", "out.tar", "-w", str(tmp_path)], "lines2tar": ["-k", "txt", "-o", "out.tar"]}
+    if tool == "lines2tar":
+        data = b"".join(b"line %d\n" % i for i in range(20000))
+    proc = subprocess.Popen([tool, *args[tool]], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, cwd=tmp_path, env=tool_env())
+    proc.stdin.write(data)  # all of it, but no EOF: the tool waits for more (a tar may follow the end marker)
+    proc.stdin.flush()
+    deadline = time.monotonic() + 30
+    while not list(tmp_path.glob("out*.partial")):
+        assert time.monotonic() < deadline and proc.poll() is None, "no OUT.partial appeared"
+        time.sleep(0.05)
+    time.sleep(0.3)  # the tool is now waiting for more input
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == status, err
+    assert b"Traceback" not in err
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("out")]
