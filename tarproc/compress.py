@@ -133,7 +133,9 @@ class _Prefixed(io.RawIOBase):
             buf[:n] = self._prefix[:n]
             self._prefix = self._prefix[n:]
             return n
-        readinto = getattr(self._stream, "readinto", None)
+        # readinto1: what is there (one read of a pipe), not a full buffer, so
+        # a slow producer's samples flow on instead of waiting for 1 MiB or EOF
+        readinto = getattr(self._stream, "readinto1", None) or getattr(self._stream, "readinto", None)
         if readinto is not None:
             return readinto(buf)
         data = self._stream.read(len(buf))

@@ -137,6 +137,11 @@ class _Counting:
         self.on_read(n or 0)
         return n
 
+    def readinto1(self, buf) -> int:
+        n = getattr(self.raw, "readinto1", self.raw.readinto)(buf)
+        self.on_read(n or 0)
+        return n
+
     def __getattr__(self, name):
         return getattr(self.raw, name)
 

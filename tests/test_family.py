@@ -250,12 +250,12 @@ def test_tarsplit_into_a_directory(tmp_path, imagenet_shard):
 
 
 @pytest.mark.parametrize("sig,status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-@pytest.mark.parametrize("tool", ["tarcats", "tarproc", "lines2tar"])
+@pytest.mark.parametrize("tool", ["tarcats", "tarsplit", "tarproc", "lines2tar"])
 def test_a_signal_removes_the_unfinished_output(tool, sig, status, tmp_path, imagenet_shard):
     """SIGINT/SIGTERM while OUT.partial is being written: exit 130/143 and no
     OUT.partial left (only SIGKILL can leave one)."""
     data = imagenet_shard.read_bytes()
-    args = {"tarcats": ["-o", "out.tar"],
+    args = {"tarcats": ["-o", "out.tar"], "tarsplit": ["-n", "1000", "-o", "out-%d.tar"],
             "tarproc": ["-c", "true", "-o", "out.tar", "-w", str(tmp_path)], "lines2tar": ["-k", "txt", "-o", "out.tar"]}
     if tool == "lines2tar":
         data = b"".join(b"line %d\n" % i for i in range(20000))
