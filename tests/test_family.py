@@ -157,6 +157,25 @@ def test_quiet_verbose_and_very_verbose(tool, tmp_path, imagenet_shard):
     assert very.returncode == 0 and len(per_sample) == 40, very.stderr.decode()
 
 
+@pytest.mark.parametrize("tool", ["tarcats", "tarsplit", "tarshow", "tar2json", "tarsort"])
+def test_quiet_still_says_why_the_exit_status_is_1(tool, tmp_path, imagenet_shard):
+    import tarfile
+
+    shard = tmp_path / "in.tar"
+    with tarfile.open(imagenet_shard) as src, tarfile.open(shard, "w") as dst:
+        for member in src.getmembers():
+            dst.addfile(member, src.extractfile(member))
+        for name in ("README", "LICENSE"):  # no key: skipped with a warning each
+            info = tarfile.TarInfo(name)
+            dst.addfile(info, io.BytesIO(b""))
+    args = [a if a != str(imagenet_shard) else str(shard) for a in _inputs(tool, tmp_path, imagenet_shard)]
+    loud = run([tool, *args])
+    assert loud.returncode == 1 and loud.stderr.count(b"warning: ") == 2
+    quiet = run([tool, "-q", *args])
+    assert quiet.returncode == 1
+    assert quiet.stderr.decode() == f"{tool}: error: 2 warnings about skipped or lost data (not shown with -q)\n"
+
+
 def test_keep_says_where_the_directories_are(tmp_path, imagenet_shard):
     work = tmp_path / "work"
     work.mkdir()

@@ -534,6 +534,9 @@ class Tool:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
         if self.problems:
+            if self.quiet:  # the summary still tells why the exit status is 1
+                n = self.problems
+                self.error(f"{n} warning{'s' if n > 1 else ''} about skipped or lost data (not shown with -q)")
             raise typer.Exit(ExitStatus.ERROR)
 
 
