@@ -102,14 +102,15 @@ def test_missing_key_file_fails(tmp_path):
     assert result.failed and "__key__ is missing" in result.reason
 
 
-def test_dead_worker_stops_the_run_instead_of_hanging(tmp_path):
-    # the pool replaces a worker killed by the OOM killer and loses its task:
-    # waiting for it would hang forever
+@pytest.mark.parametrize("persistent", [False, True])
+def test_dead_worker_stops_the_run_instead_of_hanging(tmp_path, persistent):
+    # a worker killed by the OOM killer loses its sample: waiting for it
+    # would hang forever ($PPID is the worker, also in a persistent shell's subshell)
     from tarproc import TarprocError
 
     for ordered in (True, False):
         # a fresh root each time: the killed worker could not remove its sample directory
-        spec = spec_for(tmp_path / str(ordered), '[ "$(cat __key__)" != k0003 ] || kill -9 $PPID')
+        spec = spec_for(tmp_path / str(ordered), '[ "$(cat __key__)" != k0003 ] || kill -9 $PPID', persistent=persistent)
         with pytest.raises(TarprocError, match=r"worker process \d+ was killed by signal 9"):
             list(run_samples(spec, make_samples(8), parallel=2, ordered=ordered))
 
@@ -124,3 +125,50 @@ def test_reserved_field_names_are_not_collected(tmp_path):
         "sample 'k0000': not collecting 'sample.__key__': field names starting with '__' are reserved",
         "sample 'k0000': not collecting 'sample.__z': field names starting with '__' are reserved",
     ]
+
+
+def test_wire_round_trip_keeps_bytes_and_meta():
+    from tarproc.executor import wire
+    from tarproc.executor.results import Result
+
+    samples = [(i, s) for i, s in enumerate(make_samples(3, size=70000))]
+    samples[1][1]["__extra__"] = {"not": "bytes"}
+    buffers = wire.pack_items(samples)
+    r, w = os.pipe()
+    import threading
+
+    threading.Thread(target=wire.send, args=(w, buffers)).start()
+    skeleton, lengths, raw = wire.receive(r)
+    got = wire.unpack_items(skeleton, lengths, raw, copy=True)
+    assert got == samples
+    # results: a field equal to the input's is sent as a reference, others as bytes
+    inputs = dict(samples)
+    result = Result(1, "k0001", outputs=[dict(inputs[1], txt=b"changed")], log=b"log")
+    packed = wire.pack_results([result], inputs)
+    assert sum(len(memoryview(b).cast("B")) for b in packed[2:]) == len(b"log") + len(b"changed")
+    threading.Thread(target=wire.send, args=(w, packed)).start()
+    (back,) = wire.unpack_results(*wire.receive(r), inputs)
+    assert back.outputs == result.outputs and back.log == b"log" and back.outputs[0]["bin"] is inputs[1]["bin"]
+    os.close(w)
+    assert wire.receive(r) is None
+    os.close(r)
+
+
+def test_error_policy_retries_then_decides():
+    from tarproc.errors import CommandError
+    from tarproc.executor import ErrorPolicy
+    from tarproc.executor.results import Result, settle
+
+    policy = ErrorPolicy("ignore", retries=2, halt_after=3)
+    attempts = []
+
+    def run_once(attempt):
+        attempts.append(attempt)
+        return Result(0, "k", failed=True, reason="exit status 1", log=b"boom\n")
+
+    result = settle(run_once, policy)
+    assert attempts == [1, 2, 3] and result.action == "keep" and result.attempts == 3
+    policy.observe(result)
+    policy.observe(result)
+    with pytest.raises(CommandError, match=r"the first 3 samples all failed \(--halt-after 3\): cmd: exit status 1: boom"):
+        policy.observe(result, "cmd")

@@ -348,6 +348,7 @@ def status_reason(status: int) -> str:
 _LOOP = r"""set -m
 __tarproc_cmd=$1
 __tarproc_log=$2
+cd -- "$3" || exit 1
 while IFS= read -r __tarproc_dir; do
   ( cd -- "$__tarproc_dir" || exit 1; set --; eval "$__tarproc_cmd" ) </dev/null >&$__tarproc_log 2>&1 &
   echo "$!"
@@ -369,13 +370,14 @@ class PersistentShell:
         self.command = spec.command_text()
         self.timeout = spec.timeout
         self.log = LogFile(spec.root)
+        self.root = spec.root
         self.proc: subprocess.Popen | None = None
         self.buffer = b""
 
     def _start(self) -> None:
         with guard.spawning():
             self.proc = procs.spawn(
-                [self.shell, "-c", _LOOP, self.shell, self.command, str(self.log.fd)],
+                [self.shell, "-c", _LOOP, self.shell, self.command, str(self.log.fd), self.root],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
@@ -409,9 +411,11 @@ class PersistentShell:
                 self.proc = None
                 return None, f"cannot run {self.shell!r}: {exc.strerror}", b""
         self.log.reset()
+        # the shell reads its input a byte at a time: send the name under the root
+        name = directory[len(self.root) + 1 :] if directory.startswith(self.root + "/") else directory
         with guard.spawning():
             try:
-                self.proc.stdin.write(directory.encode("utf-8", "surrogateescape") + b"\n")
+                self.proc.stdin.write(name.encode("utf-8", "surrogateescape") + b"\n")
                 self.proc.stdin.flush()
                 pid_line = self._line(None)
             except BrokenPipeError:

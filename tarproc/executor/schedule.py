@@ -98,7 +98,7 @@ def _worker_main(job, task_fd: int, result_fd: int, inherited: list[int]) -> Non
             except Exception:  # noqa: BLE001 - a bug must reach the parent, not hang it
                 wire.send(result_fd, wire.pack(("crash", traceback.format_exc()), [], []))
                 return
-            wire.send(result_fd, wire.pack_results(results))
+            wire.send(result_fd, wire.pack_results(results, dict(item)))
     finally:
         job.stop()
 
@@ -242,7 +242,7 @@ def run_pool(job, samples: Iterable[Sample], parallel: int, ordered: bool = True
                     if skeleton and skeleton[0] == "crash":
                         raise TarprocError(f"worker process {worker.pid} crashed:\n{skeleton[1]}")
                     worker.pending.popleft()
-                    for result in wire.unpack_results(skeleton, lengths, raw):
+                    for result in wire.unpack_results(skeleton, lengths, raw, inputs):
                         if ordered:
                             done[result.index] = result
                         else:

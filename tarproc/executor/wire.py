@@ -23,10 +23,15 @@ IOV_BATCH = 512
 _RAW = None  # marks a value sent in the raw part
 
 
-def _flatten(sample: dict, lengths: list, buffers: list) -> list:
+def _flatten(sample: dict, lengths: list, buffers: list, source: dict | None = None) -> list:
+    """The entries of ``sample`` for a skeleton: ``(name, value)`` for a value
+    sent inline, ``(name, None)`` for bytes in the raw part, ``(name,)`` for
+    bytes equal to ``source``'s field of that name (not sent at all)."""
     entries = []
     for name, value in sample.items():
-        if isinstance(value, (bytes, bytearray, memoryview)):
+        if source is not None and type(value) is bytes and name in source and source[name] == value:
+            entries.append((name,))
+        elif isinstance(value, (bytes, bytearray, memoryview)):
             buffers.append(value)
             lengths.append(len(value) if type(value) is not memoryview else value.nbytes)
             entries.append((name, _RAW))
@@ -35,10 +40,14 @@ def _flatten(sample: dict, lengths: list, buffers: list) -> list:
     return entries
 
 
-def _rebuild(entries: list, raw: memoryview, lengths: list, pos: list, copy: bool) -> dict:
+def _rebuild(entries: list, raw: memoryview, lengths: list, pos: list, copy: bool, source: dict | None = None) -> dict:
     sample = {}
     offset, i = pos
-    for name, value in entries:
+    for entry in entries:
+        if len(entry) == 1:
+            sample[entry[0]] = source[entry[0]]
+            continue
+        name, value = entry
         if value is _RAW:
             n = lengths[i]
             view = raw[offset : offset + n]
@@ -73,20 +82,26 @@ def unpack_items(skeleton, lengths, raw: memoryview, copy: bool = False) -> list
 _FIELDS = ("index", "key", "status", "failed", "reason", "warnings", "directory", "attempts", "action")
 
 
-def pack_results(results: list) -> list:
-    """A task's answer: ``[Result, ...]`` (or ``("crash", text)``)."""
+def pack_results(results: list, inputs: dict | None = None) -> list:
+    """A task's answer: ``[Result, ...]``. With ``inputs`` (index -> the
+    input sample the worker got), an output field whose bytes equal the
+    input's field of the same name is sent as a reference to it: a command
+    that leaves most fields alone costs the parent no copy of them."""
     lengths: list = []
     buffers: list = []
     skeleton = []
     for r in results:
         lengths.append(len(r.log))
         buffers.append(r.log)
-        outputs = [_flatten(out, lengths, buffers) for out in r.outputs]
+        source = inputs.get(r.index) if inputs else None
+        outputs = [_flatten(out, lengths, buffers, source) for out in r.outputs]
         skeleton.append((tuple(getattr(r, f) for f in _FIELDS), outputs))
     return pack(skeleton, lengths, buffers)
 
 
-def unpack_results(skeleton, lengths, raw: memoryview) -> list:
+def unpack_results(skeleton, lengths, raw: memoryview, inputs: dict | None = None) -> list:
+    """The results of :func:`pack_results`; ``inputs`` (index -> input
+    sample) resolves the fields sent as references."""
     pos = [0, 0]
     results = []
     for fields, outputs in skeleton:
@@ -96,7 +111,8 @@ def unpack_results(skeleton, lengths, raw: memoryview) -> list:
         pos[1] += 1
         result = Result(**dict(zip(_FIELDS, fields)))
         result.log = log
-        result.outputs = [_rebuild(entries, raw, lengths, pos, True) for entries in outputs]
+        source = inputs[result.index] if inputs else None
+        result.outputs = [_rebuild(entries, raw, lengths, pos, True, source) for entries in outputs]
         results.append(result)
     return results
 
@@ -149,15 +165,27 @@ def receive(fd: int):
 
 
 class Reader:
-    """Non-blocking reader of messages from one fd (the parent's side)."""
+    """Non-blocking reader of messages from one fd (the parent's side).
+
+    Small messages (results whose fields are references) are read many at
+    a time through one 64 KiB read; a large one is read straight into its
+    own buffer once its header is known.
+    """
+
+    CHUNK = 1 << 16
 
     def __init__(self, fd: int):
         self.fd = fd
-        self.head = bytearray(HEADER.size)
-        self.body: bytearray | None = None
+        self.pending = b""  # bytes read and not yet parsed
+        self.body: bytearray | None = None  # a large message being filled
         self.got = 0
         self.skeleton_size = 0
         self.eof = False
+
+    def _message(self, body) -> tuple:
+        view = memoryview(body)
+        skeleton, lengths = pickle.loads(view[: self.skeleton_size])
+        return skeleton, lengths, view[self.skeleton_size :]
 
     def read(self) -> list | None:
         """Complete messages now readable, as ``(skeleton, lengths, raw)``;
@@ -167,28 +195,45 @@ class Reader:
             return None
         messages = []
         while True:
-            target = self.head if self.body is None else self.body
+            if self.body is not None:
+                try:
+                    n = os.readv(self.fd, [memoryview(self.body)[self.got :]])
+                except BlockingIOError:
+                    return messages
+                if n == 0:
+                    self.eof = True
+                    return messages or None
+                self.got += n
+                if self.got == len(self.body):
+                    messages.append(self._message(self.body))
+                    self.body = None
+                continue
             try:
-                n = os.readv(self.fd, [memoryview(target)[self.got :]])
+                data = os.read(self.fd, self.CHUNK)
             except BlockingIOError:
                 return messages
-            if n == 0:
+            if not data:
                 self.eof = True
                 return messages or None
-            self.got += n
-            if self.body is None:
-                if self.got < HEADER.size:
+            pending = self.pending + data if self.pending else data
+            start = 0
+            size = len(pending)
+            while size - start >= HEADER.size:
+                skeleton_size, raw_size = HEADER.unpack_from(pending, start)
+                end = start + HEADER.size + skeleton_size + raw_size
+                self.skeleton_size = skeleton_size
+                if end <= size:
+                    messages.append(self._message(pending[start + HEADER.size : end]))
+                    start = end
                     continue
-                self.skeleton_size, raw_size = HEADER.unpack(self.head)
-                self.body = bytearray(self.skeleton_size + raw_size)
-                self.got = 0
-            if self.got < len(self.body):
-                continue
-            view = memoryview(self.body)
-            skeleton, lengths = pickle.loads(view[: self.skeleton_size])
-            messages.append((skeleton, lengths, view[self.skeleton_size :]))
-            self.body = None
-            self.got = 0
+                # a large message: the rest goes straight into its own buffer
+                self.body = bytearray(end - start - HEADER.size)
+                have = pending[start + HEADER.size :]
+                self.body[: len(have)] = have
+                self.got = len(have)
+                start = size
+                break
+            self.pending = pending[start:] if start < size else b""
 
 
 class Writer:
