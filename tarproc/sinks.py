@@ -183,3 +183,211 @@ class TarSink:
 def open_sink(target: str, compression: str | None = None, mtime: int = 0, mode: int = 0o444) -> TarSink:
     """Open a :class:`TarSink` (see there)."""
     return TarSink(target, compression, mtime, mode)
+
+
+# ------------------------------------------------------------ atomic outputs
+#: the separator of a unique attempt file: ``NAME.partial.<host>.<pid>.<token>``
+ATTEMPT = PARTIAL + "."
+#: attempt files of another host (or not parseable) untouched for this long are stale
+STALE_SECONDS = 3600
+
+
+def attempt_suffix() -> str:
+    """A suffix unique to this attempt: ``.partial.<host>.<pid>.<token>``
+    (two attempts of one task, even on two machines at once, never write the
+    same file)."""
+    import secrets
+    import socket
+
+    host = socket.gethostname().replace(".", "_") or "host"
+    return f"{ATTEMPT}{host}.{os.getpid()}.{secrets.token_hex(4)}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_attempts(target: str, keep: str | None = None) -> list[str]:
+    """Remove leftover attempt files ``TARGET.partial.*`` of a local
+    ``target``: those of this host whose process is gone (killed with -9) and
+    those of any host untouched for :data:`STALE_SECONDS`; ``keep`` (our own
+    attempt) is never removed. Returns the paths removed."""
+    import socket
+    import time
+
+    directory = os.path.dirname(os.path.abspath(target))
+    prefix = os.path.basename(target) + ATTEMPT
+    host = socket.gethostname().replace(".", "_") or "host"
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    now = time.time()
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        path = os.path.join(directory, name)
+        if keep is not None and os.path.abspath(keep) == path:
+            continue
+        owner, _, rest = name[len(prefix):].partition(".")
+        pid = rest.partition(".")[0]
+        try:
+            stale = (owner == host and pid.isdigit() and not _pid_alive(int(pid))) or (
+                now - os.stat(path).st_mtime > STALE_SECONDS
+            )
+            if stale:
+                os.unlink(path)
+                removed.append(path)
+        except OSError:
+            pass
+    return removed
+
+
+class AtomicOutput:
+    """A binary output that appears at ``target`` only when :meth:`commit`
+    is called: nothing, not even a prefix, is visible there after
+    :meth:`discard`, an exception or a crash.
+
+    - a local path is written as ``TARGET.partial.<host>.<pid>.<token>``
+      (unique per attempt) and renamed into place (``rename(2)`` is atomic
+      on POSIX file systems, also on NFS for one directory);
+    - an S3 URL (s3fs) is written as one object whose multipart upload is
+      completed by :meth:`commit` and aborted by :meth:`discard` (a small
+      object is one PUT at commit); note that s3fs *completes* the upload
+      when a ``with fs.open(...)`` block exits with an exception, which is
+      why this class never uses one;
+    - any other fsspec URL is written under a unique attempt key and moved
+      (copied) to ``target`` on commit.
+
+    Use as a context manager: a clean exit commits, an exception discards.
+
+    :param target: a local path or an fsspec URL
+    :param storage_options: fsspec options for a URL
+    :param makedirs: create a local target's directory
+    :raises OutputError: the output cannot be created
+    """
+
+    def __init__(self, target: str, storage_options: dict | None = None, makedirs: bool = False):
+        from .storage import filesystem, is_url, local_path
+
+        self.target = target
+        self.bytes = 0
+        self.done = False
+        self._fs = None
+        self._mode = "local"
+        if not is_url(target):
+            path = local_path(target)
+            self.path = path
+            self.partial = path + attempt_suffix()
+            directory = os.path.dirname(os.path.abspath(path))
+            try:
+                if makedirs:
+                    os.makedirs(directory, exist_ok=True)
+                self._file = open(self.partial, "wb", buffering=1 << 16)
+            except OSError as exc:
+                if not os.path.isdir(directory):
+                    raise OutputError(f"{target}: cannot create: no such directory {directory!r}") from None
+                raise OutputError(f"{target}: cannot create: {exc.strerror}") from None
+            return
+        try:
+            fs, path = filesystem(target, storage_options)
+        except Exception as exc:  # noqa: BLE001 - fsspec raises anything; one message
+            raise OutputError(str(exc)) from None
+        self._fs = fs
+        self.path = path
+        protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+        if "s3" in protocols or "s3a" in protocols:
+            self._mode = "discard"
+            self.partial = None
+            where = path
+        else:
+            self._mode = "move"
+            self.partial = path + attempt_suffix()
+            where = self.partial
+        try:
+            self._file = fs.open(where, "wb")
+        except (OSError, ValueError) as exc:
+            raise OutputError(f"{target}: cannot create: {exc}") from None
+
+    def write(self, data) -> int:
+        """Write bytes. :raises OutputError:"""
+        try:
+            n = self._file.write(data)
+        except (OSError, ValueError) as exc:
+            raise OutputError(f"{self.target}: write failed: {getattr(exc, 'strerror', None) or exc}") from None
+        self.bytes += len(data)
+        return n
+
+    def flush(self) -> None:
+        pass
+
+    def commit(self) -> int:
+        """Make the output appear at its target; returns its size in bytes.
+
+        :raises OutputError: the rename, upload or copy failed (the target
+            is then left as it was)
+        """
+        try:
+            if self._mode == "local":
+                self._file.close()
+                os.replace(self.partial, self.path)
+            elif self._mode == "discard":
+                self._file.close()
+            else:
+                self._file.close()
+                self._fs.mv(self.partial, self.path)
+        except (OSError, ValueError) as exc:
+            self.discard()
+            raise OutputError(f"{self.target}: cannot finish: {getattr(exc, 'strerror', None) or exc}") from None
+        self.done = True
+        return self.bytes
+
+    def discard(self) -> None:
+        """Throw the attempt away: nothing appears at the target. Safe to
+        call twice or after a failed commit."""
+        if self.done:
+            return
+        self.done = True
+        with contextlib.suppress(Exception):
+            if self._mode == "local":
+                with contextlib.suppress(OSError):
+                    self._file.close()
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.partial)
+            elif self._mode == "discard":
+                self._file.discard()  # s3fs: abort the multipart upload
+                # fsspec's AbstractBufferedFile.close() (also called by __del__)
+                # would upload what is buffered: mark the file closed instead
+                self._file.closed = True
+            else:
+                with contextlib.suppress(Exception):
+                    self._file.close()
+                with contextlib.suppress(FileNotFoundError, OSError):
+                    self._fs.rm(self.partial)
+
+    def __enter__(self) -> AtomicOutput:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+def write_bytes_atomic(target: str, data: bytes, storage_options: dict | None = None, makedirs: bool = True) -> None:
+    """Write a small file (a completion record) so that readers see either
+    the old content or the new, never a part: a local file via a unique
+    attempt file and ``rename(2)``, an object with one PUT.
+
+    :raises OutputError:
+    """
+    with AtomicOutput(target, storage_options, makedirs=makedirs) as out:
+        out.write(data)
