@@ -91,6 +91,7 @@ class LocalPool:
 class DaskPool:
     """Tasks on a Dask distributed cluster.
 
+    :param timeout: seconds to connect (None: dask's configuration)
     :param address: ``tcp://host:8786`` (a running scheduler) or ``local:N``
         (a ``LocalCluster`` of N single-threaded worker processes on
         127.0.0.1, closed with the pool)
@@ -98,7 +99,7 @@ class DaskPool:
         cannot be reached
     """
 
-    def __init__(self, address: str, timeout: float = 30):
+    def __init__(self, address: str, timeout: float | None = None):
         try:
             from distributed import Client, LocalCluster
         except ImportError:
@@ -116,7 +117,8 @@ class DaskPool:
                                             host="127.0.0.1", dashboard_address=None)
                 self.client = Client(self.cluster)
             else:
-                self.client = Client(address, timeout=timeout)
+                # timeout None: dask's config (distributed.comm.timeouts.connect, 30 s)
+                self.client = Client(address) if timeout is None else Client(address, timeout=timeout)
         except (OSError, TimeoutError) as exc:
             if self.cluster is not None:
                 self.cluster.close()

@@ -204,13 +204,19 @@ def attempt_suffix() -> str:
 
 
 def _pid_alive(pid: int) -> bool:
+    """True while process ``pid`` runs (a zombie, killed but not yet reaped,
+    counts as gone: Linux ``/proc/PID/stat`` state ``Z``)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 def remove_stale_attempts(target: str, keep: str | None = None) -> list[str]:
