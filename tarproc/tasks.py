@@ -54,6 +54,8 @@ STEM_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tar.zst", ".tar.lz4", ".tgz
                  ".tzst", ".tar")
 #: lines of a pipeline's stderr kept for the failure report
 STDERR_TAIL = 5
+#: seconds a pipeline whose output stream went wrong gets to exit by itself
+EXIT_GRACE = 5.0
 
 Say = Callable[[str], None]
 
@@ -443,9 +445,16 @@ def run_attempt(task: Task, attempt: int, options: TaskOptions) -> dict:
                 while tee.read(1 << 20):  # the reader stops after the end marker's zero padding
                     pass
             except TarprocError as exc:
-                procs.kill_group(proc.pid)
-                status = proc.wait()
-                if status != 0:
+                # the stream is bad or cut: a pipeline that failed explains it best,
+                # so give it a moment to exit on its own (our closed pipe stops a writer)
+                with contextlib.suppress(OSError, ValueError):
+                    proc.stdout.close()
+                try:
+                    status = proc.wait(timeout=EXIT_GRACE)
+                except subprocess.TimeoutExpired:
+                    procs.kill_group(proc.pid)
+                    status = proc.wait()
+                if status != 0 and not procs.died_of_sigpipe(status):
                     raise pipeline_failure(status, str(exc)) from None
                 raise TaskFailure(f"the pipeline's output is not a complete tar stream: {exc}{tail()}") from None
             status = proc.wait()

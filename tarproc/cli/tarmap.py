@@ -12,7 +12,7 @@ from .. import k8s, records, schedule, tasks
 from ..errors import ExitStatus, UsageError
 from ..sources import check_inputs_exist, expand_inputs
 from ..storage import parse_storage_options
-from .common import Debug, Progress, Quiet, Tool, Verbose, Version, command, make_app, run_app
+from .common import Tool, command, make_app, run_app
 
 HELP = """\
 Run a shell pipeline once per input shard: resumable, exactly once, on a local
@@ -126,6 +126,7 @@ def _human(n: float) -> str:
 
 @command(app)
 def tarmap(
+    tool: Tool,
     inputs: MapInputs = None,
     output: Annotated[
         Optional[str],
@@ -189,13 +190,9 @@ def tarmap(
     env_from_secret: Annotated[
         Optional[list[str]], typer.Option("--env-from-secret", metavar="SECRET", help="--k8s-job: Secret whose keys become variables.")
     ] = None,
-    progress: Progress = None,
-    verbose: Verbose = 0,
-    quiet: Quiet = False,
-    debug: Debug = False,
-    version: Version = False,
 ) -> None:
-    tool = Tool("tarmap", verbose, quiet, debug)
+    quiet = tool.quiet
+    progress = tool.args.progress
     with tool.run():
         if output is None:
             raise UsageError("missing -o PATTERN (e.g. -o 'out/{stem}.tar')")
