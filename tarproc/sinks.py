@@ -1,8 +1,11 @@
-"""Write samples to ``-`` (stdout), a file or ``pipe:CMD``.
+"""Write samples to ``-`` (stdout), a file, ``pipe:CMD`` or an fsspec URL.
 
 A file is written as ``NAME.partial`` and renamed to ``NAME`` only when the
 stream is complete (end-of-archive marker written, compressor flushed), so a
-crash or an error never leaves a complete-looking shard. Compression follows
+crash or an error never leaves a complete-looking shard. A URL (``s3://``,
+``gs://``...) is written through :class:`AtomicOutput`: the object appears
+only when the stream is complete (an s3fs multipart upload is completed on
+success and aborted otherwise). Compression follows
 the output name (``.gz``/``.tgz``, ``.bz2``, ``.xz``, ``.zst``) unless given.
 """
 
@@ -19,6 +22,7 @@ from . import procs
 from .compress import compressing_writer, compression_for_name, output_compression
 from .errors import OutputError
 from .samples import Sample, sample_members
+from .storage import filesystem, is_url, local_path
 from .tario import TarWriter
 
 PARTIAL = ".partial"
@@ -48,6 +52,7 @@ class TarSink:
         self.target = target
         self.path: str | None = None
         self._proc: subprocess.Popen | None = None
+        self._atomic: AtomicOutput | None = None
         if target == "-" or target.startswith("pipe:"):
             compression = compression or "none"
         elif os.path.exists(target) and not os.path.isfile(target):  # a device or FIFO
@@ -64,6 +69,10 @@ class TarSink:
             except OSError as exc:
                 raise OutputError(f"{target}: cannot start: {exc.strerror}") from None
             self._raw = self._proc.stdin
+        elif is_url(target):
+            # an object store: nothing appears at the key unless close() finishes the stream
+            self._atomic = AtomicOutput(target)
+            self._raw = self._atomic
         elif os.path.exists(target) and not os.path.isfile(target):
             # a device or FIFO (/dev/null, a named pipe): write to it directly
             try:
@@ -138,6 +147,8 @@ class TarSink:
             elif self.path is not None:
                 self._raw.close()
                 os.replace(self.path + PARTIAL, self.path)
+            elif self._atomic is not None:
+                self._atomic.commit()
             elif self._raw is sys.stdout.buffer:
                 self._raw.flush()
             else:
@@ -159,6 +170,8 @@ class TarSink:
                 procs.kill_group(self._proc.pid, signal.SIGTERM)
                 self._raw.close()
                 self._proc.wait()
+            elif self._atomic is not None:
+                self._atomic.discard()  # an object store: the upload is aborted, nothing at the key
             elif self._raw is sys.stdout.buffer:
                 self._raw.flush()
             else:  # a file (NAME.partial) or a device/FIFO opened by us, as in close()
@@ -281,8 +294,6 @@ class AtomicOutput:
     """
 
     def __init__(self, target: str, storage_options: dict | None = None, makedirs: bool = False):
-        from .storage import filesystem, is_url, local_path
-
         self.target = target
         self.bytes = 0
         self.done = False
@@ -397,3 +408,27 @@ def write_bytes_atomic(target: str, data: bytes, storage_options: dict | None = 
     """
     with AtomicOutput(target, storage_options, makedirs=makedirs) as out:
         out.write(data)
+
+
+def abort_stale_uploads(target: str, before: float, storage_options: dict | None = None) -> int:
+    """Abort the unfinished S3 multipart uploads to ``target``'s key that
+    were started before ``before`` (Unix seconds): attempts of the same task
+    that were killed (``kill -9``, a lost pod) before they could abort their
+    own. Other stores and errors are ignored (this is cleanup). Returns the
+    number aborted."""
+    if not target.startswith(("s3://", "s3a://")):
+        return 0
+    try:
+        fs, path = filesystem(target, storage_options)
+        bucket, key, _ = fs.split_path(path)
+        listing = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key)
+        aborted = 0
+        for upload in listing.get("Uploads", []):
+            started = upload.get("Initiated")
+            if upload.get("Key") != key or started is None or started.timestamp() >= before:
+                continue
+            fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload["UploadId"])
+            aborted += 1
+        return aborted
+    except Exception:  # noqa: BLE001 - best effort: any store error leaves the uploads as they are
+        return 0

@@ -45,7 +45,7 @@ from . import procs, records
 from .compress import compressing_writer, compression_for_name, decompressing_reader
 from .errors import ExitStatus, TarprocError, UsageError
 from .samples import group_samples
-from .sinks import AtomicOutput, remove_stale_attempts
+from .sinks import AtomicOutput, abort_stale_uploads, remove_stale_attempts
 from .storage import filesystem, identity, is_url, local_path
 from .tario import iter_members
 
@@ -478,6 +478,8 @@ def run_attempt(task: Task, attempt: int, options: TaskOptions) -> dict:
             raise
         if not is_url(task.output):
             remove_stale_attempts(local_path(task.output))
+        else:
+            abort_stale_uploads(task.output, started, storage)
         record = records.make_record(
             task,
             input_identity=source_identity,
