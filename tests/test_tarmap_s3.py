@@ -30,7 +30,7 @@ def shards(tmp_path_factory) -> list[Path]:
 
 
 @pytest.fixture
-def s3(s3_server):
+def s3(s3_server):  # noqa: F811 - the fixture imported above
     s3_server.reset()
     fs = s3_server.fs()
     fs.mkdir("inputs")
