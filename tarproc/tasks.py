@@ -284,9 +284,7 @@ class _StderrPump(threading.Thread):
                 line = raw.decode("utf-8", "replace").rstrip("\n")
                 self.tail.append(line)
                 if not self.quiet:
-                    with contextlib.suppress(OSError, ValueError):
-                        sys.stderr.write(f"{self.prefix}{line}\n")
-                        sys.stderr.flush()
+                    line_writer(f"{self.prefix}{line}")
 
 
 class _Feeder(threading.Thread):
@@ -314,6 +312,23 @@ class _Feeder(threading.Thread):
                 self.sink.close()
             with contextlib.suppress(Exception):
                 self.source.close()
+
+
+def _print_line(line: str) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=sys.stderr, flush=True)
+
+
+#: where the lines of a pipeline's stderr and our warnings go (one line each);
+#: a CLI showing a progress bar points it at a writer that keeps the bar intact
+line_writer: Callable[[str], None] = _print_line
+
+
+def set_line_writer(writer: Callable[[str], None] | None) -> None:
+    """Send pipeline stderr lines and task warnings to ``writer`` (None:
+    plain stderr). Process-wide: Dask workers keep plain stderr."""
+    global line_writer
+    line_writer = writer or _print_line
 
 
 #: running attempts' pipelines (and their input commands), for :func:`cancel_all`
@@ -437,8 +452,7 @@ def run_attempt(task: Task, attempt: int, options: TaskOptions) -> dict:
             try:
                 stream = decompressing_reader(proc.stdout, f"{label} output")
                 tee = _Tee(stream, writer)
-                warn = (lambda m: None) if options.quiet else (lambda m: print(f"tarmap: {label}: warning: {m}",
-                                                                                 file=sys.stderr, flush=True))
+                warn = (lambda m: None) if options.quiet else (lambda m: line_writer(f"tarmap: {label}: warning: {m}"))
                 for sample in group_samples(iter_members(tee, f"{label} output", warn), f"{label} output", warn):
                     samples += 1
                     members += sum(1 for k in sample if not k.startswith("__"))

@@ -273,7 +273,8 @@ def tarmap(
                 tool.info(f"{len(task_list)} tasks, {len(task_list) - complete if not force else len(task_list)} to run")
             return
 
-        say = (lambda m: None) if quiet else (lambda m: print(f"tarmap: {m}", file=sys.stderr, flush=True))
+        say = (lambda m: None) if quiet else (lambda m: tool.say(f"tarmap: {m}"))
+        tasks.set_line_writer(tool.say)
         if index is not None:
             i = task_index(index)
             if i >= len(task_list):
@@ -332,6 +333,7 @@ class _Bar:
     """tasks done/skipped/failed of total, samples and bytes, ETA (tqdm)."""
 
     def __init__(self, tool: Tool, enabled, total: int):
+        self.tool = tool
         self.done = self.skipped = self.failed = self.samples = self.bytes = 0
         if enabled is None:
             enabled = sys.stderr.isatty()
@@ -340,6 +342,7 @@ class _Bar:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, unit="task", file=sys.stderr, dynamic_ncols=True, leave=False)
+            tool._bar = self.bar  # messages (Tool.say) go above the bar
 
     def update(self, result) -> None:
         if result.status == "complete":
@@ -358,6 +361,7 @@ class _Bar:
 
     def close(self) -> None:
         if self.bar is not None:
+            self.tool._bar = None
             self.bar.close()
 
 
