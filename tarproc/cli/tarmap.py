@@ -289,6 +289,7 @@ def tarmap(
             if not result.ok:
                 tool.error(f"task {i} ({result.input}) failed: {result.message}")
                 raise typer.Exit(result.exit_status)
+            tool.info(_task_line(result), level=2)
             tool.info(f"task {i}: {result.status}")
             return
 
@@ -302,6 +303,8 @@ def tarmap(
 
         def on_result(task, result) -> None:
             bar.update(result)
+            if result.ok:
+                tool.info(_task_line(result), level=2)
             if not result.ok:
                 tool.error(f"task {task.index} ({task.input}) failed{' permanently' if result.permanent else ''}:"
                            f" {result.message}")
@@ -363,6 +366,14 @@ class _Bar:
         if self.bar is not None:
             self.tool._bar = None
             self.bar.close()
+
+
+def _task_line(result) -> str:
+    """The -vv line of a finished task."""
+    record = result.record or {}
+    took = f", {record['seconds']:.2f} s" if result.status == "complete" and "seconds" in record else ""
+    return (f"task {result.index} ({result.input}): {result.status}, {record.get('samples', 0)} samples,"
+            f" {_human(record.get('bytes', 0))}{took} -> {result.output}")
 
 
 def _report(tool: Tool, results) -> None:
