@@ -1,8 +1,11 @@
-"""Write samples to ``-`` (stdout), a file or ``pipe:CMD``.
+"""Write samples to ``-`` (stdout), a file, ``pipe:CMD`` or an fsspec URL.
 
 A file is written as ``NAME.partial`` and renamed to ``NAME`` only when the
 stream is complete (end-of-archive marker written, compressor flushed), so a
-crash or an error never leaves a complete-looking shard. Compression follows
+crash or an error never leaves a complete-looking shard. A URL (``s3://``,
+``gs://``...) is written through :class:`AtomicOutput`: the object appears
+only when the stream is complete (an s3fs multipart upload is completed on
+success and aborted otherwise). Compression follows
 the output name (``.gz``/``.tgz``, ``.bz2``, ``.xz``, ``.zst``) unless given.
 """
 
@@ -19,6 +22,7 @@ from . import procs
 from .compress import compressing_writer, compression_for_name, output_compression
 from .errors import OutputError
 from .samples import Sample, sample_members
+from .storage import filesystem, is_url, local_path
 from .tario import TarWriter
 
 PARTIAL = ".partial"
@@ -48,6 +52,7 @@ class TarSink:
         self.target = target
         self.path: str | None = None
         self._proc: subprocess.Popen | None = None
+        self._atomic: AtomicOutput | None = None
         if target == "-" or target.startswith("pipe:"):
             compression = compression or "none"
         elif os.path.exists(target) and not os.path.isfile(target):  # a device or FIFO
@@ -64,6 +69,10 @@ class TarSink:
             except OSError as exc:
                 raise OutputError(f"{target}: cannot start: {exc.strerror}") from None
             self._raw = self._proc.stdin
+        elif is_url(target):
+            # an object store: nothing appears at the key unless close() finishes the stream
+            self._atomic = AtomicOutput(target)
+            self._raw = self._atomic
         elif os.path.exists(target) and not os.path.isfile(target):
             # a device or FIFO (/dev/null, a named pipe): write to it directly
             try:
@@ -138,6 +147,8 @@ class TarSink:
             elif self.path is not None:
                 self._raw.close()
                 os.replace(self.path + PARTIAL, self.path)
+            elif self._atomic is not None:
+                self._atomic.commit()
             elif self._raw is sys.stdout.buffer:
                 self._raw.flush()
             else:
@@ -159,6 +170,8 @@ class TarSink:
                 procs.kill_group(self._proc.pid, signal.SIGTERM)
                 self._raw.close()
                 self._proc.wait()
+            elif self._atomic is not None:
+                self._atomic.discard()  # an object store: the upload is aborted, nothing at the key
             elif self._raw is sys.stdout.buffer:
                 self._raw.flush()
             else:  # a file (NAME.partial) or a device/FIFO opened by us, as in close()
@@ -183,3 +196,239 @@ class TarSink:
 def open_sink(target: str, compression: str | None = None, mtime: int = 0, mode: int = 0o444) -> TarSink:
     """Open a :class:`TarSink` (see there)."""
     return TarSink(target, compression, mtime, mode)
+
+
+# ------------------------------------------------------------ atomic outputs
+#: the separator of a unique attempt file: ``NAME.partial.<host>.<pid>.<token>``
+ATTEMPT = PARTIAL + "."
+#: attempt files of another host (or not parseable) untouched for this long are stale
+STALE_SECONDS = 3600
+
+
+def attempt_suffix() -> str:
+    """A suffix unique to this attempt: ``.partial.<host>.<pid>.<token>``
+    (two attempts of one task, even on two machines at once, never write the
+    same file)."""
+    import secrets
+    import socket
+
+    host = socket.gethostname().replace(".", "_") or "host"
+    return f"{ATTEMPT}{host}.{os.getpid()}.{secrets.token_hex(4)}"
+
+
+def _pid_alive(pid: int) -> bool:
+    """True while process ``pid`` runs (a zombie, killed but not yet reaped,
+    counts as gone: Linux ``/proc/PID/stat`` state ``Z``)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def remove_stale_attempts(target: str, keep: str | None = None) -> list[str]:
+    """Remove leftover attempt files ``TARGET.partial.*`` of a local
+    ``target``: those of this host whose process is gone (killed with -9) and
+    those of any host untouched for :data:`STALE_SECONDS`; ``keep`` (our own
+    attempt) is never removed. Returns the paths removed."""
+    import socket
+    import time
+
+    directory = os.path.dirname(os.path.abspath(target))
+    prefix = os.path.basename(target) + ATTEMPT
+    host = socket.gethostname().replace(".", "_") or "host"
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    now = time.time()
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        path = os.path.join(directory, name)
+        if keep is not None and os.path.abspath(keep) == path:
+            continue
+        owner, _, rest = name[len(prefix):].partition(".")
+        pid = rest.partition(".")[0]
+        try:
+            stale = (owner == host and pid.isdigit() and not _pid_alive(int(pid))) or (
+                now - os.stat(path).st_mtime > STALE_SECONDS
+            )
+            if stale:
+                os.unlink(path)
+                removed.append(path)
+        except OSError:
+            pass
+    return removed
+
+
+class AtomicOutput:
+    """A binary output that appears at ``target`` only when :meth:`commit`
+    is called: nothing, not even a prefix, is visible there after
+    :meth:`discard`, an exception or a crash.
+
+    - a local path is written as ``TARGET.partial.<host>.<pid>.<token>``
+      (unique per attempt) and renamed into place (``rename(2)`` is atomic
+      on POSIX file systems, also on NFS for one directory);
+    - an S3 URL (s3fs) is written as one object whose multipart upload is
+      completed by :meth:`commit` and aborted by :meth:`discard` (a small
+      object is one PUT at commit); note that s3fs *completes* the upload
+      when a ``with fs.open(...)`` block exits with an exception, which is
+      why this class never uses one;
+    - any other fsspec URL is written under a unique attempt key and moved
+      (copied) to ``target`` on commit.
+
+    Use as a context manager: a clean exit commits, an exception discards.
+
+    :param target: a local path or an fsspec URL
+    :param storage_options: fsspec options for a URL
+    :param makedirs: create a local target's directory
+    :raises OutputError: the output cannot be created
+    """
+
+    def __init__(self, target: str, storage_options: dict | None = None, makedirs: bool = False):
+        self.target = target
+        self.bytes = 0
+        self.done = False
+        self._fs = None
+        self._mode = "local"
+        if not is_url(target):
+            path = local_path(target)
+            self.path = path
+            self.partial = path + attempt_suffix()
+            directory = os.path.dirname(os.path.abspath(path))
+            try:
+                if makedirs:
+                    os.makedirs(directory, exist_ok=True)
+                self._file = open(self.partial, "wb", buffering=1 << 16)
+            except OSError as exc:
+                if not os.path.isdir(directory):
+                    raise OutputError(f"{target}: cannot create: no such directory {directory!r}") from None
+                raise OutputError(f"{target}: cannot create: {exc.strerror}") from None
+            return
+        try:
+            fs, path = filesystem(target, storage_options)
+        except Exception as exc:  # noqa: BLE001 - fsspec raises anything; one message
+            raise OutputError(str(exc)) from None
+        self._fs = fs
+        self.path = path
+        protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+        if "s3" in protocols or "s3a" in protocols:
+            self._mode = "discard"
+            self.partial = None
+            where = path
+        else:
+            self._mode = "move"
+            self.partial = path + attempt_suffix()
+            where = self.partial
+        try:
+            self._file = fs.open(where, "wb")
+        except (OSError, ValueError) as exc:
+            raise OutputError(f"{target}: cannot create: {exc}") from None
+
+    def write(self, data) -> int:
+        """Write bytes. :raises OutputError:"""
+        try:
+            n = self._file.write(data)
+        except (OSError, ValueError) as exc:
+            raise OutputError(f"{self.target}: write failed: {getattr(exc, 'strerror', None) or exc}") from None
+        self.bytes += len(data)
+        return n
+
+    def flush(self) -> None:
+        pass
+
+    def commit(self) -> int:
+        """Make the output appear at its target; returns its size in bytes.
+
+        :raises OutputError: the rename, upload or copy failed (the target
+            is then left as it was)
+        """
+        try:
+            if self._mode == "local":
+                self._file.close()
+                os.replace(self.partial, self.path)
+            elif self._mode == "discard":
+                self._file.close()
+            else:
+                self._file.close()
+                self._fs.mv(self.partial, self.path)
+        except (OSError, ValueError) as exc:
+            self.discard()
+            raise OutputError(f"{self.target}: cannot finish: {getattr(exc, 'strerror', None) or exc}") from None
+        self.done = True
+        return self.bytes
+
+    def discard(self) -> None:
+        """Throw the attempt away: nothing appears at the target. Safe to
+        call twice or after a failed commit."""
+        if self.done:
+            return
+        self.done = True
+        with contextlib.suppress(Exception):
+            if self._mode == "local":
+                with contextlib.suppress(OSError):
+                    self._file.close()
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.partial)
+            elif self._mode == "discard":
+                self._file.discard()  # s3fs: abort the multipart upload
+                # fsspec's AbstractBufferedFile.close() (also called by __del__)
+                # would upload what is buffered: mark the file closed instead
+                self._file.closed = True
+            else:
+                with contextlib.suppress(Exception):
+                    self._file.close()
+                with contextlib.suppress(FileNotFoundError, OSError):
+                    self._fs.rm(self.partial)
+
+    def __enter__(self) -> AtomicOutput:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+def write_bytes_atomic(target: str, data: bytes, storage_options: dict | None = None, makedirs: bool = True) -> None:
+    """Write a small file (a completion record) so that readers see either
+    the old content or the new, never a part: a local file via a unique
+    attempt file and ``rename(2)``, an object with one PUT.
+
+    :raises OutputError:
+    """
+    with AtomicOutput(target, storage_options, makedirs=makedirs) as out:
+        out.write(data)
+
+
+def abort_stale_uploads(target: str, before: float, storage_options: dict | None = None) -> int:
+    """Abort the unfinished S3 multipart uploads to ``target``'s key that
+    were started before ``before`` (Unix seconds): attempts of the same task
+    that were killed (``kill -9``, a lost pod) before they could abort their
+    own. Other stores and errors are ignored (this is cleanup). Returns the
+    number aborted."""
+    if not target.startswith(("s3://", "s3a://")):
+        return 0
+    try:
+        fs, path = filesystem(target, storage_options)
+        bucket, key, _ = fs.split_path(path)
+        listing = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key)
+        aborted = 0
+        for upload in listing.get("Uploads", []):
+            started = upload.get("Initiated")
+            if upload.get("Key") != key or started is None or started.timestamp() >= before:
+                continue
+            fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload["UploadId"])
+            aborted += 1
+        return aborted
+    except Exception:  # noqa: BLE001 - best effort: any store error leaves the uploads as they are
+        return 0

@@ -32,6 +32,7 @@ def base_args(tool: str, tmp_path) -> list[str]:
         "tarpcat": ["-o", "-"],
         "tarsort": ["-o", "-"],
         "lines2tar": ["-k", "url txt"],
+        "tarmap": ["-o", str(tmp_path / "out" / "{index}.tar"), "-c", "cat", "--dry-run"],
     }.get(tool, [])
 
 
@@ -137,7 +138,8 @@ def big_inputs(tmp_path_factory, imagenet_shard):
 @pytest.mark.parametrize("tool", TOOLS)
 def test_closed_pipe_ends_quietly(tool, tmp_path, big_inputs):
     inputs = {"lines2tar": [big_inputs["lines"]], "tsv2tar": [big_inputs["plan"]],
-              "dir2tar": [big_inputs["tree"]], "tarsplit": big_inputs["many"]}.get(tool, big_inputs["shards"])
+              "dir2tar": [big_inputs["tree"]], "tarsplit": big_inputs["many"],
+              "tarmap": big_inputs["many"] * 100}.get(tool, big_inputs["shards"])
     args = base_args(tool, tmp_path) + inputs
     if tool == "tarpcat":
         args += ["-p", "2", inputs[0]]

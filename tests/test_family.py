@@ -139,6 +139,7 @@ def _inputs(tool: str, tmp_path, shard) -> list[str]:
         "tarsort": ["-o", str(tmp_path / "o.tar")],
         "tarshow": [],
         "tar2json": [],
+        "tarmap": ["-o", str(tmp_path / "out" / "{stem}.tar"), "-c", "cat"],
     }[tool] + [str(shard)]
 
 
@@ -150,11 +151,13 @@ def test_quiet_verbose_and_very_verbose(tool, tmp_path, imagenet_shard):
     verbose = run([tool, "-v", *args])
     lines = verbose.stderr.decode().splitlines()
     assert verbose.returncode == 0 and lines and all(line.startswith(f"{tool}: ") for line in lines), lines
-    assert not any(f"{tool}: sample " in line for line in lines)
+    # tarmap's items are tasks (here one, of 40 samples), every other tool's are samples
+    item, items = ("task", 1) if tool == "tarmap" else ("sample", 40)
+    assert not any(f"{tool}: {item} " in line for line in lines)
     assert any("40 samples" in line for line in lines), lines
     very = run([tool, "-vv", *args])
-    per_sample = [line for line in very.stderr.decode().splitlines() if line.startswith(f"{tool}: sample ")]
-    assert very.returncode == 0 and len(per_sample) == 40, very.stderr.decode()
+    per_item = [line for line in very.stderr.decode().splitlines() if line.startswith(f"{tool}: {item} ")]
+    assert very.returncode == 0 and len(per_item) == items, very.stderr.decode()
 
 
 @pytest.mark.parametrize("tool", ["tarcats", "tarsplit", "tarshow", "tar2json", "tarsort"])
@@ -236,7 +239,8 @@ def test_terminal_shows_a_bar_with_percentage_and_warnings_on_their_own_lines(to
 
 
 # ------------------------------------------------------ output names
-@pytest.mark.parametrize("tool", [t for t in TOOLS if t not in ("tarshow", "tar2json", "tarsplit")])
+# tarmap has no --compress: each task's output is compressed by its name (the pattern's suffix)
+@pytest.mark.parametrize("tool", [t for t in TOOLS if t not in ("tarshow", "tar2json", "tarsplit", "tarmap")])
 @pytest.mark.parametrize("compress,name", [("gzip", "out.tar"), ("none", "out.tgz"), ("xz", "out.tar.zst")])
 def test_compression_contradicting_the_output_name_is_a_usage_error(tool, compress, name, tmp_path, imagenet_shard):
     args = [a for a in _inputs(tool, tmp_path, imagenet_shard)]

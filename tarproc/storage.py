@@ -1,0 +1,155 @@
+"""Object stores and URLs through fsspec: the one home for opening a URL's
+file system with ``storage_options``, asking it about an object, and writing
+small objects (completion records) in one request.
+
+Credentials and endpoints come from the standard environment of each store
+(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL`` for
+S3 via botocore; ``GOOGLE_APPLICATION_CREDENTIALS`` for GCS), from fsspec's
+``FSSPEC_<PROTOCOL>_<OPTION>`` variables, and from ``storage_options``
+(fsspec's keyword arguments of a file system, e.g. ``endpoint_url``,
+``anon``). Extra ``tarproc[cloud]`` installs fsspec and s3fs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+
+from .errors import SourceError, UsageError
+
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def is_url(spec: str) -> bool:
+    """True for ``scheme://...`` other than ``file://`` (those are local paths)."""
+    return bool(_URL.match(spec)) and not spec.startswith("file://")
+
+
+def local_path(spec: str) -> str:
+    """A local path from ``PATH`` or ``file://PATH``."""
+    return spec[7:] if spec.startswith("file://") else spec
+
+
+def parse_storage_options(items: list[str] | tuple[str, ...]) -> dict:
+    """``["KEY=VALUE", ...]`` as fsspec ``storage_options``. A VALUE that is
+    JSON (``true``, ``3``, ``{"a": 1}``) is decoded, anything else is a
+    string; ``client_kwargs.region_name=x`` nests with dots.
+
+    :raises UsageError: an item without ``=``
+    """
+    options: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--storage-option {item!r}: expected KEY=VALUE")
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        where = options
+        *parents, last = key.split(".")
+        for parent in parents:
+            where = where.setdefault(parent, {})
+        where[last] = parsed
+    return options
+
+
+def filesystem(url: str, storage_options: Mapping | None = None):
+    """``(fs, path)`` for a URL (``fsspec.core.url_to_fs``).
+
+    :raises SourceError: fsspec or the protocol's package is missing, or the
+        options are refused
+    """
+    try:
+        import fsspec.core
+    except ImportError:
+        raise SourceError(f"{url}: URLs need fsspec (pip install 'tarproc[cloud]')") from None
+    try:
+        return fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    except ImportError as exc:
+        raise SourceError(f"{url}: {exc} (pip install 'tarproc[cloud]')") from None
+    except (ValueError, TypeError) as exc:
+        raise SourceError(f"{url}: {exc}") from None
+
+
+def identity(spec: str, storage_options: Mapping | None = None) -> dict | None:
+    """What identifies the current content of an input, for completion
+    records: ``{"size", "mtime"}`` of a local file, ``{"size", "etag"}`` (or
+    ``"mtime"``) of an object where the store gives them, ``{}`` for a
+    ``pipe:`` input; None when the input does not exist.
+
+    :raises SourceError: the store could not be asked
+    """
+    if spec.startswith("pipe:"):
+        return {}
+    if not is_url(spec):
+        try:
+            st = os.stat(local_path(spec))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise SourceError(f"{spec}: cannot stat: {exc.strerror}") from None
+        return {"size": st.st_size, "mtime": st.st_mtime}
+    fs, path = filesystem(spec, storage_options)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise SourceError(f"{spec}: cannot stat: {exc}") from None
+    out: dict = {}
+    if info.get("size") is not None:
+        out["size"] = info["size"]
+    for key in ("ETag", "etag", "md5Hash", "generation"):
+        if info.get(key):
+            out["etag"] = str(info[key]).strip('"')
+            break
+    else:
+        for key in ("LastModified", "mtime", "updated", "last_modified"):
+            if info.get(key):
+                out["mtime"] = str(info[key])
+                break
+    return out
+
+
+def size(spec: str, storage_options: Mapping | None = None) -> int | None:
+    """The size in bytes of a file or object, None when it does not exist.
+
+    :raises SourceError: the store could not be asked
+    """
+    if not is_url(spec):
+        try:
+            return os.stat(local_path(spec)).st_size
+        except FileNotFoundError:
+            return None
+    fs, path = filesystem(spec, storage_options)
+    try:
+        return fs.size(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise SourceError(f"{spec}: cannot stat: {exc}") from None
+
+
+def read_bytes(spec: str, storage_options: Mapping | None = None) -> bytes | None:
+    """The bytes of a small file or object, None when it does not exist.
+
+    :raises SourceError: it exists but cannot be read
+    """
+    if not is_url(spec):
+        try:
+            with open(local_path(spec), "rb") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise SourceError(f"{spec}: cannot read: {exc.strerror}") from None
+    fs, path = filesystem(spec, storage_options)
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise SourceError(f"{spec}: cannot read: {exc}") from None

@@ -1,0 +1,589 @@
+"""Shard tasks: run a shell pipeline once per input shard, exactly once.
+
+A :class:`Task` is (index, input, output, pipeline). Running it
+(:func:`run_task`) opens the input — a file, ``pipe:CMD`` or a URL through
+fsspec; its raw bytes, still compressed, go to the pipeline's stdin — and
+runs the pipeline (``bash -c PIPELINE`` in its own process group, via
+:mod:`tarproc.procs`) with ``TARMAP_INDEX``, ``TARMAP_INPUT`` and
+``TARMAP_OUTPUT`` in its environment. The pipeline's stdout must be one
+complete tar stream of WebDataset samples (compression detected from magic
+bytes); it is verified on the fly by the strict reader
+(:mod:`tarproc.tario`, :func:`tarproc.samples.group_samples`) while it is
+written, compressed by the output's name, to an :class:`tarproc.sinks.AtomicOutput`
+that appears at the output only when the pipeline exited 0 and the stream
+was complete. A completion record (:mod:`tarproc.records`) is written after
+the output; a task whose record matches is skipped.
+
+Engines (a local pool, Dask, a Kubernetes Indexed Job, a Slurm array)
+deliver a task at least once, maybe twice at the same time: the atomic
+output, unique attempt files and the skip check make that harmless, without
+locks.
+
+Failures are classified by the exit-status contract of
+:class:`tarproc.errors.ExitStatus`: a pipeline that exits 3 (bad input data)
+fails its task permanently; any other non-zero exit, a signal, a timeout, an
+invalid output stream or an I/O error of our own is retryable
+(:class:`RetryPolicy`).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import hashlib
+import os
+import socket
+import string
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+
+from . import procs, records
+from .compress import compressing_writer, compression_for_name, decompressing_reader
+from .errors import ExitStatus, TarprocError, UsageError
+from .samples import group_samples
+from .sinks import AtomicOutput, abort_stale_uploads, remove_stale_attempts
+from .storage import filesystem, identity, is_url, local_path
+from .tario import iter_members
+
+#: suffixes removed from a file name to make ``{stem}``, longest first
+STEM_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tar.zst", ".tar.lz4", ".tgz", ".tbz2", ".tbz", ".txz",
+                 ".tzst", ".tar")
+#: lines of a pipeline's stderr kept for the failure report
+STDERR_TAIL = 5
+#: seconds a pipeline whose output stream went wrong gets to exit by itself
+EXIT_GRACE = 5.0
+
+Say = Callable[[str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One shard task.
+
+    :ivar index: its position in the task list (0-based), the same on every
+        machine (``--index``, ``JOB_COMPLETION_INDEX``)
+    :ivar input: file path, ``pipe:CMD`` or URL
+    :ivar output: local path or fsspec URL of the output shard
+    :ivar pipeline: a ``bash -c`` command: input shard on stdin, output shard
+        (a tar stream) on stdout
+    :ivar record: where its completion record lives (see :mod:`tarproc.records`)
+    """
+
+    index: int
+    input: str
+    output: str
+    pipeline: str
+    record: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """How often and when a retryable failure is retried.
+
+    :ivar retries: retries after the first attempt (total attempts = retries + 1)
+    :ivar backoff: seconds before the first retry, doubled for each further
+        one, at most :attr:`max_backoff`
+    :ivar timeout: seconds an attempt may run before its pipeline's process
+        group is killed (a retryable failure); None: no limit
+    """
+
+    retries: int = 2
+    backoff: float = 1.0
+    max_backoff: float = 60.0
+    timeout: float | None = None
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before attempt number ``attempt`` (2, 3, ...)."""
+        return min(self.max_backoff, self.backoff * (2 ** max(0, attempt - 2)))
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskOptions:
+    """Everything :func:`run_task` needs besides the task; picklable, so that
+    Dask workers get the same settings (``storage_options`` included).
+
+    :ivar policy: retries, backoff, timeout
+    :ivar force: run even when the task is complete
+    :ivar storage_options: fsspec options for URL inputs, outputs and records
+    :ivar quiet: do not copy the pipeline's stderr to ours
+    :ivar env: extra environment variables for the pipeline
+    """
+
+    policy: RetryPolicy = RetryPolicy()
+    force: bool = False
+    storage_options: Mapping | None = None
+    quiet: bool = False
+    env: Mapping[str, str] | None = None
+
+
+class TaskFailure(Exception):
+    """An attempt failed; ``permanent`` when retrying cannot help (exit 3)."""
+
+    def __init__(self, message: str, permanent: bool = False):
+        super().__init__(message)
+        self.permanent = permanent
+
+
+@dataclasses.dataclass
+class TaskResult:
+    """The outcome of :func:`run_task`.
+
+    :ivar status: ``"complete"`` (done now), ``"skipped"`` (complete before)
+        or ``"failed"``
+    :ivar permanent: a failure that retrying cannot help (exit status 3)
+    :ivar message: the failure, one line, with the pipeline's last stderr lines
+    :ivar record: the completion record (complete and skipped tasks)
+    """
+
+    index: int
+    input: str
+    output: str
+    status: str
+    attempts: int = 0
+    permanent: bool = False
+    message: str = ""
+    record: dict | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("complete", "skipped")
+
+    @property
+    def exit_status(self) -> int:
+        """The exit status of ``--index`` mode: 0, 3 (permanent) or 1."""
+        if self.ok:
+            return ExitStatus.OK
+        return ExitStatus.DATA if self.permanent else ExitStatus.ERROR
+
+
+# ------------------------------------------------------------ the task list
+def stem(name: str) -> str:
+    """A shard's file name without its tar/compression suffix
+    (``imagenet-0001.tar.gz`` -> ``imagenet-0001``)."""
+    lower = name.lower()
+    for suffix in STEM_SUFFIXES:
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def basename(spec: str) -> str:
+    """The file name of an input (the last path part of a URL, without a query)."""
+    if spec.startswith("pipe:"):
+        return "pipe"
+    path = spec.split("?", 1)[0].split("#", 1)[0].rstrip("/")
+    return path.rsplit("/", 1)[-1]
+
+
+_FIELDS = {"index", "basename", "stem"}
+
+
+def check_pattern(pattern: str) -> None:
+    """Refuse an output pattern with unknown fields.
+
+    :raises UsageError:
+    """
+    try:
+        parsed = list(string.Formatter().parse(pattern))
+    except ValueError as exc:
+        raise UsageError(f"-o {pattern!r}: {exc}") from None
+    for _, field, _, _ in parsed:
+        if field is not None and field not in _FIELDS:
+            raise UsageError(f"-o {pattern!r}: unknown field {{{field}}} (use {{index}}, {{index:04d}}, {{basename}}, {{stem}})")
+
+
+def output_name(pattern: str, index: int, spec: str) -> str:
+    """Fill an output pattern: ``{index}``, ``{index:04d}``, ``{basename}``,
+    ``{stem}``. :raises UsageError: a bad format"""
+    name = basename(spec)
+    try:
+        return pattern.format(index=index, basename=name, stem=stem(name))
+    except (ValueError, KeyError, IndexError) as exc:
+        raise UsageError(f"-o {pattern!r}: {exc}") from None
+
+
+def make_tasks(inputs: Iterable[str], pattern: str, pipeline: str, records_dir: str | None = None) -> list[Task]:
+    """The deterministic task list: task ``i`` is the ``i``-th input as given
+    (brace patterns already expanded).
+
+    :raises UsageError: a pattern with unknown fields, or one that maps two
+        tasks to one output (found before anything runs)
+    """
+    check_pattern(pattern)
+    tasks = []
+    seen: dict[str, int] = {}
+    for index, spec in enumerate(inputs):
+        if spec == "-":
+            raise UsageError("tarmap reads its inputs itself: '-' (stdin) is not an input (use -T - for a list)")
+        output = output_name(pattern, index, spec)
+        key = output if is_url(output) else os.path.abspath(local_path(output))
+        if key in seen:
+            raise UsageError(
+                f"-o {pattern!r} maps tasks {seen[key]} and {index} to the same output {output!r}"
+                " (use {index}, {basename} or {stem})"
+            )
+        seen[key] = index
+        tasks.append(Task(index, spec, output, pipeline, records.record_path(output, index, records_dir)))
+    return tasks
+
+
+# ------------------------------------------------------------ one attempt
+class _Tee:
+    """A reader that writes everything read through it to ``sink``."""
+
+    def __init__(self, reader, sink):
+        self._read = reader.read
+        self._write = sink.write
+        self.bytes = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._read(n)
+        if data:
+            self._write(data)
+            self.bytes += len(data)
+        return data
+
+
+class _Hashing:
+    """Writes pass through to ``out`` while SHA-256 and MD5 are computed."""
+
+    def __init__(self, out):
+        self._out = out
+        self.sha256 = hashlib.sha256()
+        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.bytes = 0
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        self.md5.update(data)
+        self.bytes += len(data)
+        return self._out.write(data)
+
+    def flush(self) -> None:
+        pass
+
+
+class _StderrPump(threading.Thread):
+    """Copy a pipeline's stderr to ours, each line prefixed by the task,
+    keeping the last lines for the failure report."""
+
+    def __init__(self, stream, prefix: str, quiet: bool):
+        super().__init__(daemon=True)
+        self.stream = stream
+        self.prefix = prefix
+        self.quiet = quiet
+        self.tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
+
+    def run(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            for raw in self.stream:
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                self.tail.append(line)
+                if not self.quiet:
+                    line_writer(f"{self.prefix}{line}")
+
+
+class _Feeder(threading.Thread):
+    """Copy an fsspec file into the pipeline's stdin."""
+
+    def __init__(self, source, sink):
+        super().__init__(daemon=True)
+        self.source = source
+        self.sink = sink
+        self.error: str | None = None
+
+    def run(self) -> None:
+        try:
+            while True:
+                chunk = self.source.read(1 << 20)
+                if not chunk:
+                    break
+                self.sink.write(chunk)
+        except BrokenPipeError:
+            pass  # the pipeline stopped reading: its exit status tells
+        except Exception as exc:  # noqa: BLE001 - network errors of any fsspec backend
+            self.error = f"reading the input failed: {exc}"
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                self.sink.close()
+            with contextlib.suppress(Exception):
+                self.source.close()
+
+
+def _print_line(line: str) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=sys.stderr, flush=True)
+
+
+#: where the lines of a pipeline's stderr and our warnings go (one line each);
+#: a CLI showing a progress bar points it at a writer that keeps the bar intact
+line_writer: Callable[[str], None] = _print_line
+
+
+def set_line_writer(writer: Callable[[str], None] | None) -> None:
+    """Send pipeline stderr lines and task warnings to ``writer`` (None:
+    plain stderr). Process-wide: Dask workers keep plain stderr."""
+    global line_writer
+    line_writer = writer or _print_line
+
+
+#: running attempts' pipelines (and their input commands), for :func:`cancel_all`
+_RUNNING: set[subprocess.Popen] = set()
+_RUNNING_LOCK = threading.Lock()
+_CANCELLED = threading.Event()
+
+
+def cancel_all() -> None:
+    """Kill every pipeline this process is running (their process groups)
+    and start no new attempt: for SIGINT/SIGTERM of the scheduler. Their
+    outputs are discarded; complete tasks keep their records."""
+    _CANCELLED.set()
+    with _RUNNING_LOCK:
+        running = list(_RUNNING)
+    for proc in running:
+        procs.kill_group(proc.pid)
+
+
+def reset_cancel() -> None:
+    """Allow attempts again after :func:`cancel_all` (tests, a new run)."""
+    _CANCELLED.clear()
+
+
+def _track(proc: subprocess.Popen, add: bool) -> None:
+    with _RUNNING_LOCK:
+        if add:
+            _RUNNING.add(proc)
+        else:
+            _RUNNING.discard(proc)
+
+
+def run_attempt(task: Task, attempt: int, options: TaskOptions) -> dict:
+    """Run one attempt of ``task``: the output appears atomically and its
+    completion record is written; returns the record.
+
+    :raises TaskFailure: the attempt failed (``permanent`` when the pipeline
+        exited 3); nothing appears at the output then
+    """
+    if _CANCELLED.is_set():
+        raise TaskFailure("cancelled")
+    started = time.time()
+    clock = time.monotonic()
+    storage = dict(options.storage_options or {})
+    label = f"task {task.index}"
+    source_identity = identity(task.input, storage)
+    if source_identity is None:
+        raise TaskFailure(f"{task.input}: no such input")
+    env = dict(os.environ)
+    env.update(options.env or {})
+    env.update(TARMAP_INDEX=str(task.index), TARMAP_INPUT=task.input, TARMAP_OUTPUT=task.output)
+
+    stack = contextlib.ExitStack()
+    source_proc = None
+    feeder = None
+    proc = None
+    timed_out = threading.Event()
+    timer = None
+    try:
+        # the input, raw: a file descriptor, an input command's stdout, or a feeder thread
+        if task.input.startswith("pipe:"):
+            source_proc = procs.spawn_shell(task.input[5:], stdout=subprocess.PIPE, env=env)
+            _track(source_proc, True)
+            stdin = source_proc.stdout
+        elif is_url(task.input):
+            fs, path = filesystem(task.input, storage)
+            try:
+                remote = fs.open(path, "rb")
+            except (OSError, ValueError) as exc:
+                raise TaskFailure(f"{task.input}: cannot open: {exc}") from None
+            stack.callback(remote.close)
+            stdin = subprocess.PIPE
+        else:
+            try:
+                stdin = stack.enter_context(open(local_path(task.input), "rb"))
+            except OSError as exc:
+                raise TaskFailure(f"{task.input}: cannot open: {exc.strerror}") from None
+        try:
+            proc = procs.spawn_shell(task.pipeline, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        except OSError as exc:
+            raise TaskFailure(f"cannot start the pipeline: {exc.strerror}") from None
+        _track(proc, True)
+        if source_proc is not None:
+            source_proc.stdout.close()  # the pipeline holds it now
+        if stdin is subprocess.PIPE:
+            feeder = _Feeder(remote, proc.stdin)
+            feeder.start()
+        pump = _StderrPump(proc.stderr, f"tarmap: {label}: ", options.quiet)
+        pump.start()
+        if options.policy.timeout:
+            def expire():
+                timed_out.set()
+                procs.kill_group(proc.pid)
+                if source_proc is not None:
+                    procs.kill_group(source_proc.pid)
+            timer = threading.Timer(options.policy.timeout, expire)
+            timer.daemon = True
+            timer.start()
+
+        def tail() -> str:
+            pump.join(timeout=5)
+            return ("; stderr: " + " | ".join(pump.tail)) if pump.tail else ""
+
+        def pipeline_failure(status: int, detail: str = "") -> TaskFailure:
+            if timed_out.is_set():
+                return TaskFailure(f"timed out after {options.policy.timeout:g} s (pipeline killed){tail()}")
+            if _CANCELLED.is_set():
+                return TaskFailure("cancelled")
+            extra = f" ({detail})" if detail else ""
+            return TaskFailure(f"pipeline {procs.describe_status(status)}{extra}{tail()}",
+                               permanent=status == ExitStatus.DATA)
+
+        if not is_url(task.output):
+            remove_stale_attempts(local_path(task.output))
+        out = AtomicOutput(task.output, storage, makedirs=True)
+        samples = members = 0
+        try:
+            hashing = _Hashing(out)
+            compression = compression_for_name(task.output)
+            writer = compressing_writer(hashing, compression)
+            try:
+                stream = decompressing_reader(proc.stdout, f"{label} output")
+                tee = _Tee(stream, writer)
+                warn = (lambda m: None) if options.quiet else (lambda m: line_writer(f"tarmap: {label}: warning: {m}"))
+                for sample in group_samples(iter_members(tee, f"{label} output", warn), f"{label} output", warn):
+                    samples += 1
+                    members += sum(1 for k in sample if not k.startswith("__"))
+                while tee.read(1 << 20):  # the reader stops after the end marker's zero padding
+                    pass
+            except TarprocError as exc:
+                # the stream is bad or cut: a pipeline that failed explains it best,
+                # so give it a moment to exit on its own (our closed pipe stops a writer)
+                with contextlib.suppress(OSError, ValueError):
+                    proc.stdout.close()
+                try:
+                    status = proc.wait(timeout=EXIT_GRACE)
+                except subprocess.TimeoutExpired:
+                    procs.kill_group(proc.pid)
+                    status = proc.wait()
+                if status != 0 and not procs.died_of_sigpipe(status):
+                    raise pipeline_failure(status, str(exc)) from None
+                raise TaskFailure(f"the pipeline's output is not a complete tar stream: {exc}{tail()}") from None
+            status = proc.wait()
+            if status != 0:
+                raise pipeline_failure(status)
+            if timed_out.is_set() or _CANCELLED.is_set():
+                raise pipeline_failure(status)
+            if source_proc is not None:
+                source_status = source_proc.wait()
+                if source_status != 0 and not procs.died_of_sigpipe(source_status):
+                    raise TaskFailure(f"input command {procs.describe_status(source_status)}")
+            if feeder is not None:
+                feeder.join()
+                if feeder.error:
+                    raise TaskFailure(feeder.error)
+            if writer is not hashing:
+                writer.close()
+            size = out.commit()
+        except BaseException:
+            out.discard()
+            raise
+        if not is_url(task.output):
+            remove_stale_attempts(local_path(task.output))
+        else:
+            abort_stale_uploads(task.output, started, storage)
+        record = records.make_record(
+            task,
+            input_identity=source_identity,
+            samples=samples,
+            members=members,
+            size=size,
+            tar_bytes=tee.bytes,
+            sha256=hashing.sha256.hexdigest(),
+            md5=hashing.md5.hexdigest(),
+            seconds=round(time.monotonic() - clock, 3),
+            attempts=attempt,
+            host=socket.gethostname(),
+            started=started,
+        )
+        records.write_record(task.record, record, storage)
+        return record
+    except TarprocError as exc:  # our own I/O (output, record, input store): retryable
+        raise TaskFailure(str(exc)) from None
+    except OSError as exc:
+        raise TaskFailure(f"I/O error: {exc}") from None
+    finally:
+        if timer is not None:
+            timer.cancel()
+        for p in (proc, source_proc):
+            if p is not None:
+                procs.stop(p)  # reaps it; kills what it left in its group
+                _track(p, False)
+                for stream in (p.stdout, p.stderr, p.stdin):
+                    if stream is not None:
+                        with contextlib.suppress(OSError, ValueError):
+                            stream.close()
+        stack.close()
+
+
+def is_complete(task: Task, options: TaskOptions) -> dict | None:
+    """The task's completion record when the task is complete (see
+    :func:`tarproc.records.check_record`), else None.
+
+    :raises TarprocError: a store could not be asked
+    """
+    storage = dict(options.storage_options or {})
+    return records.check_record(task, identity(task.input, storage), storage)
+
+
+def run_task(task: Task, options: TaskOptions = TaskOptions(), say: Say | None = None) -> TaskResult:
+    """Run a task to the end: skip it when complete (unless ``force``), else
+    attempt it with retries and backoff (:class:`RetryPolicy`). Never raises
+    for a task's own failure; the caller reads :class:`TaskResult`.
+
+    Module-level and picklable, so that Dask workers can run it.
+
+    :param say: called with a one-line message for each retried failure
+    """
+    result = TaskResult(task.index, task.input, task.output, "failed")
+    try:
+        if not options.force:
+            record = is_complete(task, options)
+            if record is not None:
+                result.status = "skipped"
+                result.record = record
+                return result
+    except TarprocError as exc:
+        result.message = str(exc)
+        return result
+    policy = options.policy
+    for attempt in range(1, policy.retries + 2):
+        if attempt > 1:
+            delay = policy.delay(attempt)
+            if _CANCELLED.wait(delay):
+                result.message = result.message or "cancelled"
+                return result
+        result.attempts = attempt
+        try:
+            result.record = run_attempt(task, attempt, options)
+        except TaskFailure as exc:
+            result.message = str(exc)
+            result.permanent = exc.permanent
+            if exc.permanent or _CANCELLED.is_set():
+                return result
+            if say is not None and attempt <= policy.retries:
+                say(f"task {task.index} ({task.input}): attempt {attempt} failed: {exc}; retrying")
+            continue
+        result.status = "complete"
+        result.message = ""
+        result.permanent = False
+        return result
+    return result
+
+
+def run_task_quiet(task: Task, options: TaskOptions) -> TaskResult:
+    """:func:`run_task` that reports retries on stderr (for Dask workers,
+    whose callers cannot pass a callback)."""
+    return run_task(task, options, say=lambda m: print(f"tarmap: {m}", file=sys.stderr, flush=True))

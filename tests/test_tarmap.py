@@ -1,0 +1,307 @@
+"""tarmap on a local pool: real pipelines (tarproc, bash), real signals,
+real files; exact bytes, exit statuses and stderr.
+
+Shards are made from real JPEG shards (tests/makeshards.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run, tool_env
+from makeshards import write_shard
+
+from tarproc import records, tasks
+
+PIPELINE = "tarproc -c 'rm sample.json' -o -"
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> list[Path]:
+    """20 small shards of real JPEG samples (5 samples each), 2 gzip-compressed."""
+    root = tmp_path_factory.mktemp("in")
+    paths = []
+    for i in range(20):
+        suffix = ".tgz" if i in (4, 11) else ".tar"
+        paths.append(Path(write_shard(str(root / f"part-{i:04d}{suffix}"), 5, seed=i)))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def expected(shards) -> dict[str, bytes]:
+    """Each pipeline run by hand: {stem: output bytes}."""
+    out = {}
+    for path in shards:
+        with open(path, "rb") as handle:
+            done = subprocess.run(["bash", "-c", PIPELINE], stdin=handle, capture_output=True, env=tool_env(), check=True)
+        out[tasks.stem(path.name)] = done.stdout
+    return out
+
+
+def tarmap(*args, **kw):
+    return run(["tarmap", *map(str, args)], **kw)
+
+
+def outputs(directory: Path) -> dict[str, bytes]:
+    return {p.name[: -len(".tar")]: p.read_bytes() for p in sorted(directory.glob("*.tar"))}
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.rglob("*") if ".partial" in p.name)
+
+
+def test_twenty_shards_byte_identical_then_all_skipped(shards, expected, tmp_path):
+    out = tmp_path / "out"
+    result = tarmap(*shards, "-o", f"{out}/{{stem}}.tar", "-c", PIPELINE, "-j", 2, "-v")
+    assert result.returncode == 0, result.stderr
+    assert outputs(out) == expected
+    assert b"20 tasks done, 0 skipped" in result.stderr
+    assert leftovers(tmp_path) == []
+    record = json.loads((out / "part-0003.tar.tarmap.json").read_text())
+    data = expected["part-0003"]
+    assert record["status"] == "complete" and record["index"] == 3 and record["pipeline"] == PIPELINE
+    assert record["samples"] == 5 and record["members"] == 10 and record["bytes"] == len(data)
+    assert record["sha256"] == hashlib.sha256(data).hexdigest()
+    assert record["input"]["url"] == str(shards[3]) and record["input"]["size"] == shards[3].stat().st_size
+    stats = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.iterdir()}
+
+    again = tarmap(*shards, "-o", f"{out}/{{stem}}.tar", "-c", PIPELINE, "-j", 2, "-v")
+    assert again.returncode == 0, again.stderr
+    assert b"0 tasks done, 20 skipped" in again.stderr
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.iterdir()} == stats
+
+    # a changed pipeline, or a changed input, is not complete
+    dry = tarmap(*shards, "-o", f"{out}/{{stem}}.tar", "-c", PIPELINE + " ", "--dry-run")
+    assert dry.returncode == 0
+    assert [line.split("\t")[3] for line in dry.stdout.decode().splitlines()] == ["run"] * 20
+    dry = tarmap(*shards, "-o", f"{out}/{{stem}}.tar", "-c", PIPELINE, "--dry-run")
+    assert dry.stdout.decode().splitlines()[0] == f"0\t{shards[0]}\t{out}/part-0000.tar\tskip"
+
+
+def test_output_compressed_by_name_and_pipeline_sees_its_task(shards, tmp_path):
+    out = tmp_path / "o"
+    pipe = 'echo "$TARMAP_INDEX $TARMAP_INPUT $TARMAP_OUTPUT" >&2; cat'
+    result = tarmap(shards[0], shards[4], "-o", f"{out}/{{index:03d}}-{{basename}}.gz", "-c", pipe)
+    assert result.returncode == 0, result.stderr
+    text = result.stderr.decode()
+    assert f"tarmap: task 1: 1 {shards[4]} {out}/001-part-0004.tgz.gz" in text
+    # the output is gzip by its name; the pipeline's gzip input was decompressed, verified and re-compressed
+    import gzip
+
+    plain = gzip.decompress((out / "000-part-0000.tar.gz").read_bytes())
+    assert plain == shards[0].read_bytes()
+    assert gzip.decompress((out / "001-part-0004.tgz.gz").read_bytes()) == gzip.decompress(shards[4].read_bytes())
+
+
+def test_kill_9_of_a_pipeline_is_retried_and_the_run_completes(shards, expected, tmp_path):
+    """The killed pipeline's child still writes a complete stream: it must not be published."""
+    out = tmp_path / "out"
+    pidfile = tmp_path / "pid"
+    pipe = (f'if [ "$TARMAP_INDEX" = 2 ] && [ ! -e {pidfile}.done ]; then touch {pidfile}.done;'
+            f' echo $$ > {pidfile}.tmp; mv {pidfile}.tmp {pidfile}; {PIPELINE} | (sleep 1.5; cat); else {PIPELINE}; fi')
+    proc = subprocess.Popen(["tarmap", *map(str, shards[:6]), "-o", f"{out}/{{stem}}.tar", "-c", pipe, "-j", "3",
+                             "--backoff", "0.1"], env=tool_env(), stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not pidfile.exists():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert b"task 2" in stderr and b"killed by signal 9" in stderr and b"retrying" in stderr
+    assert outputs(out) == {k: v for k, v in expected.items() if k in {tasks.stem(p.name) for p in shards[:6]}}
+    assert json.loads((out / "part-0002.tar.tarmap.json").read_text())["attempts"] == 2
+    assert leftovers(tmp_path) == []
+
+
+def test_sigterm_then_rerun_every_output_once_and_identical(shards, expected, tmp_path):
+    out = tmp_path / "out"
+    slow = "tarproc -c 'sleep 0.1; rm sample.json' -o -"
+    args = ["tarmap", *map(str, shards), "-o", f"{out}/{{stem}}.tar", "-c", slow, "-j", "2"]
+    proc = subprocess.Popen(args, env=tool_env(), stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not (out.exists() and list(out.glob("*.tarmap.json"))):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    time.sleep(0.3)  # two pipelines are running now
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert b"tarmap: error: terminated" in stderr
+    time.sleep(0.2)
+    assert leftovers(tmp_path) == []
+    # no pipeline of ours is left running (they ran in their own process groups)
+    ps = subprocess.run(["pgrep", "-f", "sleep 0.1; rm sample.json"], capture_output=True, text=True)
+    assert ps.stdout.strip() == "", ps.stdout
+    first = outputs(out)
+    assert 1 <= len(first) < 20
+    assert all(first[k] == expected[k] for k in first)
+    assert len(list(out.glob("*.tarmap.json"))) == len(first)
+
+    again = run(["tarmap", *map(str, shards), "-o", f"{out}/{{stem}}.tar", "-c", slow, "-j", "4", "-v"])
+    assert again.returncode == 0, again.stderr
+    assert f"{20 - len(first)} tasks done, {len(first)} skipped".encode() in again.stderr
+    assert outputs(out) == expected
+    assert leftovers(tmp_path) == []
+
+
+def test_corrupt_input_fails_permanently_others_complete_shard_index(shards, expected, tmp_path):
+    bad = tmp_path / "bad.tar"
+    data = shards[1].read_bytes()
+    at = 1024 + 5  # the second member's header (after cls: 1 byte of data): a wrong checksum
+    bad.write_bytes(data[:at] + b"X" + data[at + 1:])
+    inputs = [shards[0], bad, shards[2], shards[3]]
+    out = tmp_path / "out"
+    index_file = tmp_path / "idx" / "train.json"
+    failed = tmp_path / "failed.txt"
+    result = tarmap(*inputs, "-o", f"{out}/{{index}}.tar", "-c", PIPELINE, "--backoff", "0",
+                    "--shard-index", index_file, "--failed-list", failed, "--manifest", tmp_path / "m.jsonl")
+    assert result.returncode == 1
+    text = result.stderr.decode()
+    assert f"tarmap: error: task 1 ({bad}) failed permanently: pipeline exited with status 3" in text
+    assert "retrying" not in text
+    assert "1 of 4 tasks failed: 1" in text
+    assert sorted(p.name for p in out.glob("*.tar")) == ["0.tar", "2.tar", "3.tar"]
+    assert failed.read_text() == f"{bad}\n"
+    index = json.loads(index_file.read_text())
+    assert index["__kind__"] == "wids-shard-index-v1" and index["wids_version"] == 1
+    want = []
+    for i in (0, 2, 3):
+        blob = (out / f"{i}.tar").read_bytes()
+        assert blob == expected[tasks.stem(inputs[i].name)]
+        want.append({"url": f"../out/{i}.tar", "nsamples": 5, "filesize": len(blob), "md5sum": hashlib.md5(blob).hexdigest()})
+    assert index["shardlist"] == want
+    manifest = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [m["index"] for m in manifest] == [0, 2, 3] and manifest[1]["sha256"] == hashlib.sha256(
+        (out / "2.tar").read_bytes()).hexdigest()
+
+    # --index mode: the task's own status (3 permanent, 0 complete)
+    one = tarmap(*inputs, "-o", f"{out}/{{index}}.tar", "-c", PIPELINE, "--index", "1")
+    assert one.returncode == 3, one.stderr
+    env = tool_env()
+    env["JOB_COMPLETION_INDEX"] = "2"
+    two = run(["tarmap", *map(str, inputs), "-o", f"{out}/{{index}}.tar", "-c", PIPELINE, "--index", "env", "-v"], env=env)
+    assert two.returncode == 0 and b"task 2: skipped" in two.stderr
+
+
+def test_wids_opens_the_shard_index(shards, tmp_path):
+    pytest.importorskip("torch", reason="wids imports torch, too heavy for the suite; not installed here")
+    wids = pytest.importorskip("wids")
+    out = tmp_path / "out"
+    index_file = tmp_path / "train.json"
+    assert tarmap(*shards[:3], "-o", f"{out}/{{index}}.tar", "-c", PIPELINE, "--shard-index", index_file).returncode == 0
+    dataset = wids.ShardListDataset(str(index_file))
+    assert len(dataset) == 15
+
+
+def test_output_not_a_complete_tar_is_retried_and_never_published(shards, tmp_path):
+    out = tmp_path / "out"
+    result = tarmap(shards[0], "-o", f"{out}/x.tar", "-c", "head -c 3000", "--retries", "1", "--backoff", "0")
+    assert result.returncode == 1
+    text = result.stderr.decode()
+    assert "not a complete tar stream" in text and text.count("retrying") == 1
+    assert list(out.iterdir()) == [] if out.exists() else True
+
+
+def test_timeout_kills_the_pipeline_group(shards, tmp_path):
+    out = tmp_path / "out"
+    started = time.monotonic()
+    result = tarmap(shards[0], "-o", f"{out}/x.tar", "-c", "sleep 30 | cat", "--timeout", "0.5", "--retries", "0")
+    assert result.returncode == 1
+    assert time.monotonic() - started < 20
+    assert b"timed out after 0.5 s" in result.stderr
+    assert subprocess.run(["pgrep", "-f", "^sleep 30$"], capture_output=True).stdout == b""
+
+
+def test_halt_after_and_max_errors(shards, tmp_path):
+    out = tmp_path / "out"
+    result = tarmap(*shards, "-o", f"{out}/{{index}}.tar", "-c", "exit 1", "-j", "1", "--retries", "0")
+    assert result.returncode == 1
+    text = result.stderr.decode()
+    assert text.count("failed: pipeline exited with status 1") == 3
+    assert "stopped: the first 3 tasks to finish all failed (--halt-after); 17 tasks not run" in text
+    # --max-errors 1: the second failure stops the run; successes before it do not halt it
+    pipe = f'if [ "$TARMAP_INDEX" -ge 2 ]; then exit 1; fi; {PIPELINE}'
+    result = tarmap(*shards, "-o", f"{out}/{{index}}.tar", "-c", pipe, "-j", "1", "--retries", "0", "--max-errors", "1")
+    assert result.returncode == 1
+    assert "more than 1 tasks failed (--max-errors); 16 tasks not run" in result.stderr.decode()
+    assert sorted(p.name for p in out.glob("*.tar")) == ["0.tar", "1.tar"]
+    # --halt-after 0 never stops
+    result = tarmap(*shards[:5], "-o", f"{out}/h{{index}}.tar", "-c", "exit 1", "-j", "2", "--retries", "0",
+                    "--halt-after", "0")
+    assert b"5 of 5 tasks failed" in result.stderr
+
+
+def test_usage_errors(shards, tmp_path):
+    for args, message in [
+        ([shards[0], shards[1], "-o", f"{tmp_path}/same.tar", "-c", "cat"], "maps tasks 0 and 1 to the same output"),
+        ([shards[0], "-o", f"{tmp_path}/{{name}}.tar", "-c", "cat"], "unknown field {name}"),
+        ([shards[0], "-o", f"{tmp_path}/x.tar"], "missing -c PIPELINE"),
+        ([shards[0], "-o", f"{tmp_path}/x.tar", "-c", "cat", "--index", "5"], "--index 5: there are 1 tasks"),
+        ([shards[0], "-o", f"{tmp_path}/x.tar", "-c", "cat", "--index", "env"], "neither JOB_COMPLETION_INDEX"),
+        ([shards[0], "-o", f"{tmp_path}/x.tar", "-c", "cat", "--dask", "local:1", "--index", "0"], "cannot be combined"),
+        ([shards[0], "-o", f"{tmp_path}/x.tar", "-c", "cat", "--image", "x"], "go with --k8s-job"),
+    ]:
+        env = tool_env()
+        env.pop("JOB_COMPLETION_INDEX", None)
+        env.pop("SLURM_ARRAY_TASK_ID", None)
+        result = run(["tarmap", *map(str, args)], env=env)
+        assert result.returncode == 2, (args, result.stderr)
+        lines = result.stderr.decode().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("tarmap: error: ") and message in lines[0], lines
+    assert not (tmp_path / "same.tar").exists()
+
+
+def test_files_from_and_summary(shards, tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"{p}\n" for p in shards[:3]) + "# comment\n\n")
+    out = tmp_path / "out"
+    assert tarmap("-T", listing, "-o", f"{out}/{{stem}}.tar", "-c", "cat", "--records", tmp_path / "rec").returncode == 0
+    assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == [f"task-{i:06d}.json" for i in range(3)]
+    assert not list(out.glob("*.json"))
+    # INPUTs come first, then the lists of -T: the records of -T's three are under other indexes now
+    summary = tarmap(shards[5], "-T", listing, "-o", f"{out}/{{stem}}.tar", "-c", "cat", "--summary")
+    assert summary.returncode == 1
+    assert summary.stdout.decode().splitlines() == [f"0\tmissing\t-\t-\t{out}/part-0005.tar"] + [
+        f"{i + 1}\tmissing\t-\t-\t{out}/part-{i:04d}.tar" for i in range(3)]
+    extra = tmp_path / "extra.txt"
+    extra.write_text(f"{shards[5]}\n")
+    summary = tarmap("-T", listing, "-T", extra, "-o", f"{out}/{{stem}}.tar", "-c", "cat", "--records", tmp_path / "rec",
+                     "--summary")
+    assert summary.returncode == 1
+    lines = summary.stdout.decode().splitlines()
+    assert lines[0] == f"0\tcomplete\t5\t{shards[0].stat().st_size}\t{out}/part-0000.tar"
+    assert lines[3] == f"3\tmissing\t-\t-\t{out}/part-0005.tar"
+    assert b"3 of 4 tasks complete, 15 samples" in summary.stderr
+
+
+def test_library_run_task_and_stale_attempts(shards, tmp_path):
+    """The library API the other tools build on: a task, a retry policy, a result."""
+    output = tmp_path / "o" / "a.tar"
+    output.parent.mkdir()
+    # an attempt file left by a process of this host that is gone (kill -9)
+    dead = subprocess.run(["bash", "-c", "echo $$"], capture_output=True, text=True).stdout.strip()
+    import socket
+
+    stale = output.parent / f"a.tar.partial.{socket.gethostname().replace('.', '_')}.{dead}.0000"
+    stale.write_bytes(b"half")
+    task = tasks.make_tasks([str(shards[0])], str(output), "cat")[0]
+    options = tasks.TaskOptions(policy=tasks.RetryPolicy(retries=0), quiet=True)
+    result = tasks.run_task(task, options)
+    assert result.status == "complete" and result.exit_status == 0 and result.attempts == 1
+    assert output.read_bytes() == shards[0].read_bytes()
+    assert not stale.exists()
+    assert records.check_record(task, {"size": 1, "mtime": 0}) is None  # another input content
+    assert tasks.run_task(task, options).status == "skipped"
+    output.write_bytes(b"x")  # the output changed behind our back: not complete
+    assert tasks.is_complete(task, options) is None
+    bad = tasks.run_task(tasks.Task(0, str(shards[0]), str(tmp_path / "b.tar"), "exit 3", str(tmp_path / "b.json")),
+                         options)
+    assert bad.status == "failed" and bad.permanent and bad.exit_status == 3
