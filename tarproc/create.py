@@ -13,6 +13,7 @@ read back with another key.
 
 from __future__ import annotations
 
+import csv
 import errno
 import fnmatch
 import os
@@ -179,6 +180,80 @@ def line_samples(
         yield _sample(key, record)
 
 
+# ------------------------------------------------- text inputs of tarproc --mode
+
+TEXT_MODES = ("lines", "pages", "keys")
+
+
+def text_samples(
+    stream: BinaryIO, mode: str, source: str = "-", keys: KeyNumbers | None = None
+) -> Iterator[Sample]:
+    """Samples from a text stream, as the original tarproc's ``--mode`` read
+    its input:
+
+    - ``lines``: each line (without its newline) is a sample with a ``txt``
+      field; empty lines are skipped; keys are numbered (``keys``)
+    - ``pages``: each form-feed separated page (``\\f``; a newline right after
+      it is dropped) is a sample with a ``txt`` field; empty pages are skipped
+    - ``keys``: each non-empty line, stripped, is the key of a sample with no
+      fields (a command fetches its data by key)
+
+    ``"__source__"`` is ``source``.
+
+    :raises UsageError: an unknown mode
+    :raises SampleError: a line of ``keys`` mode that is not a valid key
+    """
+    if mode not in TEXT_MODES:
+        raise UsageError(f"unknown mode {mode!r} (use tar, lines, pages or keys)")
+    keys = keys or KeyNumbers()
+    if mode == "keys":
+        unique = UniqueKeys()
+        for lineno, line in _lines(stream):
+            line = line.strip()
+            if not line:
+                continue
+            key = _decode(line)
+            where = f"{source}:{lineno}"
+            check_key(key, where)
+            unique.check(key, where)
+            yield {"__key__": key, "__source__": source}
+        return
+    if mode == "lines":
+        for _, line in _lines(stream):
+            if line:
+                yield {"__key__": keys(), "__source__": source, "txt": line}
+        return
+    page: list[bytes] = []
+    for raw in stream:
+        while b"\f" in raw:
+            before, raw = raw.split(b"\f", 1)
+            page.append(before)
+            text = b"".join(page)
+            if text:
+                yield {"__key__": keys(), "__source__": source, "txt": text}
+            page = []
+            raw = raw.removeprefix(b"\n")
+        page.append(raw)
+    text = b"".join(page)
+    if text:
+        yield {"__key__": keys(), "__source__": source, "txt": text}
+
+
+def iter_text_samples(specs: Iterable[str], mode: str) -> Iterator[Sample]:
+    """:func:`text_samples` of several inputs (opened with
+    :func:`tarproc.sources.open_source`: files, ``-``, ``pipe:CMD``, URLs,
+    compressed or not), keys numbered across them.
+
+    :raises TarprocError: see :func:`text_samples` and ``open_source``
+    """
+    from .sources import open_source
+
+    keys = KeyNumbers()
+    for spec in specs:
+        with open_source(spec) as stream:
+            yield from text_samples(stream, mode, spec, keys)
+
+
 # ---------------------------------------------------------------- tsv2tar
 
 
@@ -188,9 +263,12 @@ def tsv_samples(
     keyformat: str = DEFAULT_KEYFORMAT,
     start: int = 0,
     source: str = "-",
+    delimiter: str = "\t",
 ) -> Iterator[Sample]:
     """Samples from a TSV plan: a header row of field names, then one row
-    per sample (columns separated by one tab, no quoting).
+    per sample (columns separated by one tab, no quoting; with another
+    ``delimiter``, e.g. ``","`` for a CSV plan, rows are read by Python's
+    :mod:`csv` module, RFC 4180 quoting included).
 
     - a column ``NAME`` holds the text of field ``NAME`` (UTF-8 bytes as given)
     - a column ``@NAME`` holds a file path whose content is field ``NAME``;
@@ -204,11 +282,12 @@ def tsv_samples(
         wrong number of columns, a file that cannot be read
     :raises SampleError: an invalid or repeated key, a row with no fields
     """
-    lines = _lines(stream)
+    lines = _rows(stream, delimiter, source)
     header = None
-    for _, line in lines:
-        if line:
-            header = _decode(line.removeprefix(b"\xef\xbb\xbf")).split("\t")  # a UTF-8 BOM (spreadsheet export)
+    for _, cells in lines:
+        if cells:
+            cells[0] = cells[0].removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM (spreadsheet export)
+            header = [_decode(cell) for cell in cells]
             break
     if header is None:
         raise SourceError(f"{source}: empty plan (expected a header row of field names)")
@@ -233,11 +312,10 @@ def tsv_samples(
         raise SourceError(f"{source}: header has no field columns")
     keys = KeyNumbers(keyformat, start)
     unique = UniqueKeys()
-    for lineno, line in lines:
-        if not line:
+    for lineno, cells in lines:
+        if not cells:
             continue
         where = f"{source}:{lineno}"
-        cells = line.split(b"\t")
         if len(cells) != len(columns):
             raise SourceError(f"{where}: expected {len(columns)} columns, got {len(cells)}")
         key = None
@@ -263,6 +341,20 @@ def tsv_samples(
         if not values:
             raise SampleError(f"{where}: sample {key!r} has no fields (every cell is empty)")
         yield _sample(key, values)
+
+
+def _rows(stream: BinaryIO, delimiter: str, source: str) -> Iterator[tuple[int, list[bytes]]]:
+    """(line number, cells) of a plan; an empty line has no cells."""
+    if delimiter == "\t":
+        for lineno, line in _lines(stream):
+            yield lineno, line.split(b"\t") if line else []
+        return
+    reader = csv.reader((line.decode("utf-8", "surrogateescape") for line in stream), delimiter=delimiter)
+    try:
+        for row in reader:
+            yield reader.line_num, [cell.encode("utf-8", "surrogateescape") for cell in row]
+    except csv.Error as exc:
+        raise SourceError(f"{source}:{reader.line_num}: {exc}") from None
 
 
 # ---------------------------------------------------------------- dir2tar

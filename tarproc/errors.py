@@ -84,6 +84,21 @@ class MissingFieldError(SampleError):
     topic = "missing_field"
 
 
+class DuplicateKeyError(SampleError):
+    """A key already written from another input (or earlier in the run)
+    comes back: shards made independently repeat keys. ``key``, ``first``
+    (the input it was written from) and ``again`` (the input it came back
+    in) are attributes, so a CLI can add the remedy it offers."""
+
+    topic = "duplicate_key"
+
+    def __init__(self, message: str, key: str = "", first: str = "", again: str = ""):
+        super().__init__(message)
+        self.key = key
+        self.first = first
+        self.again = again
+
+
 class SourceError(TarprocError):
     """An input could not be opened or a ``pipe:`` command failed."""
 

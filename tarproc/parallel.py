@@ -42,7 +42,7 @@ def _context():
         return multiprocess.get_context()
 
 
-def _worker(specs: Sequence[str], out, strict: bool, chunk_bytes: int, chunk_samples: int) -> None:
+def _worker(specs: Sequence[str], out, strict: bool, chunk_bytes: int, chunk_samples: int, lowercase: bool = False) -> None:
     """Read ``specs`` one after another and put ``(kind, payload)`` messages
     on ``out``: ``("s", [samples])``, ``("w", message)``, ``("end", spec)``
     after a shard, ``("error", (class name, message))`` after a failed shard,
@@ -54,12 +54,15 @@ def _worker(specs: Sequence[str], out, strict: bool, chunk_bytes: int, chunk_sam
     def warn(message: str) -> None:
         out.put(("w", message))
 
+    def note(kind: str, count: int, example: str) -> None:
+        out.put(("n", (kind, count, example)))
+
     try:
         for spec in specs:
             chunk: list[Sample] = []
             size = 0
             try:
-                for sample in iter_source_samples(spec, warn, strict):
+                for sample in iter_source_samples(spec, warn, strict, lowercase=lowercase, note=note):
                     chunk.append(sample)
                     for value in sample.values():
                         size += len(value)
@@ -102,6 +105,8 @@ class ParallelReader:
         many bytes of field data...
     :param chunk_samples: ...or this many samples, whichever comes first
     :param queue_chunks: chunks a worker may have in flight
+    :param lowercase: lowercase field names (see :func:`tarproc.samples.group_samples`)
+    :param note: called in the parent with forwarded notes (meta members read)
     :raises UsageError: ``-`` among the inputs (stdin cannot be shared)
     """
 
@@ -114,18 +119,22 @@ class ParallelReader:
         chunk_bytes: int = 1 << 22,
         chunk_samples: int = 256,
         queue_chunks: int = 8,
+        *,
+        lowercase: bool = False,
+        note=None,
     ):
         if "-" in specs:
             raise UsageError("stdin ('-') cannot be read by parallel workers: use -p 1")
         self.specs = list(specs)
         self.processes = max(1, min(processes, len(self.specs)))
         self.warn = warn
+        self.note = note
         ctx = _context()
         self._queues = [ctx.Queue(queue_chunks) for _ in range(self.processes)]
         self._procs = [
             ctx.Process(
                 target=_worker,
-                args=(self.specs[w :: self.processes], self._queues[w], strict, chunk_bytes, chunk_samples),
+                args=(self.specs[w :: self.processes], self._queues[w], strict, chunk_bytes, chunk_samples, lowercase),
                 daemon=True,
                 name=f"tarproc-reader-{w}",
             )
@@ -165,6 +174,9 @@ class ParallelReader:
             elif kind == "w":
                 if warn is not None:
                     warn(payload)
+            elif kind == "n":
+                if self.note is not None:
+                    self.note(*payload)
             elif kind == "end":
                 return
             elif kind == "error":
@@ -220,7 +232,9 @@ def parallel_samples(
     """
     if processes <= 1 or len(specs) <= 1:
         for spec in specs:
-            yield from iter_source_samples(spec, warn, strict)
+            yield from iter_source_samples(
+                spec, warn, strict, lowercase=options.get("lowercase", False), note=options.get("note")
+            )
         return
     reader = ParallelReader(specs, processes, warn, strict, **options)
     yield from reader.samples()

@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterable
 from . import procs
 from .compress import TAR_SUFFIX, compression_for_name, output_compression, split_tar_suffix
 from .errors import OutputError, UsageError, Warn
-from .samples import Sample, sample_members
-from .sinks import TarSink
+from .samples import KeyLedger, Sample, duplicate_message, sample_members
+from .sinks import TarSink, pipe_spelling
 from .tario import BLOCK, member_header
 
 
@@ -52,7 +52,7 @@ class ShardPattern:
 
     * printf style: ``out-%06d.tar`` (``%%`` is a literal ``%``);
     * format style: ``out-{shard:06d}.tar`` (``{shard}`` alone is ``%d``);
-    * ``pipe:CMD``: each shard is streamed into ``bash -c CMD``, with the
+    * ``pipe:CMD`` (or ``|CMD``, the original tarproc's spelling): each shard is streamed into ``bash -c CMD``, with the
       same placeholders substituted in ``CMD`` (``pipe:gsutil cp - gs://b/out-%06d.tar``);
     * a plain prefix: ``out`` -> ``out-000000.tar``; a tar suffix of the prefix
       is kept at the end (``out.tgz`` -> ``out-000000.tgz``), and with
@@ -67,6 +67,7 @@ class ShardPattern:
     """
 
     def __init__(self, pattern: str, compression: str | None = None):
+        pattern = pipe_spelling(pattern)
         if not pattern or pattern == "-":
             raise UsageError("the shard pattern must be a file pattern or pipe:CMD, not stdout")
         self.pattern = pattern
@@ -183,18 +184,47 @@ def file_sha256(path: str, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-_POST_FIELDS = re.compile(r"\{(shard|basename|index)\}")
+_POST_FIELDS = re.compile(r"\{(shard|basename|index|abspath|dirname|base|ext)\}")
+#: what looks like a placeholder in a post command (not ``${VAR}``)
+_POST_LIKE = re.compile(r"(?<![$\\{])\{([A-Za-z_][A-Za-z0-9_]*)\}")
+POST_FIELDS = ("shard", "basename", "index", "abspath", "dirname", "base", "ext")
+
+
+def check_post_command(template: str) -> None:
+    """Refuse an unknown ``{placeholder}`` in a post command (``${VAR}`` is
+    the shell's and passes).
+
+    :raises UsageError:
+    """
+    for match in _POST_LIKE.finditer(template):
+        if match.group(1) not in POST_FIELDS:
+            known = ", ".join("{%s}" % f for f in POST_FIELDS)
+            raise UsageError(f"unknown placeholder {match.group(0)} in the post command {template!r} (known: {known})")
 
 
 def post_command(template: str, info: ShardInfo) -> str:
     """Substitute a finished shard into a post command.
 
-    ``{shard}`` is the shard's path, ``{basename}`` its file name and
-    ``{index}`` its number; when none of these appear, every printf-style
-    ``%s`` is replaced by the path. Substituted values are shell-quoted
-    (:func:`shlex.quote`), so names with spaces or quotes are safe.
+    ``{shard}`` is the shard's path, ``{basename}`` its file name,
+    ``{index}`` its number; as the original tarproc's ``tarsplit -C`` also
+    ``{abspath}`` (the absolute path), ``{dirname}`` (the directory holding
+    it, ``.`` when none; the original gave the basename here), ``{base}`` and
+    ``{ext}`` (the basename split at its last dot, :func:`os.path.splitext`:
+    ``out-000001`` and ``.tar``). When none of these appear, every
+    printf-style ``%s`` is replaced by the path. Substituted values are
+    shell-quoted (:func:`shlex.quote`), so names with spaces or quotes are safe.
     """
-    values = {"shard": info.name, "basename": os.path.basename(info.name), "index": str(info.index)}
+    basename = os.path.basename(info.name)
+    base, ext = os.path.splitext(basename)
+    values = {
+        "shard": info.name,
+        "basename": basename,
+        "index": str(info.index),
+        "abspath": os.path.abspath(info.name),
+        "dirname": os.path.dirname(info.name) or ".",
+        "base": base,
+        "ext": ext,
+    }
     if _POST_FIELDS.search(template):
         return _POST_FIELDS.sub(lambda m: shlex.quote(values[m.group(1)]), template)
     return template.replace("%s", shlex.quote(info.name))
@@ -235,7 +265,10 @@ class ShardWriter:
     :param manifest: a text stream that gets one JSON line per finished
         shard (:meth:`ShardInfo.manifest`), in shard order
     :param checksum: compute ``sha256`` for every shard (implied by ``manifest``)
-    :param warn: called with a message for every oversized sample
+    :param warn: called with a message for every oversized sample, and
+        once for the first key that comes back (from another input): the
+        shard is then finished before it, so that every shard stays grouped
+        (exact for :data:`tarproc.samples.MAX_SEEN_KEYS` keys per shard)
     :param on_shard: called with the :class:`ShardInfo` of every finished shard
     :param on_post_error: called with the shard and a message when a post
         command fails; the failure is also kept in :attr:`failures`
@@ -266,6 +299,8 @@ class ShardWriter:
             raise UsageError("maxsize must be positive")
         if post_parallel < 1:
             raise UsageError("post_parallel must be at least 1")
+        if post is not None:
+            check_post_command(post)
         self.pattern = pattern if isinstance(pattern, ShardPattern) else ShardPattern(pattern, compression)
         self.maxcount = maxcount
         self.maxsize = maxsize
@@ -289,6 +324,9 @@ class ShardWriter:
         #: key of the first sample refused because ``maxshards`` was reached
         self.refused: str | None = None
         self.samples = 0
+        #: samples whose key was already in their shard (each started a new shard)
+        self.repeated = 0
+        self._keys = KeyLedger()
         self._sink: TarSink | None = None
         self._hasher: _HashingStream | None = None
         self._running: list[tuple[ShardInfo, subprocess.Popen]] = []
@@ -307,12 +345,27 @@ class ShardWriter:
         if sink is not None and self.maxsize is not None and sink.writer.bytes_written + size + END_MARKER > self.maxsize:
             self._finish()
             sink = None
+        key = sample["__key__"]
+        source = str(sample.get("__source__", "-"))
+        if sink is not None:
+            first = self._keys.first_source(key)
+            if first is not None:
+                # in the same shard it would make it ungrouped (or repeat fields)
+                self.repeated += 1
+                if self.repeated == 1 and self.warn is not None:
+                    self.warn(
+                        f"{duplicate_message(key, first, source)}: shard {sink.target} is finished before it,"
+                        " so every shard stays grouped (further repeated keys are not reported)"
+                    )
+                self._finish()
+                sink = None
         if sink is None:
             if self.maxshards is not None and len(self.shards) >= self.maxshards:
                 self.full = True
                 self.refused = sample["__key__"]
                 return False
             sink = self._open()
+        self._keys.add(key, source)
         if self.maxsize is not None and size + END_MARKER > self.maxsize and self.warn is not None:
             self.warn(
                 f"sample {sample['__key__']!r} takes {size + END_MARKER} bytes, more than the shard size"
@@ -341,6 +394,7 @@ class ShardWriter:
         if compression is None:
             compression = "none" if self.pattern.is_pipe else compression_for_name(name)
         sink = TarSink(name, compression, self.mtime)
+        self._keys = KeyLedger()
         self._hasher = None
         if self.checksum and self.pattern.is_pipe:
             # there is no file to read back: hash the stream as it is written

@@ -37,7 +37,7 @@ class TarSink:
     SIGKILL or the OOM killer can leave one, and the next run replaces it)
     and stdout gets no end-of-archive marker.
 
-    :param target: ``-`` for stdout, ``pipe:CMD`` or a file name
+    :param target: ``-`` for stdout, ``pipe:CMD`` (or ``|CMD``) or a file name
     :param compression: ``none``/``gzip``/``bzip2``/``xz``/``zstd``, or None
         to follow the file name
     :param mtime: modification time of every member, seconds
@@ -49,6 +49,7 @@ class TarSink:
     """
 
     def __init__(self, target: str, compression: str | None = None, mtime: int = 0, mode: int = 0o444):
+        target = pipe_spelling(target)
         self.target = target
         self.path: str | None = None
         self._proc: subprocess.Popen | None = None
@@ -191,6 +192,12 @@ class TarSink:
             self.close()
         else:
             self.abort()
+
+
+def pipe_spelling(target: str) -> str:
+    """``|CMD`` (the spelling of the original tarproc and webdataset's
+    writers) as ``pipe:CMD``; any other target unchanged."""
+    return "pipe:" + target[1:].lstrip() if target.startswith("|") else target
 
 
 def open_sink(target: str, compression: str | None = None, mtime: int = 0, mode: int = 0o444) -> TarSink:

@@ -117,7 +117,7 @@ def estimate_size(sample: Sample) -> int:
     """Estimated memory held by a buffered sample, in bytes."""
     total = SAMPLE_OVERHEAD
     for value in sample.values():
-        total += FIELD_OVERHEAD + len(value)
+        total += FIELD_OVERHEAD + (len(value) if isinstance(value, (bytes, str)) else 8)
     return total
 
 
@@ -253,6 +253,77 @@ class ExternalSorter:
         if self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
+
+
+def merge_fragments(samples: Iterable[Sample]) -> Iterator[Sample]:
+    """Merge adjacent samples with the same key into one (the fragments of
+    an ungrouped shard once sorted by key, see :func:`group_by_key`).
+
+    :raises SampleError: two fragments of a key hold the same field; the
+        message names the key, the field and the inputs of both
+    """
+    current: Sample | None = None
+    for sample in samples:
+        if current is not None and sample["__key__"] == current["__key__"]:
+            for name, value in sample.items():
+                if name.startswith("__"):
+                    continue
+                if name in current:
+                    key = current["__key__"]
+                    first = current.get("__source__", "-")
+                    again = sample.get("__source__", "-")
+                    where = f"twice in {first}" if first == again else f"in both {first} and {again}"
+                    raise SampleError(
+                        f"key {key!r} has field {name!r} {where}: two samples share the key, so grouping"
+                        " members by key cannot repair it (make keys unique instead: tarcats --rekey '{shard}/{key}')"
+                    )
+                current[name] = value
+            continue
+        if current is not None:
+            yield current
+        current = sample
+    if current is not None:
+        yield current
+
+
+#: meta entry holding a sample's input position while an ungrouped stream is regrouped
+ORDER = "__order__"
+
+
+def group_by_key(
+    samples: Iterable[Sample], buffer_size: int = DEFAULT_BUFFER, tmpdir: str | None = None
+) -> Iterator[Sample]:
+    """Group the members of every key into one sample, in key order: the
+    repair of an ungrouped stream (read with ``regroup=True``, see
+    :func:`tarproc.samples.group_samples`). Memory as :class:`ExternalSorter`.
+
+    :raises SampleError: see :func:`merge_fragments`
+    """
+    return merge_fragments(ExternalSorter(sort_key_function(), buffer_size=buffer_size, tmpdir=tmpdir).sort(samples))
+
+
+def regroup_and_sort(
+    samples: Iterable[Sample], sorter: ExternalSorter, buffer_size: int = DEFAULT_BUFFER, tmpdir: str | None = None
+) -> Iterator[Sample]:
+    """Group an ungrouped stream by key (:func:`group_by_key`), then sort it
+    with ``sorter`` keeping the sort stable with respect to the *input*
+    order: samples with equal sort keys come out in the order of their first
+    member. Two passes over the spilled runs.
+
+    :raises SampleError: see :func:`merge_fragments` and the sort key function
+    """
+    keyfunc = sorter.keyfunc
+    sign = -1 if sorter.reverse else 1
+
+    def numbered() -> Iterator[Sample]:
+        for index, sample in enumerate(samples):
+            sample[ORDER] = index
+            yield sample
+
+    sorter.keyfunc = lambda sample: (keyfunc(sample), sign * sample[ORDER])
+    for sample in sorter.sort(group_by_key(numbered(), buffer_size, tmpdir)):
+        del sample[ORDER]
+        yield sample
 
 
 def sort_samples(

@@ -1,9 +1,10 @@
 """Open inputs and iterate their samples.
 
 An input is ``-`` (stdin), a file path, ``pipe:CMD`` (the command's stdout,
-its exit status checked when its output has been read), a URL that fsspec
-can open (``http(s)://``, ``s3://``, ``gs://``; extra ``tarproc[cloud]``), or
-a brace pattern that expands to several of those
+its exit status checked when its output has been read), an ``http(s)://`` URL
+(streamed with one GET, no range requests, so a plain ``python -m
+http.server`` serves shards; see :class:`HTTPStream`), a URL that fsspec can
+open (``s3://``, ``gs://``; extra ``tarproc[cloud]``), or a brace pattern that expands to several of those
 (``imagenet_train-{0000..0147}.tgz``, via braceexpand). Compression is
 detected from magic bytes (:mod:`tarproc.compress`).
 """
@@ -11,12 +12,16 @@ detected from magic bytes (:mod:`tarproc.compress`).
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import re
 import signal
 import stat
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from typing import BinaryIO
 from collections.abc import Callable, Iterable, Iterator
 
@@ -25,7 +30,7 @@ import braceexpand
 from . import procs
 from .compress import decompressing_reader
 from .errors import SourceError, TarprocError, Warn
-from .samples import Sample, group_samples
+from .samples import Note, Sample, group_samples
 from .tario import iter_members
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -163,6 +168,99 @@ def _counted(raw, on_read):
     return raw if on_read is None else _Counting(raw, on_read)
 
 
+#: connection attempts after the first for an http(s) input, before any byte was passed on
+HTTP_RETRIES = 3
+#: seconds before the first retry; doubled for each further one
+HTTP_RETRY_DELAY = 0.5
+#: seconds without data before a connection counts as failed
+HTTP_TIMEOUT = 60.0
+
+
+class HTTPStream:
+    """An ``http(s)://`` input read with one GET (RFC 9110), sequentially:
+    no range requests, so any server works (``python -m http.server``).
+
+    Connection errors (refused, reset, timeout, a 5xx status, or a body cut
+    short) are retried up to ``retries`` times, with ``delay`` doubling,
+    as long as no byte was passed on to the reader; after that a cut is a
+    :class:`SourceError` naming the number of bytes read, since the reader
+    has consumed a prefix that a new GET could not resume without a range
+    request.
+
+    :param url: the URL
+    :param retries: attempts after the first
+    :param delay: seconds before the first retry
+    :param timeout: seconds without data before a read fails
+    :raises SourceError: the URL cannot be fetched (4xx, or still failing
+        after the retries), or the connection fails after data was passed on
+    """
+
+    def __init__(
+        self, url: str, retries: int = HTTP_RETRIES, delay: float = HTTP_RETRY_DELAY, timeout: float = HTTP_TIMEOUT
+    ):
+        self.url = url
+        self.retries = retries
+        self.delay = delay
+        self.timeout = timeout
+        self.passed = 0  # bytes passed on to the reader
+        self.attempts = 0
+        self.response = None
+        self._connect()
+
+    def _retry(self, why: str) -> None:
+        """Sleep before another attempt, or raise when none is left."""
+        if self.attempts > self.retries:
+            raise SourceError(f"{self.url}: {why} (after {self.attempts} attempts)")
+        time.sleep(self.delay * (1 << (self.attempts - 1)))
+
+    def _connect(self) -> None:
+        from . import __version__
+
+        request = urllib.request.Request(
+            self.url, headers={"User-Agent": f"tarproc/{__version__}", "Accept-Encoding": "identity"}
+        )
+        while True:
+            self.attempts += 1
+            try:
+                self.response = urllib.request.urlopen(request, timeout=self.timeout)
+                return
+            except urllib.error.HTTPError as exc:
+                exc.close()
+                if exc.code < 500:
+                    raise SourceError(f"{self.url}: cannot open: HTTP {exc.code} {exc.reason}") from None
+                self._retry(f"HTTP {exc.code} {exc.reason}")
+            except urllib.error.URLError as exc:
+                self._retry(f"cannot connect: {exc.reason}")
+            except (OSError, http.client.HTTPException) as exc:
+                self._retry(f"cannot connect: {exc}")
+
+    def read(self, n: int = -1) -> bytes:
+        while True:
+            try:
+                data = self.response.read(n) if n is not None and n >= 0 else self.response.read()
+            except (OSError, http.client.HTTPException) as exc:
+                why = f"connection failed after {self.passed} bytes: {exc or type(exc).__name__}"
+                if self.passed:
+                    raise SourceError(f"{self.url}: {why}") from None
+                self.close()
+                self._retry(why)
+                self._connect()
+                continue
+            self.passed += len(data)
+            return data
+
+    def close(self) -> None:
+        if self.response is not None:
+            self.response.close()
+            self.response = None
+
+    def __enter__(self) -> HTTPStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 @contextlib.contextmanager
 def open_source(spec: str, on_read: Callable[[int], None] | None = None) -> Iterator[BinaryIO]:
     """Open one (already expanded) input as a decompressed binary stream.
@@ -171,7 +269,8 @@ def open_source(spec: str, on_read: Callable[[int], None] | None = None) -> Iter
     :param on_read: called with the number of bytes of each read of the
         input as stored (before decompression), for progress
     :raises SourceError: the input cannot be opened, or a ``pipe:`` command
-        exits non-zero after its output was read completely
+        exits non-zero after its output was read completely, or an
+        ``http(s)://`` connection fails (see :class:`HTTPStream`)
     """
     if spec == "-":
         yield decompressing_reader(_counted(sys.stdin.buffer, on_read), "-")
@@ -190,6 +289,10 @@ def open_source(spec: str, on_read: Callable[[int], None] | None = None) -> Iter
             raise
         finally:
             pipe.close(complete)
+        return
+    if spec.startswith(("http://", "https://")):
+        with HTTPStream(spec) as handle:
+            yield decompressing_reader(_counted(handle, on_read), spec)
         return
     if input_kind(spec) == "url":
         try:
@@ -212,30 +315,55 @@ def open_source(spec: str, on_read: Callable[[int], None] | None = None) -> Iter
         yield decompressing_reader(_counted(handle, on_read), spec)
 
 
-def iter_source_samples(spec: str, warn: Warn | None = None, strict: bool = False,
-                        on_read: Callable[[int], None] | None = None) -> Iterator[Sample]:
+def iter_source_samples(
+    spec: str,
+    warn: Warn | None = None,
+    strict: bool = False,
+    on_read: Callable[[int], None] | None = None,
+    *,
+    lowercase: bool = False,
+    regroup: bool = False,
+    note: Note | None = None,
+) -> Iterator[Sample]:
     """Yield the samples of one input; ``"__source__"`` is ``spec``.
+
+    ``lowercase``, ``regroup`` and ``note`` are those of
+    :func:`tarproc.samples.group_samples`.
 
     :raises TarprocError: see :func:`open_source`, :class:`tarproc.tario.TarReader`
         and :func:`tarproc.samples.group_samples`
     """
     with open_source(spec, on_read) as stream:
-        yield from group_samples(iter_members(stream, spec, warn or _ignore), spec, warn, strict)
+        yield from group_samples(
+            iter_members(stream, spec, warn or _ignore), spec, warn, strict,
+            lowercase=lowercase, regroup=regroup, note=note,
+        )  # fmt: skip
 
 
-def iter_samples(inputs: Iterable[str], warn: Warn | None = None, strict: bool = False,
-                 on_read: Callable[[int], None] | None = None) -> Iterator[Sample]:
+def iter_samples(
+    inputs: Iterable[str],
+    warn: Warn | None = None,
+    strict: bool = False,
+    on_read: Callable[[int], None] | None = None,
+    *,
+    lowercase: bool = False,
+    regroup: bool = False,
+    note: Note | None = None,
+) -> Iterator[Sample]:
     """Yield the samples of several inputs one after another.
 
     Brace patterns are expanded (:func:`expand_inputs`); each input is opened
-    only when the previous one is finished.
+    only when the previous one is finished. A key that comes back inside one
+    input is an error (:func:`tarproc.samples.group_samples`); one repeated
+    across inputs is not checked here: a tool merging inputs into one output
+    checks it with :class:`tarproc.samples.KeyLedger`.
 
     >>> from tarproc import iter_samples
     >>> for sample in iter_samples(["shard-{000..009}.tar"]):   # doctest: +SKIP
     ...     print(sample["__key__"], sorted(sample))
     """
     for spec in expand_inputs(inputs):
-        yield from iter_source_samples(spec, warn, strict, on_read)
+        yield from iter_source_samples(spec, warn, strict, on_read, lowercase=lowercase, regroup=regroup, note=note)
 
 
 def _ignore(message: str) -> None:
@@ -254,6 +382,7 @@ def check_inputs_exist(specs: Iterable[str]) -> None:
 __all__ = [
     "expand_inputs",
     "open_source",
+    "HTTPStream",
     "iter_source_samples",
     "iter_samples",
     "check_inputs_exist",

@@ -194,6 +194,18 @@ def _garbage_after_end(source: str, offset: int) -> ArchiveError:
     return error
 
 
+def _cut_marker(source: str, offset: int) -> TruncatedError:
+    """The error for a stream cut inside its end-of-archive marker, after one
+    whole zero block: every member was read whole, so ``after_end_marker``
+    lets the grouping stage pass the last sample on before the error."""
+    error = TruncatedError(
+        f"{source}: stream is cut inside the end-of-archive marker: a lone zero block at offset {offset}"
+        " (the marker is two zero blocks)"
+    )
+    error.after_end_marker = True
+    return error
+
+
 class TarReader:
     """Iterate the regular-file members of an (uncompressed) tar stream.
 
@@ -246,12 +258,13 @@ class TarReader:
             self._read_exact(step, what, start)
             n -= step
 
-    def _header(self, after_end: bool = False) -> bytes | None:
+    def _header(self, after_end: bool = False, in_marker: bool = False) -> bytes | None:
         """The next 512-byte block, or None at a clean end of stream.
 
         The previous member's zero padding is read in the same call. After
         the end-of-archive marker (``after_end``) a short tail of zero bytes
-        is a clean end and any other short tail is garbage."""
+        is a clean end and any other short tail is garbage; after one zero
+        block (``in_marker``) a short tail of zeros is a cut marker."""
         pad = self._pad
         self._pad = 0
         want = pad + BLOCK
@@ -273,6 +286,15 @@ class TarReader:
         if len(block) < BLOCK:  # a short read on a pipe: gather the rest
             start = self.offset - len(block)
             if not after_end:
+                while in_marker and len(block) < BLOCK and block.count(0) == len(block):
+                    # the second block of the end-of-archive marker may be cut
+                    rest = self._read(BLOCK - len(block))
+                    if not rest:
+                        raise _cut_marker(self.source, start - BLOCK)
+                    block += rest
+                    self.offset += len(rest)
+                if len(block) == BLOCK:
+                    return block
                 return block + self._read_exact(BLOCK - len(block), "a header", start)
             while len(block) < BLOCK:
                 chunk = self._read(BLOCK - len(block))
@@ -293,7 +315,7 @@ class TarReader:
         pax: dict[str, str] = {}
         global_pax: dict[str, str] = {}
         while True:
-            header = self._header(zero_blocks >= 2)
+            header = self._header(zero_blocks >= 2, zero_blocks == 1)
             start = self.offset - BLOCK
             if header is None:
                 start = self.offset
@@ -306,10 +328,7 @@ class TarReader:
                         f"{self.source}: stream is cut after an extended header at offset {start}"
                     )
                 if zero_blocks == 1:
-                    raise TruncatedError(
-                        f"{self.source}: stream ends with a lone zero block at offset {start - BLOCK}"
-                        " (end-of-archive marker is two zero blocks)"
-                    )
+                    raise _cut_marker(self.source, start - BLOCK)
                 raise TruncatedError(
                     f"{self.source}: stream is cut at offset {start}: no end-of-archive marker"
                 )

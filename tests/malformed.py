@@ -184,9 +184,13 @@ def cases() -> list[Case]:
     add("cut-inside-padding", good[: h1 + BLOCK + 511], 3, r"cut inside data padding", KEYS[:1], TruncatedError)
     add("cut-at-member-boundary", body, 3, rf"cut at offset {len(body)}: no end-of-archive marker.*'s002'",
         before_last, TruncatedError)
-    add("cut-inside-end-marker", body + bytes(BLOCK + 188), 3, rf"cut inside a header at offset {len(body) + BLOCK + 188}\b",
-        before_last, TruncatedError)
-    add("lone-zero-block-at-end", body + bytes(BLOCK), 3, rf"lone zero block at offset {len(body)}\b",
+    # cut after one whole zero block of the marker: every member is whole, so the last sample is passed on
+    add("cut-inside-end-marker", body + bytes(BLOCK + 188), 3,
+        rf"cut inside the end-of-archive marker: a lone zero block at offset {len(body)}\b.*'s003'",
+        KEYS, TruncatedError)
+    add("lone-zero-block-at-end", body + bytes(BLOCK), 3, rf"lone zero block at offset {len(body)}\b.*'s003'",
+        KEYS, TruncatedError)
+    add("cut-inside-first-marker-block", body + bytes(188), 3, rf"cut inside a header at offset {len(body) + 188}\b.*'s002'",
         before_last, TruncatedError)
 
     # ------------------------------------------------------------- checksums

@@ -71,7 +71,7 @@ def test_lines2tar_errors():
     assert result.exit_code == 3 and "lines2tar: error: -:2: expected 2 values" in result.stderr
     result = runner.invoke(lines2tar_cli.app, ["-k", "__key__ txt"], input=b"a.b x\n")
     assert result.exit_code == 3 and "dot" in result.stderr
-    assert runner.invoke(lines2tar_cli.app, []).exit_code == 2  # -k is required
+    assert runner.invoke(lines2tar_cli.app, ["--keyformat"]).exit_code == 2
     assert runner.invoke(lines2tar_cli.app, ["-k", "a", "--keyformat", "{:z}"]).exit_code == 2
     assert runner.invoke(lines2tar_cli.app, ["-k", "a", "-s", ""]).exit_code == 2
 

@@ -39,7 +39,7 @@ def test_help_is_in_the_tools_own_words(tool):
     ("tarcats", ["--missing", "maybe"]),
     ("tarsplit", ["-s", "lots", "-n", "1"]),
     ("dir2tar", []),
-    ("lines2tar", []),
+    ("lines2tar", ["-s", ""]),
 ])
 def test_usage_errors_are_in_the_tools_own_words(tool, args):
     out = run([tool, *args], input=b"")

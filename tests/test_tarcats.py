@@ -123,12 +123,13 @@ def test_filelist_brace_and_pipe_inputs(small, tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text(f"{small[2]}\n# a comment\n\n{small[0]}\n")
     directory = Path(small[0]).parent
-    result = run(
-        ["tarcats", "-T", str(listing), str(directory / "{a,c}-0.tar"), f"pipe:cat {small[1]}", "-o", "-"],
-    )
+    args = ["tarcats", "-T", str(listing), str(directory / "{a,c}-0.tar"), f"pipe:cat {small[1]}", "-o", "-"]
+    repeated = run(args)  # c-0.tar and a-0.tar come twice: their keys repeat
+    assert repeated.returncode == 3 and b"an input given twice?" in repeated.stderr
+    result = run(args + ["--rekey", "{index:02d}-{key}"])
     assert result.returncode == 0, result.stderr
     # inputs come first, then the file list's entries
-    assert member_keys(result.stdout) == (
+    assert [k[3:] for k in member_keys(result.stdout)] == (
         ["a0", "a1", "a2", "a3", "c0", "c1", "c2", "c3", "c4", "b0", "b1", "b2"]
         + ["c0", "c1", "c2", "c3", "c4", "a0", "a1", "a2", "a3"]
     )

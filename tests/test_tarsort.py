@@ -97,13 +97,14 @@ def test_pipeline_shuffle_then_sort_gives_the_sorted_bytes(tmp_path):
     assert [s["__key__"] for s in iter_samples([str(b)])] == sorted(s[0] for s in samples_of(a.read_bytes()))
 
 
-def test_duplicate_keys_across_inputs_are_kept_and_reported(tmp_path):
+def test_a_key_repeated_across_inputs_is_an_error_naming_key_and_inputs(tmp_path):
+    # grouping by key cannot repair two samples that share a key and a field
     a = tmp_path / "a.tar"
     a.write_bytes(make_input(3, 10))
     result = runner.invoke(tarsort_cli.app, [str(a), str(a)])
-    assert result.exit_code == 1
-    assert "appears in several samples" in result.stderr
-    assert len(tar_members(result.stdout_bytes)) == 12  # every sample kept
+    assert result.exit_code == 3
+    assert f"key '000000' has field 'bin' in both {a} and {a}" in result.stderr or f"twice in {a}" in result.stderr
+    assert "--rekey" in result.stderr
 
 
 def test_usage_and_data_errors(tmp_path):

@@ -130,7 +130,7 @@ def test_cli_oversized_sample_warns_but_succeeds(imagenet_shard, tmp_path):
     "args,message",
     [
         (["-n", "5"], "missing -o"),
-        (["-o", "x-%d.tar"], "-n/--maxcount"),
+        (["-o", "x-%d.tar", "-C", "echo {nope}"], "unknown placeholder {nope}"),
         (["-s", "lots", "-o", "x-%d.tar"], "'lots' is not a size"),
         (["-n", "5", "-o", "-"], "not stdout"),
         (["-n", "0", "-o", "x-%d.tar"], "--maxcount"),

@@ -105,6 +105,17 @@ def _usage_name(param: TyperArgument):
     return lambda: shown
 
 
+#: help paragraph of the tools that merge several inputs into one output
+REPEATED_KEYS = """\
+A key written from one input that comes back from another (shards made
+independently, e.g. by two lines2tar runs) stops the run with an error naming
+both inputs (exit 3) before the output is completed: no sample is dropped.
+Exact for the first 1,000,000 keys (about 110 MB of memory with 30-character
+keys); beyond that only a repeat of the previous key is caught. Members
+named KEY.__FIELD (KEY.__source__, as the original tarproc writes) are read
+as the samples' meta entries and reported in one line."""
+
+
 def make_app(help: str, examples: str) -> typer.Typer:
     """A single-command typer app with plain (non-rich) help, ``-h``, shell
     completion (``--install-completion``, ``--show-completion``), and an
@@ -153,7 +164,7 @@ def _version_callback(ctx: click.Context, value: bool) -> None:
 Inputs = Annotated[
     Optional[list[str]],
     typer.Argument(
-        help="Input shards: files, '-' for stdin, 'pipe:CMD', URLs (with fsspec), brace patterns"
+        help="Input shards: files, '-' for stdin, 'pipe:CMD', http(s):// URLs (one GET), s3:// or gs:// (with fsspec), brace patterns"
         " like 'shard-{0000..0147}.tgz'. Compression is detected. [default: -]",
         show_default=False,
         metavar="INPUT",
@@ -173,6 +184,14 @@ Version = Annotated[
 Count = Annotated[Optional[int], typer.Option("--count", min=0, help="Stop after N samples.", metavar="N")]
 Skip = Annotated[int, typer.Option("--skip", min=0, help="Skip the first N samples.", metavar="N")]
 Strict = Annotated[bool, typer.Option("--strict", help="Members without a key are errors, not warnings.")]
+LowercaseFields = Annotated[
+    bool,
+    typer.Option(
+        "--lowercase-fields",
+        help="Lowercase field names as webdataset (group_by_keys(lcase=True)) and the original tarproc do:"
+        " img.JPG gives field jpg [default: case is kept].",
+    ),
+]
 Parallel = Annotated[int, typer.Option("-p", "--parallel", min=1, help="Worker processes.", metavar="N")]
 Progress = Annotated[
     Optional[bool],
@@ -231,6 +250,7 @@ SHARED: dict[str, Shared] = {
     "count": Shared(Count, None),
     "skip": Shared(Skip, 0),
     "strict": Shared(Strict, False),
+    "lowercase_fields": Shared(LowercaseFields, False),
     "parallel": Shared(Parallel, 1),
     "compress": Shared(Compress, None),
     "mtime": Shared(Mtime, 0),
@@ -242,7 +262,7 @@ SHARED: dict[str, Shared] = {
 }
 #: names a tool may give in ``shared=`` for several options at once
 GROUPS: dict[str, tuple[str, ...]] = {
-    "read": ("inputs", "strict"),  # tools reading tar shards
+    "read": ("inputs", "strict", "lowercase_fields"),  # tools reading tar shards
     "write": ("compress", "mtime"),  # tools writing a tar stream
 }
 #: shared options every tool takes
@@ -332,6 +352,8 @@ class Tool:
         self._bytes_read = 0  # input bytes read (as stored), when counted
         self._bytes_total: int | None = None
         self._counting = False
+        #: notes from the library, by kind: [count, example]
+        self.notes: dict[str, list] = {}
 
     def warn(self, message: str, problem: bool = True) -> None:
         """Print ``tool: warning: message``; a ``problem`` (data skipped or
@@ -346,6 +368,22 @@ class Tool:
         (level 0: unless ``-q``)."""
         if self.verbose >= level and not (level == 0 and self.quiet):
             self.say(f"{self.name}: {message}")
+
+    def note(self, kind: str, count: int, example: str) -> None:
+        """Collect a note from the library (:data:`tarproc.samples.META_NOTE`:
+        members read as meta entries); :meth:`run` prints one line per kind."""
+        entry = self.notes.setdefault(kind, [0, example])
+        entry[0] += count
+
+    def print_notes(self) -> None:
+        """One line per kind of note, unless ``quiet``."""
+        for kind, (count, example) in self.notes.items():
+            if not self.quiet and kind == "meta":
+                self.say(
+                    f"{self.name}: read {count} meta members ({example!r}...: KEY.__FIELD, as the original tarproc"
+                    " writes them) as the samples' meta entries"
+                )
+        self.notes.clear()
 
     def error(self, message: str) -> None:
         """Print ``tool: error: message`` (also with ``-q``)."""
@@ -393,13 +431,16 @@ class Tool:
         check_inputs_exist(specs)
         return specs
 
-    def read(self, specs: list[str], warn=None) -> Iterator:
+    def read(self, specs: list[str], warn=None, regroup: bool = False) -> Iterator:
         """The samples of ``specs``, one input after another, with
-        ``--strict`` and warnings through ``warn`` (default :meth:`warn`)."""
+        ``--strict``, ``--lowercase-fields``, warnings through ``warn``
+        (default :meth:`warn`) and notes (meta members) to :meth:`note`;
+        ``regroup``: see :func:`tarproc.samples.group_samples`."""
         from ..sources import iter_samples
 
         return iter_samples(specs, warn or self.warn, getattr(self.args, "strict", False),
-                            on_read=self.count_input(specs))
+                            on_read=self.count_input(specs),
+                            lowercase=self.lowercase, regroup=regroup, note=self.note)
 
     def count_input(self, specs: list[str]):
         """The ``on_read`` callback for :func:`tarproc.sources.open_source`
@@ -423,6 +464,11 @@ class Tool:
         if enabled is None:
             enabled = sys.stderr.isatty()
         return bool(enabled)
+
+    @property
+    def lowercase(self) -> bool:
+        """``--lowercase-fields``."""
+        return getattr(self.args, "lowercase_fields", False)
 
     def skip_count(self, samples: Iterable) -> Iterator:
         """``--skip`` and ``--count`` applied to ``samples``."""
@@ -531,6 +577,7 @@ class Tool:
             self.error(f"{where}{exc.strerror or exc}")
             raise typer.Exit(ExitStatus.ERROR) from None
         finally:
+            self.print_notes()
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
         if self.problems:
@@ -607,6 +654,12 @@ def usage_message(name: str, exc: TyperException) -> str:
         message = message[0].lower() + message[1:]
     message = message.rstrip(".")
     hint = f" (see '{name} --help')" if exc.exit_code == ExitStatus.USAGE else ""
+    from .original import hint as original_hint
+
+    original = original_hint(name, message)
+    if original is not None:
+        message = re.sub(r" \(Possible options: [^)]*\)", "", message)
+        hint = f" ({original}; see '{name} --help')"
     return f"{name}: error: {message}{hint}"
 
 

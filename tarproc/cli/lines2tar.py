@@ -12,13 +12,14 @@ from ..sources import open_source
 from .common import Tool, command, make_app, output_option, run_app
 
 app = make_app(
-    help="Turn each line of text into a sample with the fields named by -k.\n\n"
+    help="Turn each line of text into a sample with the fields named by -k (default: one field, txt).\n\n"
     "A line is split at SEP (default: runs of whitespace) into as many values as there are fields; the"
     " last field takes the rest of the line. Values are stored as the bytes given (no trailing newline)."
     " Empty lines are skipped; a line with fewer values is an error. A field named __key__ gives the"
     " sample's key; otherwise keys are numbered with --keyformat from --start, continuing across inputs."
     " Fields are written in sorted order, so the same input gives the same bytes.",
     examples="""\
+  lines2tar captions.txt -o captions.tar          # field txt: 000000000.txt, 000000001.txt, ...
   lines2tar -k 'url txt' urls.txt -o urls.tar
   printf 'cat_0001\\tA cat.\\n' | lines2tar -k '__key__ txt' -s '\\t' -o captions.tar
   cut -f1 list.tsv | lines2tar -k url --keyformat 'img{:06d}' -o - | tarsplit -n 1000 -o 'urls-%04d.tar'""",
@@ -29,7 +30,7 @@ TextInputs = Annotated[
     typer.Argument(help="Text files: files, '-' for stdin, 'pipe:CMD', URLs, brace patterns like"
                    " 'urls-{00..09}.txt'. [default: -]", show_default=False, metavar="INPUT"),
 ]
-FieldsOpt = Annotated[str, typer.Option("-k", "--fields", help="Field names of the values of a line, e.g. 'url txt'.",
+FieldsOpt = Annotated[str, typer.Option("-k", "--fields", "--keys", help="Field names of the values of a line, e.g. 'url txt'.",
                                         metavar="FIELDS")]
 Sep = Annotated[
     Optional[str],
@@ -54,7 +55,7 @@ def parse_separator(sep: str | None) -> bytes | None:
 def lines2tar(
     tool: Tool,
     inputs: TextInputs = None,
-    fields: FieldsOpt = ...,
+    fields: FieldsOpt = "txt",
     output: output_option("-", "Output: a file (compressed by its suffix), '-' for stdout, or 'pipe:CMD'.") = "-",
     separator: Sep = None,
     keyformat: KeyFormat = DEFAULT_KEYFORMAT,

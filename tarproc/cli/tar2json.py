@@ -44,7 +44,7 @@ class Binary(str, enum.Enum):
 
 
 FieldsOpt = Annotated[
-    Optional[str], typer.Option("-k", "--fields", help="Fields to write, e.g. 'cls json' [default: all].", metavar="FIELDS")
+    Optional[str], typer.Option("-k", "--fields", "--keys", help="Fields to write, e.g. 'cls json' [default: all].", metavar="FIELDS")
 ]
 ParseJson = Annotated[bool, typer.Option("--parse-json", help="Embed fields named json or *.json as JSON values.")]
 BinaryOpt = Annotated[Binary, typer.Option("--binary", help="How to write bytes that are not text.")]

@@ -10,6 +10,7 @@ import typer
 
 from ..errors import UsageError
 from ..parallel import ParallelReader
+from ..samples import KeyLedger
 from ..sources import check_inputs_exist, expand_inputs, iter_source_samples
 from ..stages import (
     BadShards,
@@ -23,6 +24,7 @@ from ..stages import (
     slice_samples,
 )
 from .common import (
+    REPEATED_KEYS,
     Parallel,
     Shared,
     Tool,
@@ -43,7 +45,9 @@ samples pass through the optional stages in this order: --shuffle, --fields,
 headers (mtime 0, uid/gid 0). With no options every member's name and bytes
 are reproduced in order; `cat a.tar b.tar | tarcats -o -` keeps both archives.
 Output compression follows the name of OUT (.gz/.tgz, .bz2, .xz, .zst) or
---compress."""
+--compress.
+
+""" + REPEATED_KEYS + """ --rekey '{shard}/{key}' makes keys unique."""
 
 EXAMPLES = """\
   tarcats 'train-{0000..0009}.tgz' -o train-small.tar
@@ -116,6 +120,7 @@ MaxBad = Annotated[
 HINTS = {
     "missing_field": "use --missing skip to drop such samples",
     "bad_shards": "--max-bad-shards N allows more",
+    "duplicate_key": "make keys unique with --rekey '{shard}/{key}' (or '{index:09d}' for an input given twice)",
 }
 
 #: samples skipped for a missing field that are reported one by one (then only counted)
@@ -143,7 +148,10 @@ def run_cats(tool: Tool, interleaved: bool, parallel: int) -> None:
     a = tool.args
     seed = parse_seed(a.seed)
     filelist, fields, max_bad_shards = a.filelist, a.fields, a.max_bad_shards
-    with tool.run(HINTS):
+    hints = dict(HINTS)
+    if a.rekey is not None:
+        hints["duplicate_key"] = f"--rekey {a.rekey!r} makes keys that repeat: include {{shard}} or {{index}}"
+    with tool.run(hints):
         specs = expand_inputs(a.inputs or [])
         for path in filelist or []:
             if path == "-" and "-" in specs:
@@ -171,11 +179,14 @@ def run_cats(tool: Tool, interleaved: bool, parallel: int) -> None:
 
         reader = None
         if parallel > 1 and len(specs) > 1:
-            reader = ParallelReader(specs, parallel, warn, a.strict)
+            reader = ParallelReader(specs, parallel, warn, a.strict, lowercase=tool.lowercase, note=tool.note)
             per_shard = reader.shards()
         else:
             on_read = tool.count_input(specs)
-            per_shard = ((spec, iter_source_samples(spec, warn, a.strict, on_read)) for spec in specs)
+            per_shard = (
+                (spec, iter_source_samples(spec, warn, a.strict, on_read, lowercase=tool.lowercase, note=tool.note))
+                for spec in specs
+            )
         guarded = (bad.guard(samples, spec) for spec, samples in per_shard)
         stream = interleave(list(guarded)) if interleaved else itertools.chain.from_iterable(guarded)
         if a.shuffle > 1:
@@ -187,6 +198,9 @@ def run_cats(tool: Tool, interleaved: bool, parallel: int) -> None:
         stream = tool.skip_count(stream)
         if rekeyer is not None:
             stream = rekeyer(stream)
+        if len(specs) > 1 or rekeyer is not None:
+            # one output from several inputs: stop before a key comes back
+            stream = KeyLedger()(stream)
         try:
             with tool.open_output(a.output, terminal=False) as sink:
                 for sample in tool.progress(stream):

@@ -16,7 +16,7 @@ Read many tar shards in parallel worker processes and merge their samples.
 Each of the -p N workers reads whole shards (decompressing them) and sends
 their samples back through a bounded queue; the parent writes them in input
 order, so every sample of every shard appears exactly once, and the output is
-the same as tarcats'. --shuffle N (with --seed) mixes samples of neighbouring
+the same as tarcats' (a key repeated across inputs stops it, as in tarcats). --shuffle N (with --seed) mixes samples of neighbouring
 shards; --shuffle-shards shuffles the input order. Takes every tarcats option
 except --interleave."""
 

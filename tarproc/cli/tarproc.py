@@ -9,13 +9,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import CommandError, UsageError
+from ..create import TEXT_MODES, iter_text_samples
+from ..errors import CommandError, DuplicateKeyError, UsageError
 from ..executor import CommandJob, CommandSpec, ErrorPolicy, print_log, run_samples
 from ..executor.policy import HALT_AFTER, KEEP
-from ..samples import MAX_SEEN_KEYS
+from ..samples import KeyLedger, duplicate_message
 from ..sinks import PARTIAL, open_sink
 from ..sources import local_path
-from .common import Tool, command, make_app, refuse_terminal, run_app
+from .common import REPEATED_KEYS, Tool, command, make_app, refuse_terminal, run_app
 
 HELP = """Run a shell command on every sample of tar shards and re-pack the results.
 
@@ -38,7 +39,9 @@ output; the run goes on and exits 1 (like xargs and GNU parallel), unless
 the first --halt-after K samples all failed: then one message names the
 command and its output, and the run stops. --errors abort stops at the first
 failure; --errors ignore keeps the sample as the command left it; --failed
-FILE saves the failed input samples."""
+FILE saves the failed input samples.
+
+""" + REPEATED_KEYS
 
 EXAMPLES = """\
   # convert every JPEG to PPM, 8 processes, output order = input order
@@ -66,11 +69,11 @@ def tarproc(
     tool: Tool,
     cmd: Annotated[Optional[str], typer.Option("-c", "--command", metavar="CMD", help="Shell command run in each sample's directory.")] = None,
     script: Annotated[Optional[str], typer.Option("-s", "--script", metavar="FILE", help="Script run (with --shell) in each sample's directory.")] = None,
-    shell: Annotated[str, typer.Option("--shell", metavar="SHELL", help="Shell that runs the command.")] = "bash",
+    shell: Annotated[str, typer.Option("--shell", "--interpreter", metavar="SHELL", help="Shell that runs the command.")] = "bash",
     output: Annotated[Optional[str], typer.Option("-o", "--output", metavar="OUT", help="Output: '-' for stdout, a file (compressed by suffix), 'pipe:CMD'. Omitted: no archive.")] = None,
     base: Annotated[str, typer.Option("-b", "--base", metavar="NAME", help="File stem of the fields in the sample directory.")] = "sample",
     unordered: Annotated[bool, typer.Option("--unordered", help="Write samples as they finish instead of in input order.")] = False,
-    errors: Annotated[str, typer.Option("-e", "--errors", metavar="abort|skip|ignore", help="What a failed sample does: stop the run, be left out, or be kept as the command left it.")] = "skip",
+    errors: Annotated[str, typer.Option("-e", "--errors", "--error-handling", metavar="abort|skip|ignore", help="What a failed sample does: stop the run, be left out, or be kept as the command left it.")] = "skip",
     max_errors: Annotated[Optional[int], typer.Option("--max-errors", min=0, metavar="N", help="Stop when more than N samples failed.")] = None,
     retries: Annotated[int, typer.Option("--retries", min=0, metavar="N", help="Run a failed sample again up to N times, in a fresh directory, before it counts as failed.")] = 0,
     halt_after: Annotated[int, typer.Option("--halt-after", min=0, metavar="K", help="Stop (exit 1) when the first K samples to finish all failed; 0: never.")] = HALT_AFTER,
@@ -81,9 +84,12 @@ def tarproc(
     failed: Annotated[Optional[str], typer.Option("--failed", metavar="FILE", help="Write the failed input samples to this tar.")] = None,
     timeout: Annotated[Optional[float], typer.Option("--timeout", min=0, metavar="SECONDS", help="Kill a command's process group after this many seconds (the sample fails).")] = None,
     add_log: Annotated[Optional[str], typer.Option("--add-log", metavar="EXT", help="Also store the command's output in the sample as field EXT.")] = None,
-    subdirs: Annotated[bool, typer.Option("--subdirs", help="Each subdirectory holding __key__ and BASE.* becomes an output sample (files directly in the sample directory are not collected).")] = False,
+    subdirs: Annotated[bool, typer.Option("-S", "--subdirs", help="Each subdirectory holding __key__ and BASE.* becomes an output sample (files directly in the sample directory are not collected).")] = False,
     workdir: Annotated[Optional[str], typer.Option("-w", "--workdir", metavar="DIR", help="Where sample directories are made [default: $TMPDIR].")] = None,
-    keep: Annotated[bool, typer.Option("--keep", help="Keep the sample directories (for debugging).")] = False,
+    keep: Annotated[bool, typer.Option("--keep", "--keepdir", help="Keep the sample directories (for debugging).")] = False,
+    mode: Annotated[str, typer.Option("--mode", metavar="tar|lines|pages|keys", help="Input: tar shards; or text whose lines (lines) or form-feed pages (pages) become samples with a txt field and numbered keys, or whose lines are keys of samples with no field (keys).")] = "tar",
+    command_output: Annotated[Optional[str], typer.Option("-O", "--command-output", metavar="FILE", help="Append the commands' output to FILE instead of stderr.")] = None,
+    working_dir: Annotated[Optional[str], typer.Option("--working_dir", "--working-dir", hidden=True)] = None,
 ) -> None:
     with tool.run():
         if timeout is not None and timeout <= 0:
@@ -103,6 +109,13 @@ def tarproc(
                                 ("--subdirs", subdirs), ("--add-log", add_log is not None), ("--keep", keep)):
                 if given:
                     raise UsageError(f"{flag} applies to commands, not to --map")
+        if working_dir is not None:
+            raise UsageError(
+                "--working_dir is the original tarproc's spelling: use -w/--workdir DIR"
+                " (an existing directory: unlike the original, tarproc does not create it)"
+            )
+        if mode not in ("tar",) + TEXT_MODES:
+            raise UsageError(f"--mode must be tar, lines, pages or keys, not {mode!r}")
         policy = ErrorPolicy(errors, retries, max_errors, halt_after)
         if output is not None:
             refuse_terminal(output)
@@ -124,21 +137,22 @@ def tarproc(
                 raise UsageError(f"--shell {shell!r}: not found on PATH")
             workdir = workdir or tempfile.gettempdir()
             if not os.path.isdir(workdir):
-                raise UsageError(f"--workdir {workdir!r}: no such directory")
+                raise UsageError(f"--workdir {workdir!r}: no such directory (create it first)")
             root = tempfile.mkdtemp(prefix="tarproc-", dir=workdir)
             spec = CommandSpec(argv, root, base, timeout, add_log, subdirs, keep, collect=output is not None,
                                persistent=persistent, batch=batch or 0)
             job = CommandJob(spec, policy)
         stats = {"in": 0, "out": 0, "failed": 0, "retries": 0}
-        written: set[str] = set()  # output keys, to refuse one that comes back
-        sink = failed_sink = results = None
+        written = KeyLedger()  # output keys and their inputs, to refuse one that comes back
+        sink = failed_sink = results = log_file = None
         # failures of a run that has seen no success yet wait here: if the
         # first --halt-after samples all fail, one message replaces them
         held: list = []
         try:
+            log_file = open(command_output, "ab") if command_output is not None else None
             sink = tool.open_output(output, terminal=False) if output is not None else None
             failed_sink = open_sink(failed, mtime=tool.args.mtime) if failed else None
-            samples = tool.skip_count(tool.read(specs))
+            samples = tool.skip_count(iter_text_samples(specs, mode) if mode != "tar" else tool.read(specs))
             results = run_samples(job, samples, tool.args.parallel, ordered=not unordered)
             for inp, result in tool.progress(results, describe=_describe_result):
                 stats["in"] += 1
@@ -160,17 +174,18 @@ def tarproc(
                         continue
                 else:
                     _flush_held(tool, held, tool.verbose)
-                    if not tool.quiet:
+                    if log_file is not None:
+                        log_file.write(result.log)
+                    elif not tool.quiet:
                         with tool.stderr():
                             print_log(result.log)
                 if keep and result.directory:
                     tool.info(f"kept {result.directory}", 2)
                 if sink is not None:
                     for out in result.outputs:
-                        if out["__key__"] in written:
+                        if written.first_source(out["__key__"]) is not None:
                             continue  # reported as a failure above (--errors ignore: still left out)
-                        if len(written) < MAX_SEEN_KEYS:
-                            written.add(out["__key__"])
+                        written.add(out["__key__"], str(out.get("__source__", "-")))
                         sink.write(out)
                         stats["out"] += 1
             _flush_held(tool, held, tool.verbose)
@@ -192,6 +207,8 @@ def tarproc(
                     failed_sink.abort()
             raise
         finally:
+            if log_file is not None:
+                log_file.close()
             if results is not None:
                 results.close()  # stops the workers and kills running commands before the cleanup
             if root is not None:
@@ -208,13 +225,26 @@ def tarproc(
             raise typer.Exit(1)
 
 
-def _check_output_keys(result, written: set) -> bool:
-    """Fail a result whose output key was already written (or repeats within
-    its outputs): a key that comes back makes the output ungrouped, or
-    repeats a field, and readers would reject the whole shard."""
+def _check_output_keys(result, written: KeyLedger) -> bool:
+    """Stop on an output key already written from another input (shards made
+    independently repeat keys: dropping samples would lose data); fail a
+    result whose output key was already written from its own input (or
+    repeats within its outputs): a key that comes back makes the output
+    ungrouped, or repeats a field, and readers would reject the whole shard.
+
+    :raises DuplicateKeyError:
+    """
     keys = [out["__key__"] for out in result.outputs]
     for i, key in enumerate(keys):
-        if key in written or key in keys[:i]:
+        first = written.first_source(key)
+        again = str(result.outputs[i].get("__source__", "-"))
+        if first is not None and first != again:
+            raise DuplicateKeyError(
+                duplicate_message(key, first, again)
+                + " (make them unique first: tarcats --rekey '{shard}/{key}' INPUTS -o - | tarproc ...)",
+                key, first, again,
+            )  # fmt: skip
+        if first is not None or key in keys[:i]:
             if not result.failed:
                 result.failed = True
                 result.reason = f"output key {key!r} was already written"

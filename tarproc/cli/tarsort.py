@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import UsageError
-from ..sort import DEFAULT_BUFFER, ExternalSorter, sort_key_function
+from ..sort import DEFAULT_BUFFER, ExternalSorter, merge_fragments, regroup_and_sort, sort_key_function
 from .common import Tool, command, make_app, output_option, run_app, size_option
 
 app = make_app(
@@ -21,6 +21,12 @@ app = make_app(
     " the same seed and keys give the same order whatever the input order, so sorting the concatenation"
     " of all shards is a true cross-shard shuffle. The sort is stable: samples with equal sort keys are"
     " all kept, in input order (also with --reverse).\n\n"
+    "tarsort also repairs ungrouped shards: the members of each key are gathered into one sample across"
+    " the whole input (all inputs), so a shard made with `tar cf` of a directory in directory order, where"
+    " the members of a sample are not adjacent, comes out grouped. A key whose members collide on a field"
+    " (two samples with the same key, e.g. shards made independently and concatenated) is an error naming"
+    " the key and the inputs: rekey them instead (tarcats --rekey '{shard}/{key}'). Sorting by a field"
+    " (-s) or a typed key (-S int/float) groups first, in one more pass over the spilled runs.\n\n"
     "Memory stays bounded: samples are buffered up to --buffer-size, sorted and spilled as runs to a"
     " private directory in --tmpdir, then merged. Temporary files are removed on success, errors and"
     " interrupts. Output starts only when all input has been read.",
@@ -39,9 +45,9 @@ class SortType(str, enum.Enum):
 
 
 SortField = Annotated[
-    Optional[str], typer.Option("-s", "--field", help="Sort by the content of FIELD instead of the key.", metavar="FIELD")
+    Optional[str], typer.Option("-s", "--field", "--sortkey", help="Sort by the content of FIELD instead of the key.", metavar="FIELD")
 ]
-TypeOpt = Annotated[SortType, typer.Option("-S", "--type", help="How sort values compare.")]
+TypeOpt = Annotated[SortType, typer.Option("-S", "--type", "--sorttype", help="How sort values compare.")]
 Reverse = Annotated[bool, typer.Option("-r", "--reverse", help="Descending order (equal keys keep input order).")]
 Shuffle = Annotated[bool, typer.Option("--shuffle", help="Deterministic pseudo-random order: a keyed hash of the key.")]
 Seed = Annotated[str, typer.Option("--seed", help="Seed of --shuffle (any text).", metavar="S")]
@@ -69,24 +75,19 @@ def tarsort(
         keyfunc = sort_key_function(field, sort_type.value, shuffle, seed)
         specs = tool.input_specs()
         sorter = ExternalSorter(keyfunc, reverse, buffer_size, tmpdir)
-        samples = tool.progress(tool.read(specs))
-        repeated = 0
-        previous = None
+        samples = tool.progress(tool.read(specs, regroup=True))
+        if shuffle or (field is None and sort_type == SortType.str_):
+            # the fragments of a key are next to each other once sorted (stable, equal sort keys)
+            ordered = merge_fragments(sorter.sort(samples))
+        else:
+            ordered = regroup_and_sort(samples, sorter, buffer_size, tmpdir)
         try:
             with tool.open_output(output) as sink:
-                for sample in sorter.sort(samples):
-                    key = sample["__key__"]
-                    if key == previous:
-                        repeated += 1
-                        if repeated <= 5:
-                            tool.warn(f"key {key!r} appears in several samples: the output holds them next to"
-                                      " each other and reads back as one sample with repeated fields")
-                    previous = key
+                for sample in ordered:
                     sink.write(sample)
         finally:  # also when the output fails mid-merge (the generator may outlive this frame)
+            ordered.close()
             sorter.cleanup()
-        if repeated > 5:
-            tool.warn(f"{repeated} samples in all repeat the key of the sample before them")
         tool.info(f"wrote {sink.samples} samples ({sink.bytes_written} bytes) to {output} in {tool.elapsed():.2f} s;"
                   f" {sorter.runs} runs spilled ({sorter.spilled_bytes} bytes)")
 

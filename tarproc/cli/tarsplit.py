@@ -14,7 +14,8 @@ from .common import Tool, command, compression_name, make_app, run_app, size_opt
 HELP = """\
 Split a stream of WebDataset samples into shards of N samples or B bytes.
 
-A sample never straddles two shards: a shard is finished when it holds
+With neither -n nor -s a shard holds at most 100000 samples and 1e9
+bytes (the original tarproc's defaults). A sample never straddles two shards: a shard is finished when it holds
 --maxcount samples, or before a sample that would take its (uncompressed) tar
 size past --maxsize; a single sample larger than --maxsize gets a shard of its
 own, with a warning. Each shard is written as NAME.partial and renamed when
@@ -24,17 +25,28 @@ complete. Output compression follows the shard name (.gz/.tgz, .bz2, .xz,
 The pattern -o is printf style (out-%06d.tar), format style
 (out-{shard:06d}.tar), a plain prefix (out -> out-000000.tar, out.tgz ->
 out-000000.tgz), a directory (D/ or an existing D -> D/000000.tar; D/ is
-made if missing) or pipe:CMD, which streams each shard into CMD (with the
-same placeholders). Compression that contradicts the name (-z -o
-x-%06d.tar) is a usage error.
+made if missing) or pipe:CMD (also spelled |CMD), which streams each shard
+into CMD (with the same placeholders). Compression that contradicts the name
+(-z -o x-%06d.tar) is a usage error.
 
 --post CMD runs after each finished shard, while the next one is written
-(at most --post-parallel at once), with {shard} (the path), {basename} and
-{index} substituted shell-quoted (or %s for the path; also $SHARD, $BASENAME,
-$INDEX in its environment). A failing post command is reported with the
+(at most --post-parallel at once), with {shard} (the path), {basename},
+{index}, {abspath}, {dirname}, {base} and {ext} (basename split at its last
+dot) substituted shell-quoted (or %s for the path; also $SHARD, $BASENAME,
+$INDEX in its environment); any other {name} is a usage error. The shard is
+kept (the original tarproc's -C deleted it: add '&& rm {shard}'). A failing post command is reported with the
 shard's name and makes the exit status 1; the other shards are unaffected.
 --manifest writes one JSON line per shard: name, samples, bytes and sha256
-of the file as written."""
+of the file as written.
+
+With several inputs a key that comes back from another input (shards made
+independently) starts a new shard, so that every shard stays grouped; the
+first is reported in one warning naming the key and both inputs (exact for
+1,000,000 keys per shard, about 110 MB; beyond that adjacent repeats)."""
+
+#: shard limits when neither -n nor -s is given (the original tarproc's defaults)
+DEFAULT_MAXCOUNT = 100_000
+DEFAULT_MAXSIZE = 1_000_000_000
 
 EXAMPLES = """\
   tarsplit big.tar -n 1000 -o 'train-%06d.tar'
@@ -51,10 +63,10 @@ def tarsplit(
     tool: Tool,
     output: Annotated[
         Optional[str],
-        typer.Option("-o", "--output", help="Shard pattern: out-%06d.tar, out-{shard:06d}.tar, prefix, DIR/, pipe:CMD.", metavar="PATTERN"),
+        typer.Option("-o", "--output", help="Shard pattern: out-%06d.tar, out-{shard:06d}.tar, prefix, DIR/, pipe:CMD (or '|CMD').", metavar="PATTERN"),
     ] = None,
-    maxcount: Annotated[Optional[int], typer.Option("-n", "--maxcount", min=1, help="Samples per shard.", metavar="N")] = None,
-    maxsize: size_option("-s", "--maxsize", help="Uncompressed tar bytes per shard") = None,
+    maxcount: Annotated[Optional[int], typer.Option("-n", "--maxcount", "--num-samples", min=1, help="Samples per shard.", metavar="N")] = None,
+    maxsize: size_option("-s", "--max-size", "--maxsize", help="Uncompressed tar bytes per shard") = None,
     gzip: Annotated[bool, typer.Option("-z", "--gzip", help="Compress every shard with gzip (a plain prefix gets .tar.gz).")] = False,
     start: Annotated[int, typer.Option("--start", min=0, help="Number of the first shard.", metavar="N")] = 0,
     maxshards: Annotated[
@@ -67,11 +79,12 @@ def tarsplit(
     ] = None,
     post: Annotated[
         Optional[str],
-        typer.Option("-C", "--post", help="Shell command run after each finished shard ({shard}, {basename}, {index}).", metavar="CMD"),
+        typer.Option("-C", "--post", help="Shell command run after each finished shard ({shard}, {basename}, {index}, {abspath}, {dirname}, {base}, {ext}); the shard is kept.", metavar="CMD"),
     ] = None,
     post_parallel: Annotated[
         int, typer.Option("--post-parallel", min=1, help="Post commands running at once (writing waits beyond).", metavar="N")
     ] = 2,
+    nodelete: Annotated[bool, typer.Option("--nodelete", hidden=True, help="Accepted for the original tarproc: shards are always kept.")] = False,
     manifest: Annotated[
         Optional[str], typer.Option("--manifest", help="Write one JSON line per shard to FILE ('-': stdout).", metavar="FILE")
     ] = None,
@@ -79,8 +92,8 @@ def tarsplit(
     with tool.run():
         if output is None:
             raise UsageError("missing -o PATTERN (e.g. -o 'out-%06d.tar')")
-        if maxcount is None and maxsize is None:
-            raise UsageError("give -n/--maxcount and/or -s/--maxsize")
+        if maxcount is None and maxsize is None:  # the original tarproc's defaults
+            maxcount, maxsize = DEFAULT_MAXCOUNT, DEFAULT_MAXSIZE
         compress = compression_name(tool.args.compress)
         if gzip and compress not in (None, "gzip"):
             raise UsageError("-z and --compress disagree")
