@@ -172,3 +172,30 @@ def test_error_policy_retries_then_decides():
     policy.observe(result)
     with pytest.raises(CommandError, match=r"the first 3 samples all failed \(--halt-after 3\): cmd: exit status 1: boom"):
         policy.observe(result, "cmd")
+
+
+def test_worker_dead_before_it_is_sent_a_sample_is_an_error_not_a_closed_pipe():
+    # the parent's write to a dead worker fails with EPIPE: that must name the
+    # worker, not pass for a closed stdout (which the tools treat as a quiet exit)
+    import time
+
+    from tarproc import TarprocError
+
+    class DiesAtStart:
+        chunk = 1
+
+        def start(self):
+            os._exit(3)
+
+        def run(self, item):  # pragma: no cover - never reached
+            return []
+
+        def stop(self):
+            pass
+
+    def slow_source():
+        time.sleep(0.5)  # the workers are gone by now
+        yield from make_samples(4, size=3 << 20)
+
+    with pytest.raises(TarprocError, match=r"worker process \d+ exited with status 3"):
+        list(run_samples(DiesAtStart(), slow_source(), parallel=2))

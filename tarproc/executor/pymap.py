@@ -53,8 +53,13 @@ def load_function(ref: str) -> Callable:
 
 
 def _bytes_sample(sample: Sample) -> Sample:
-    # values that crossed a pipe are memoryviews of the message: give the function bytes
-    return {k: bytes(v) if isinstance(v, memoryview) else v for k, v in sample.items()}
+    """A copy of ``sample`` the function may change (the input stays as read,
+    for --failed), with bytes where values crossed a pipe as memoryviews."""
+    copy = dict(sample)
+    for k, v in copy.items():
+        if type(v) is memoryview:
+            copy[k] = bytes(v)
+    return copy
 
 
 class MapJob:
@@ -83,7 +88,6 @@ class MapJob:
         pass
 
     def run(self, items: list[tuple[int, Sample]]) -> list[Result]:
-        items = [(index, _bytes_sample(sample)) for index, sample in items]
         if self.batch:
             results = self._call_batch(items)
             if results is not None:
@@ -96,7 +100,7 @@ class MapJob:
     def run_one(self, index: int, sample: Sample) -> Result:
         result = Result(index, sample["__key__"])
         try:
-            value = self.fn([dict(sample)])[0] if self.batch else self.fn(dict(sample))
+            value = self.fn([_bytes_sample(sample)])[0] if self.batch else self.fn(_bytes_sample(sample))
         except Exception as exc:  # noqa: BLE001 - the user's function failed: a failed sample
             return self._raised(result, exc)
         self._outputs(result, sample, value)
@@ -106,7 +110,7 @@ class MapJob:
         """One call for the whole batch; None when it raised or returned
         something else than one entry per sample (each is then run alone)."""
         try:
-            values = self.fn([dict(sample) for _, sample in items])
+            values = self.fn([_bytes_sample(sample) for _, sample in items])
         except Exception:  # noqa: BLE001 - each sample runs alone next, and fails alone
             return None
         if not isinstance(values, (list, tuple)) or len(values) != len(items):

@@ -221,7 +221,10 @@ def run_pool(job, samples: Iterable[Sample], parallel: int, ordered: bool = True
                     inputs[index] = sample
                 outstanding += len(item)
                 worker.pending.append(item)
-                worker.writer.put(wire.pack_items(item))
+                try:
+                    worker.writer.put(wire.pack_items(item))
+                except BrokenPipeError:  # not our stdout: the worker is gone
+                    raise worker.died() from None
                 if worker.writer.pending and worker not in writing:
                     selector.register(worker.task_fd, selectors.EVENT_WRITE, worker)
                     writing.add(worker)
@@ -230,7 +233,10 @@ def run_pool(job, samples: Iterable[Sample], parallel: int, ordered: bool = True
             for key, events in selector.select():
                 worker = key.data
                 if events & selectors.EVENT_WRITE:
-                    worker.writer.flush()
+                    try:
+                        worker.writer.flush()
+                    except BrokenPipeError:
+                        raise worker.died() from None
                     if not worker.writer.pending:
                         selector.unregister(worker.task_fd)
                         writing.discard(worker)
