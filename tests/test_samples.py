@@ -141,3 +141,18 @@ def test_stream_errors_keep_their_type_and_name_the_last_complete_sample(error):
 
 def test_empty_input():
     assert list(group_samples([])) == []
+
+
+@given(st.text(st.sampled_from("ab./_-"), min_size=1, max_size=10))
+@settings(max_examples=300, deadline=None)
+def test_the_reader_applies_the_one_member_name_rule(name):
+    """group_samples inlines split_name and unsafe_name for speed: it keeps
+    exactly the members they accept, under the key and field they give (and
+    a field starting with '__' is a meta entry, never data)."""
+    got = list(group_samples(members(name), "src", warn=lambda m: None))
+    parts = split_name(name)
+    accepted = parts is not None and unsafe_name(name) is None and not parts[1].startswith("__")
+    if accepted:
+        assert [(s["__key__"], [k for k in s if not k.startswith("__")]) for s in got] == [(parts[0], [parts[1]])]
+    else:
+        assert [k for s in got for k in s if not k.startswith("__")] == []

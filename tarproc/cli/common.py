@@ -28,6 +28,14 @@ How a tool declares its options (``tarproc/cli/<tool>.py``)::
   Their values are ``tool.args.<name>`` (e.g. ``tool.args.count``); an own
   parameter with the same name as a shared one replaces it (tarpcat's ``-p``
   with its own default, lines2tar's text INPUT).
+- ``options=`` adds options a few tools share (name -> :class:`Shared`;
+  tarcats and tarpcat share ``tarcats.CATS``); sizes use
+  :func:`size_option` (an ``int`` of bytes, coreutils units).
+- Messages: :meth:`Tool.warn`, :meth:`Tool.info` (``-v`` level),
+  :meth:`Tool.error` and :meth:`Tool.say` print on stderr above a progress
+  bar; write a command's own output inside ``with tool.stderr():``.
+  ``tool.run(hints={topic: text})`` adds the tool's words (an option to
+  change) to a library error with that :attr:`TarprocError.topic`.
 - A new shared option: one entry in :data:`SHARED` (and in a group if every
   tool of that kind takes it), used in one place (a :class:`Tool` helper such
   as :meth:`Tool.read`), so no tool module changes.
