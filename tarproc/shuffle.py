@@ -469,27 +469,27 @@ class _Buffers:
             self.directory = None
 
 
-def stage_samples(
+def write_staged(
     samples: Iterable[Sample],
-    staged: str,
+    out: BinaryIO,
     partitions: int,
     seed: str = "0",
     input: str = "-",
     buffer_size: int = DEFAULT_BUFFER,
     tmpdir: str | None = None,
 ) -> MapResult:
-    """Write ``samples`` as one staged file grouped by partition (the work
-    of a map task once its input is open).
+    """Write ``samples`` to the binary stream ``out`` as one staged file
+    grouped by partition (the work of a map task once its input is open).
+    Nothing is written before the input is read to its end.
 
     :param samples: the samples of one input shard, in input order
-    :param staged: the staged file to write (path or URL), atomically
     :param partitions: N, the number of output shards
     :param seed: seed of the partition hash
     :param input: the input's name, recorded in the index
     :param buffer_size: bytes of serialized samples held in memory before
         spilling a run to ``tmpdir``
-    :raises OutputError: the staged file or a run cannot be written
-    :raises TarprocError: errors of the sample stream (nothing is staged)
+    :raises OutputError: a run cannot be written
+    :raises TarprocError: errors of the sample stream
     """
     partition = partition_function(seed, partitions)
     buffers = _Buffers(partitions, max(1, buffer_size), tmpdir)
@@ -503,13 +503,29 @@ def stage_samples(
             ranges.append((offset, lengths[j], buffers.counts[j]))
             offset += lengths[j]
         index = StagedIndex(input, partitions, str(seed), ranges)
-        with atomic_output(staged) as out:
-            out.write(_index_member(index))
-            buffers.write(out)
-            out.write(bytes(2 * BLOCK))
+        out.write(_index_member(index))
+        buffers.write(out)
+        out.write(bytes(2 * BLOCK))
     finally:
         buffers.cleanup()
-    return MapResult(input, staged, index.samples, index.bytes, len(buffers.runs), list(buffers.counts))
+    return MapResult(input, "", index.samples, index.bytes, len(buffers.runs), list(buffers.counts))
+
+
+def stage_samples(
+    samples: Iterable[Sample],
+    staged: str,
+    partitions: int,
+    seed: str = "0",
+    input: str = "-",
+    buffer_size: int = DEFAULT_BUFFER,
+    tmpdir: str | None = None,
+) -> MapResult:
+    """:func:`write_staged` into the file or object ``staged``, atomically
+    (:func:`atomic_output`). :raises OutputError: it cannot be written"""
+    with atomic_output(staged) as out:
+        result = write_staged(samples, out, partitions, seed, input, buffer_size, tmpdir)
+    result.staged = staged
+    return result
 
 
 def map_shard(
@@ -644,12 +660,48 @@ def reduce_partition(
     :raises StagingError: a staged file is missing or from another run
     :raises OutputError: the output cannot be written
     """
-    samples: Iterable[Sample] = _check_repeats(_gather(staged, partition, seed))
+    samples, sorter = ordered_partition(staged, partition, seed, shuffle, buffer_size, tmpdir)
+    return _write_output(samples, partition, output, compression, mtime, sorter)
+
+
+def ordered_partition(
+    staged: list[str],
+    partition: int,
+    seed: str = "0",
+    shuffle: bool = True,
+    buffer_size: int = DEFAULT_BUFFER,
+    tmpdir: str | None = None,
+) -> tuple[Iterator[Sample], ExternalSorter | None]:
+    """The samples of output shard ``partition`` in their output order
+    (see :func:`reduce_partition`), and the sorter used (None without
+    ``shuffle``); iterating raises what :func:`reduce_partition` does."""
+    samples: Iterator[Sample] = _check_repeats(_gather(staged, partition, seed))
     sorter = None
     if shuffle:
         sorter = ExternalSorter(order_key_function(seed), buffer_size=max(1, buffer_size), tmpdir=tmpdir)
         samples = sorter.sort(samples)
-    return _write_output(samples, partition, output, compression, mtime, sorter)
+    return samples, sorter
+
+
+def reduce_to_stream(
+    staged: list[str],
+    partition: int,
+    out: BinaryIO,
+    seed: str = "0",
+    shuffle: bool = True,
+    buffer_size: int = DEFAULT_BUFFER,
+    tmpdir: str | None = None,
+    mtime: int = 0,
+) -> ReduceResult:
+    """:func:`reduce_partition` onto a binary stream (uncompressed tar, end
+    marker written only on success). With ``shuffle`` nothing is written
+    before every sample was read and checked; without it a duplicate key may
+    be found after some samples were written (the caller discards them, as
+    :class:`tarproc.tasks` does with a pipeline's output)."""
+    samples, sorter = ordered_partition(staged, partition, seed, shuffle, buffer_size, tmpdir)
+    sink = _StreamSink(out, "none", mtime)
+    count = _drain(sink, None, iter(samples))
+    return ReduceResult(partition, "-", count, sink.bytes_written, sorter.runs if sorter else 0)
 
 
 def _gather(staged: list[str], partition: int, seed: str) -> Iterator[Sample]:
@@ -722,9 +774,9 @@ def _drain(sink, first, it) -> int:
     if first is not None:
         sink.write(first)
         count = 1
-        for sample in it:
-            sink.write(sample)
-            count += 1
+    for sample in it:
+        sink.write(sample)
+        count += 1
     if isinstance(sink, _StreamSink):
         sink.close()
     return count
@@ -758,6 +810,84 @@ def shard_count(total: int, maxcount: int) -> int:
     return max(1, -(-total // maxcount))
 
 
+# ---------------------------------------------------------------- task worker
+#: environment variables of a worker that do not change its output's bytes
+#: (so they are not part of a task's pipeline and its completion record)
+ENV_BUFFER = "TARSHUFFLE_BUFFER_SIZE"
+ENV_TMPDIR = "TARSHUFFLE_TMPDIR"
+
+
+def staged_name(staging: str, index: int) -> str:
+    """The staged file of input ``index`` under ``staging`` (a directory or
+    URL prefix): ``staged-{index:06d}.tar``."""
+    return join(staging, f"staged-{index:06d}.tar")
+
+
+def worker_main(argv: list[str] | None = None) -> int:
+    """The program a shuffle task runs as its pipeline
+    (``python -m tarproc.shuffle``), under :mod:`tarproc.tasks`, which
+    writes its stdout atomically to the task's output and keeps the record:
+
+    * ``map --partitions N --seed S [--rekey FMT] [--strict]``: the input
+      shard on stdin (any compression; its name in ``TARMAP_INPUT``), the
+      staged file on stdout;
+    * ``reduce --partition J --partitions N --seed S --staging PREFIX
+      --inputs M [--no-shuffle] [--mtime T]``: output shard J (uncompressed
+      tar) on stdout.
+
+    ``TARSHUFFLE_BUFFER_SIZE`` (bytes) and ``TARSHUFFLE_TMPDIR`` set the
+    memory budget and the spill directory. Returns the exit status: 0, 1, 3
+    for bad input data or a duplicate key (:class:`tarproc.errors.ExitStatus`).
+    """
+    import argparse
+    import sys
+
+    from .compress import decompressing_reader
+    from .errors import ExitStatus
+
+    parser = argparse.ArgumentParser(prog="python -m tarproc.shuffle", description="one tarshuffle task")
+    sub = parser.add_subparsers(dest="phase", required=True)
+    m = sub.add_parser("map")
+    r = sub.add_parser("reduce")
+    for p in (m, r):
+        p.add_argument("--partitions", type=int, required=True)
+        p.add_argument("--seed", default="0")
+    m.add_argument("--rekey")
+    m.add_argument("--strict", action="store_true")
+    r.add_argument("--partition", type=int, required=True)
+    r.add_argument("--staging", required=True)
+    r.add_argument("--inputs", type=int, required=True)
+    r.add_argument("--no-shuffle", action="store_true")
+    r.add_argument("--mtime", type=int, default=0)
+    args = parser.parse_args(argv)
+    buffer_size = int(os.environ.get(ENV_BUFFER) or DEFAULT_BUFFER)
+    tmpdir = os.environ.get(ENV_TMPDIR) or None
+    out = sys.stdout.buffer
+
+    def warn(message: str) -> None:
+        print(f"tarshuffle: warning: {message}", file=sys.stderr, flush=True)
+
+    try:
+        if args.phase == "map":
+            name = os.environ.get("TARMAP_INPUT") or "-"
+            stream = decompressing_reader(sys.stdin.buffer, name)
+            samples: Iterable[Sample] = group_samples(iter_members(stream, name, warn), name, warn, args.strict)
+            if args.rekey is not None:
+                samples = Rekeyer(args.rekey)(samples)
+            write_staged(samples, out, args.partitions, args.seed, name, buffer_size, tmpdir)
+        else:
+            staged = [staged_name(args.staging, i) for i in range(args.inputs)]
+            reduce_to_stream(staged, args.partition, out, args.seed, not args.no_shuffle, buffer_size, tmpdir,
+                             args.mtime)
+        out.flush()
+    except TarprocError as exc:
+        print(f"tarshuffle: error: {exc}", file=sys.stderr, flush=True)
+        return int(exc.exit_status)
+    except BrokenPipeError:
+        return int(ExitStatus.SIGPIPE)
+    return 0
+
+
 __all__ = [
     "DuplicateKeyError",
     "INDEX_MEMBER",
@@ -774,6 +904,14 @@ __all__ = [
     "read_staged_index",
     "reduce_partition",
     "shard_count",
+    "reduce_to_stream",
     "stage_samples",
     "staged_index_ok",
+    "staged_name",
+    "worker_main",
+    "write_staged",
 ]
+
+
+if __name__ == "__main__":
+    raise SystemExit(worker_main())

@@ -1,0 +1,310 @@
+"""tarshuffle: a global shuffle and re-shard of a whole dataset (MapReduce over shards)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from .. import k8s, schedule, shufflejob, tasks
+from ..errors import ExitStatus, UsageError
+from ..shards import ShardPattern
+from ..shuffle import count_samples, shard_count
+from ..sort import DEFAULT_BUFFER
+from ..sources import check_inputs_exist, expand_inputs
+from ..stages import Rekeyer
+from ..storage import parse_storage_options
+from .common import Tool, command, make_app, run_app, size_option
+from .tarmap import _Bar, _human, read_list, task_index
+
+HELP = """\
+Shuffle a whole dataset across shards and re-shard it: every sample of the
+INPUT shards ends up in exactly one of N output shards, in a seeded random
+order, as MapReduce over shards on the same engines as tarmap.
+
+Phase 1 (map, one task per input): the input's samples are grouped by
+partition BLAKE2b(seed, key) mod N into ONE staged file per input (a tar
+whose first member indexes each partition's byte range), under --staging
+[default: DIR/tarshuffle-staging beside the outputs]: M files, not M x N.
+Phase 2 (reduce, one task per output shard j): partition j's byte range is
+read from every staged file (a seek, or a range request on an object store),
+its samples are ordered by tarsort --shuffle's seeded hash (in memory within
+--buffer-size, else an external sort in --tmpdir) and written to shard j.
+When every output is complete the staging files are removed (--keep-staging
+keeps them). --no-shuffle keeps input order inside each output (an even
+re-shard).
+
+--shards N gives N outputs; -n K gives N = ceil(total / K) from a counting
+pass over the inputs first: hash partitions then hold ABOUT K samples each,
+not exactly K (use tarsplit for exact counts). Output names follow
+tarsplit's patterns (out-%04d.tar, out-{shard:04d}.tar, a plain prefix);
+a URL (s3://, gs://) works for outputs and staging.
+
+Deterministic: the same inputs, N (or -n K) and --seed give byte-identical
+outputs whatever the engine, -j, retries or interruptions. Each task's
+output appears atomically with a completion record, as tarmap's; a re-run
+skips complete tasks (kill it at any point and run it again).
+
+A key found in two inputs (shards made independently) fails its reduce
+task permanently (exit 3), naming the key and both inputs, and writes
+nothing for that shard: give keys a prefix with --rekey '{shard}/{key}' (or
+tarcats --rekey). Nothing is ever merged or dropped silently.
+
+Where tasks run: -j N local tasks at once [default: number of CPUs]; --dask
+tcp://HOST:8786 or local:N; --phase map|reduce --index I runs one task of
+one phase here (--index env: JOB_COMPLETION_INDEX or SLURM_ARRAY_TASK_ID);
+--k8s-job NAME --image IMAGE prints two Kubernetes Indexed Jobs, NAME-map
+and NAME-reduce: apply the reduce Job once the map Job has completed, then
+run this command once more to check every output and remove the staging."""
+
+EXAMPLES = """\
+  tarshuffle 'in-{0000..0147}.tar' --shards 300 -o 'train-%04d.tar' --seed 7 -j 8
+  tarshuffle 'gs://raw/part-{00000..39999}.tgz' -n 10000 -o 'gs://ds/train-{shard:05d}.tar' --dask tcp://sched:8786
+  tarshuffle 'a-{00..09}.tar' 'b-{00..09}.tar' --shards 8 -o out/train-%02d.tar --rekey '{shard}/{key}'
+  tarshuffle 'in-{000..099}.tar' --shards 40 -o 's3://b/out-{shard:03d}.tar' --k8s-job shuf --image repo/tarproc:1 > jobs.yaml
+  tarshuffle 'in-{000..099}.tar' --shards 40 -o out/%03d.tar --phase map --index env"""
+
+EXIT_STATUS_NOTE = """\
+0    every task of both phases is complete (done now or before).
+1    some tasks failed (each named on stderr) or were not run; a retry
+     may fix them.
+2    usage error.
+3    a task failed permanently: bad input data, or a key found in two
+     inputs (see --rekey).
+130  interrupted by SIGINT; 143 by SIGTERM (running tasks killed, no
+     complete-looking output left, completed tasks keep their records)."""
+
+app = make_app(HELP, EXAMPLES)
+app.info.epilog = app.info.epilog.split("\n\n\b\nExit status:\n")[0] + "\n\n\b\nExit status:\n" + EXIT_STATUS_NOTE
+
+BufferSize = size_option("--buffer-size", help="Memory budget of each task for buffered samples", optional=False)
+
+
+@command(app, shared="read")
+def tarshuffle(
+    tool: Tool,
+    output: Annotated[
+        Optional[str],
+        typer.Option("-o", "--output", metavar="PATTERN",
+                     help="Output shards: out-%04d.tar, out-{shard:04d}.tar, a plain prefix; a path or URL."),
+    ] = None,
+    shards: Annotated[Optional[int], typer.Option("--shards", min=1, metavar="N", help="Number of output shards.")] = None,
+    maxcount: Annotated[
+        Optional[int],
+        typer.Option("-n", "--maxcount", min=1, metavar="K",
+                     help="About K samples per output shard: N = ceil(total/K) from a counting pass (not exactly K)."),
+    ] = None,
+    seed: Annotated[str, typer.Option("--seed", metavar="S", help="Seed of the partitions and of the order (any text).")] = "0",
+    no_shuffle: Annotated[bool, typer.Option("--no-shuffle", help="Keep input order inside each output shard.")] = False,
+    staging: Annotated[
+        Optional[str], typer.Option("--staging", metavar="DIR|URL", help="Staging area [default: DIR/tarshuffle-staging beside the outputs].")
+    ] = None,
+    keep_staging: Annotated[bool, typer.Option("--keep-staging", help="Keep the staged files at the end.")] = False,
+    buffer_size: BufferSize = f"{DEFAULT_BUFFER >> 20}M",
+    tmpdir: Annotated[
+        Optional[str], typer.Option("--tmpdir", metavar="DIR", help="Where tasks spill runs [default: $TMPDIR or /tmp].")
+    ] = None,
+    rekey: Annotated[
+        Optional[str], typer.Option("--rekey", metavar="FORMAT", help="New keys per input, as tarcats --rekey: '{shard}/{key}'.")
+    ] = None,
+    input_list: Annotated[
+        Optional[list[str]], typer.Option("-T", "--files-from", metavar="FILE", help="Read inputs from FILE, one per line ('-': stdin).")
+    ] = None,
+    jobs: Annotated[Optional[int], typer.Option("-j", "--jobs", min=1, metavar="N", help="Local tasks at once [default: number of CPUs].")] = None,
+    dask: Annotated[
+        Optional[str], typer.Option("--dask", metavar="ADDRESS", help="Run on Dask: tcp://HOST:8786, or local:N worker processes.")
+    ] = None,
+    phase: Annotated[
+        Optional[str], typer.Option("--phase", metavar="map|reduce", help="With --index: run one task of this phase.")
+    ] = None,
+    index: Annotated[
+        Optional[str], typer.Option("--index", metavar="I|env", help="Run task I of --phase only ('env': JOB_COMPLETION_INDEX or SLURM_ARRAY_TASK_ID).")
+    ] = None,
+    retries: Annotated[int, typer.Option("--retries", min=0, metavar="N", help="Retries of a failed task (not for exit status 3).")] = 2,
+    backoff: Annotated[float, typer.Option("--backoff", min=0, metavar="SECONDS", help="Wait before the first retry, doubled for each next.")] = 1.0,
+    timeout: Annotated[
+        Optional[float], typer.Option("--timeout", min=0.001, metavar="SECONDS", help="Kill a task after this long (retryable).")
+    ] = None,
+    records_dir: Annotated[
+        Optional[str], typer.Option("--records", metavar="DIR", help="Output shards' records in DIR [default: OUTPUT.tarmap.json].")
+    ] = None,
+    max_errors: Annotated[
+        Optional[int], typer.Option("--max-errors", min=0, metavar="N", help="Stop starting tasks when more than N failed.")
+    ] = None,
+    halt_after: Annotated[
+        int, typer.Option("--halt-after", min=0, metavar="K", help="Stop when the first K tasks to finish all failed (0: never).")
+    ] = 3,
+    storage_option: Annotated[
+        Optional[list[str]], typer.Option("--storage-option", metavar="KEY=VALUE", help="fsspec storage option for URLs (repeatable).")
+    ] = None,
+    k8s_job: Annotated[Optional[str], typer.Option("--k8s-job", metavar="NAME", help="Print the map and reduce Indexed Jobs (YAML).")] = None,
+    image: Annotated[Optional[str], typer.Option("--image", metavar="IMAGE", help="--k8s-job: container image with tarproc.")] = None,
+    parallelism: Annotated[Optional[int], typer.Option("--parallelism", min=1, metavar="P", help="--k8s-job: pods at once.")] = None,
+    cpu: Annotated[Optional[str], typer.Option("--cpu", metavar="C", help="--k8s-job: CPU request and limit (2, 500m).")] = None,
+    memory: Annotated[Optional[str], typer.Option("--memory", metavar="M", help="--k8s-job: memory request and limit (4Gi).")] = None,
+    env: Annotated[
+        Optional[list[str]], typer.Option("--env", metavar="NAME[=VALUE]", help="--k8s-job: environment variable for the pods (repeatable).")
+    ] = None,
+) -> None:
+    quiet = tool.quiet
+    with tool.run():
+        if output is None:
+            raise UsageError("missing -o PATTERN (e.g. -o 'out/train-%04d.tar')")
+        if (shards is None) == (maxcount is None):
+            raise UsageError("give either --shards N or -n K (samples per shard)")
+        pattern = ShardPattern(output)
+        if pattern.is_pipe:
+            raise UsageError("-o pipe:CMD is not an output of tarshuffle: outputs must be files or URLs")
+        specs = expand_inputs(tool.args.inputs or [])
+        for path in input_list or []:
+            specs.extend(expand_inputs(read_list(path)))
+        if not specs:
+            raise UsageError("no inputs (give INPUT... or -T FILE)")
+        if "-" in specs:
+            raise UsageError("tarshuffle reads its inputs itself: '-' (stdin) is not an input (use -T - for a list)")
+        if (phase is None) != (index is None):
+            raise UsageError("--phase and --index go together: --phase map|reduce --index I")
+        if phase is not None and phase not in shufflejob.PHASES:
+            raise UsageError(f"--phase {phase!r}: use map or reduce")
+        modes = [name for name, on in (("--dask", dask), ("--index", index), ("--k8s-job", k8s_job)) if on]
+        if len(modes) > 1:
+            raise UsageError(f"{' and '.join(modes)} cannot be combined")
+        if jobs is not None and modes:
+            raise UsageError(f"-j and {modes[0]} cannot be combined")
+        if k8s_job is None and (image or parallelism or cpu or memory or env):
+            raise UsageError("--image, --parallelism, --cpu, --memory, --env go with --k8s-job")
+        if rekey is not None:
+            Rekeyer(rekey)  # a bad format is a usage error now, not in every task
+        if tmpdir is not None and not os.path.isdir(tmpdir):
+            raise UsageError(f"--tmpdir {tmpdir!r} is not a directory")
+        storage = parse_storage_options(storage_option or [])
+
+        if dask is None and k8s_job is None:
+            check_inputs_exist(specs if index is None or phase == "reduce" or maxcount else
+                               [specs[min(task_index(index), len(specs) - 1)]])
+        if shards is None:
+            total = 0
+            for spec in specs:
+                total += count_samples(spec, tool.warn)
+            shards = shard_count(total, maxcount)
+            tool.info(f"{total} samples in {len(specs)} inputs: {shards} output shards of about {maxcount}")
+        job = shufflejob.ShuffleJob(
+            tuple(specs), output, shards, staging or shufflejob.default_staging(output), seed, not no_shuffle,
+            rekey, tool.args.strict, buffer_size, tmpdir, records_dir,
+        )
+        options = job.options(tasks.RetryPolicy(retries=retries, backoff=backoff, timeout=timeout), storage, quiet)
+
+        if k8s_job is not None:
+            _print_jobs(job, k8s_job, image, parallelism, cpu, memory, env or [], tool, input_list,
+                        retries, backoff, timeout, storage_option or [], keep_staging)
+            return
+
+        say = (lambda m: None) if quiet else (lambda m: print(f"tarshuffle: {m}", file=sys.stderr, flush=True))
+        if index is not None:
+            i = task_index(index)
+            result = shufflejob.run_one(job, phase, i, options, say)
+            if not result.ok:
+                tool.error(f"{phase} task {i} ({_name(phase, result)}) failed: {result.message}")
+                raise typer.Exit(result.exit_status)
+            tool.info(f"{phase} task {i}: {result.status}")
+            return
+
+        if dask is not None:
+            def pool_factory():
+                return schedule.DaskPool(dask)
+            fn, fn_args = tasks.run_task_quiet, ()
+        else:
+            def pool_factory():
+                return schedule.LocalPool(jobs or os.cpu_count() or 1)
+            fn, fn_args = tasks.run_task, (say,)
+        bars: list = []
+
+        def on_phase(name: str, total: int) -> None:
+            for bar in bars:
+                bar.close()
+            bars[:] = [_Bar(tool, tool.args.progress, total)]
+            tool.info(f"{name} phase: {total} tasks", level=2)
+
+        def on_result(name: str, task, result) -> None:
+            bars[-1].update(result)
+            if not result.ok:
+                tool.error(f"{name} task {task.index} ({_name(name, result)}) failed"
+                           f"{' permanently' if result.permanent else ''}: {result.message}")
+
+        try:
+            outcomes = shufflejob.run(job, options, pool_factory, fn=fn, fn_args=fn_args, keep_staging=keep_staging,
+                                      max_errors=max_errors, halt_after=halt_after, on_phase=on_phase,
+                                      on_result=on_result)
+        finally:
+            for bar in bars:
+                bar.close()
+            tasks.reset_cancel()
+        for outcome in outcomes:
+            if outcome.summary is None:
+                continue
+            run = outcome.summary
+            if run.stopped:
+                tool.error(f"{outcome.phase} phase stopped: {run.stopped}; {len(run.not_run)} tasks not run")
+            done, skipped = run.count("complete"), run.count("skipped")
+            samples = sum(r.record.get("samples", 0) for r in run.results if r.record)
+            size = sum(r.record.get("bytes", 0) for r in run.results if r.record)
+            if outcome.phase == "map":
+                samples -= sum(1 for r in run.results if r.record)  # the index member of each staged file
+            tool.info(f"{outcome.phase}: {done} tasks done, {skipped} skipped, {len(run.failed)} failed;"
+                      f" {samples} samples, {_human(size)}")
+            if not outcome.ok:
+                failed = sorted(r.index for r in run.failed)
+                if failed:
+                    names = ", ".join(map(str, failed[:20])) + (" ..." if len(failed) > 20 else "")
+                    tool.error(f"{len(failed)} of {len(outcome.tasks)} {outcome.phase} tasks failed: {names}")
+                if outcome.phase == "map":
+                    tool.error("the reduce phase did not start")
+                raise typer.Exit(ExitStatus.DATA if outcome.permanent else ExitStatus.ERROR)
+        if all(o.summary is None for o in outcomes):
+            tool.info(f"every output shard was complete already ({job.partitions} shards)")
+        tool.info(f"{job.partitions} output shards complete in {tool.elapsed():.2f} s")
+
+
+def _name(phase: str, result) -> str:
+    return result.input if phase == "map" else result.output
+
+
+def _print_jobs(job, name, image, parallelism, cpu, memory, env, tool, input_list, retries, backoff, timeout,
+                storage_options, keep_staging) -> None:
+    """The two Indexed Jobs: NAME-map (one pod per input) and NAME-reduce
+    (one pod per output shard), as one YAML stream."""
+    if not image:
+        raise UsageError("--k8s-job needs --image IMAGE")
+    argv = ["tarshuffle", *job.inputs] if not input_list else ["tarshuffle"]
+    for path in input_list or []:
+        argv += ["-T", path]
+    argv += ["-o", job.pattern, "--shards", str(job.partitions), "--seed", job.seed, "--staging", job.staging,
+             "--buffer-size", str(job.buffer_size), "--retries", str(retries), "--backoff", f"{backoff:g}"]
+    if not job.shuffle:
+        argv.append("--no-shuffle")
+    if job.rekey is not None:
+        argv += ["--rekey", job.rekey]
+    if job.strict:
+        argv.append("--strict")
+    if job.records_dir is not None:
+        argv += ["--records", job.records_dir]
+    if timeout is not None:
+        argv += ["--timeout", f"{timeout:g}"]
+    for item in storage_options:
+        argv += ["--storage-option", item]
+    documents = []
+    for phase, count in (("map", len(job.inputs)), ("reduce", job.partitions)):
+        manifest = k8s.job_manifest(f"{name}-{phase}", image, argv + ["--phase", phase, "--index", "env"], count,
+                                    parallelism=parallelism, cpu=cpu, memory=memory, env=env)
+        documents.append(k8s.to_yaml(manifest))
+    sys.stdout.write("---\n".join(documents))
+
+
+def main() -> None:
+    run_app(app, "tarshuffle")
+
+
+if __name__ == "__main__":
+    main()

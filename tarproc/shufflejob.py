@@ -1,0 +1,321 @@
+"""A global shuffle as two phases of shard tasks (:mod:`tarproc.tasks`).
+
+A :class:`ShuffleJob` turns M inputs and N output shards into M map tasks
+and N reduce tasks, each a :class:`tarproc.tasks.Task` whose pipeline is
+the shuffle worker (``python -m tarproc.shuffle``, see
+:func:`tarproc.shuffle.worker_main`). So they run on the same engines as
+tarmap's tasks (a local pool, Dask, ``--index`` in a Kubernetes Indexed Job
+or a Slurm array), with the same atomic outputs, completion records,
+retries, timeouts and exit statuses:
+
+* map task i: input i on stdin, its staged file
+  ``STAGING/staged-{i:06d}.tar`` as output, the record beside it;
+* reduce task j: no input (``pipe:true``), output shard j as output (named
+  by the tarsplit pattern, :class:`tarproc.shards.ShardPattern`), the record
+  beside it or under a records directory.
+
+A task's pipeline names everything that changes its output's bytes (N, the
+seed, ``--rekey``, ``--no-shuffle``, and for a reduce task a fingerprint of
+the inputs' names and identities), so a completion record is valid exactly
+when a re-run would write the same bytes; the memory budget and the spill
+directory travel in the environment. :func:`run` runs the map phase (unless
+every reduce task is already complete), then the reduce phase, then
+removes the staging files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+
+from . import records, schedule, tasks
+from .errors import UsageError
+from .shards import ShardPattern
+from .shuffle import ENV_BUFFER, ENV_TMPDIR, join, staged_name
+from .sinks import remove_stale_attempts
+from .sort import DEFAULT_BUFFER
+from .storage import filesystem, identity, is_url, local_path
+
+#: the input of a reduce task: it reads the staged files itself
+NO_INPUT = "pipe:true"
+PHASES = ("map", "reduce")
+
+
+def default_staging(pattern: str) -> str:
+    """The staging area beside the outputs: ``DIR/tarshuffle-staging`` where
+    DIR holds output shard 0 (a directory or URL prefix)."""
+    first = ShardPattern(pattern).name(0)
+    parent = first.rsplit("/", 1)[0] if "/" in first else "."
+    return join(parent, "tarshuffle-staging")
+
+
+def inputs_fingerprint(inputs: Sequence[str], storage_options=None) -> str:
+    """SHA-256 (16 hex digits) of the inputs' names and identities (size and
+    mtime or ETag, :func:`tarproc.storage.identity`): a changed input
+    changes every reduce task's pipeline, so their records no longer match.
+
+    :raises TarprocError: a store could not be asked
+    """
+    described = [[spec, identity(spec, storage_options)] for spec in inputs]
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class ShuffleJob:
+    """The two phases of a shuffle (see the module docstring).
+
+    :ivar inputs: the input shards, in order (task i is input i)
+    :ivar pattern: the output pattern (tarsplit's: ``out-%04d.tar``,
+        ``out-{shard:04d}.tar``, a plain prefix; a URL works too)
+    :ivar partitions: N, the number of output shards
+    :ivar staging: directory or URL prefix of the staged files
+    :ivar seed: seed of the partition hash and of the order
+    :ivar shuffle: False keeps input order inside each output (--no-shuffle)
+    :ivar rekey: a :class:`tarproc.stages.Rekeyer` format applied per input
+    :ivar strict: members without a key are errors (exit 3), not warnings
+    :ivar buffer_size: memory budget of each task, bytes
+    :ivar tmpdir: where tasks spill (default ``$TMPDIR``)
+    :ivar records_dir: records of the reduce tasks there, not beside outputs
+    :ivar fingerprint: :func:`inputs_fingerprint` (computed when empty)
+    :ivar python: the interpreter the tasks' pipelines run
+    """
+
+    inputs: tuple[str, ...]
+    pattern: str
+    partitions: int
+    staging: str
+    seed: str = "0"
+    shuffle: bool = True
+    rekey: str | None = None
+    strict: bool = False
+    buffer_size: int = DEFAULT_BUFFER
+    tmpdir: str | None = None
+    records_dir: str | None = None
+    fingerprint: str = ""
+    python: str = sys.executable or "python3"
+
+    def __post_init__(self):
+        if self.partitions < 1:
+            raise UsageError(f"the number of output shards must be positive, not {self.partitions}")
+        if not self.inputs:
+            raise UsageError("no inputs")
+        names = [self.output(j) for j in range(min(self.partitions, 2))]
+        if self.partitions > 1 and names[0] == names[1]:
+            raise UsageError(f"-o {self.pattern!r} gives every shard the same name: use %04d or {{shard:04d}}")
+
+    # -------------------------------------------------------- names
+    def output(self, j: int) -> str:
+        return ShardPattern(self.pattern).name(j)
+
+    def staged(self, i: int) -> str:
+        return staged_name(self.staging, i)
+
+    def env(self) -> dict[str, str]:
+        env = {ENV_BUFFER: str(self.buffer_size)}
+        if self.tmpdir:
+            env[ENV_TMPDIR] = self.tmpdir
+        return env
+
+    # -------------------------------------------------------- tasks
+    def _worker(self, *args: str) -> str:
+        return " ".join(shlex.quote(a) for a in (self.python, "-m", "tarproc.shuffle", *args))
+
+    def map_task(self, i: int) -> tasks.Task:
+        args = ["map", "--partitions", str(self.partitions), "--seed", self.seed]
+        if self.rekey is not None:
+            args += ["--rekey", self.rekey]
+        if self.strict:
+            args.append("--strict")
+        staged = self.staged(i)
+        return tasks.Task(i, self.inputs[i], staged, self._worker(*args), records.record_path(staged, i))
+
+    def reduce_task(self, j: int) -> tasks.Task:
+        if not self.fingerprint:
+            raise UsageError("the job has no inputs fingerprint")
+        args = ["reduce", "--partition", str(j), "--partitions", str(self.partitions), "--seed", self.seed,
+                "--staging", self.staging, "--inputs", str(len(self.inputs))]
+        if not self.shuffle:
+            args.append("--no-shuffle")
+        # the fingerprint is an argument the worker ignores: it ties the record to the inputs' content
+        pipeline = self._worker(*args) + f" # inputs {self.fingerprint}"
+        output = self.output(j)
+        return tasks.Task(j, NO_INPUT, output, pipeline, records.record_path(output, j, self.records_dir))
+
+    def map_tasks(self) -> list[tasks.Task]:
+        return [self.map_task(i) for i in range(len(self.inputs))]
+
+    def reduce_tasks(self) -> list[tasks.Task]:
+        return [self.reduce_task(j) for j in range(self.partitions)]
+
+    def tasks(self, phase: str) -> list[tasks.Task]:
+        if phase not in PHASES:
+            raise UsageError(f"unknown phase {phase!r} (map or reduce)")
+        return self.map_tasks() if phase == "map" else self.reduce_tasks()
+
+    def with_fingerprint(self, storage_options=None) -> ShuffleJob:
+        """This job with :attr:`fingerprint` computed (stats every input)."""
+        if self.fingerprint:
+            return self
+        return dataclasses.replace(self, fingerprint=inputs_fingerprint(self.inputs, storage_options))
+
+    def options(self, policy: tasks.RetryPolicy, storage_options=None, quiet: bool = False,
+                force: bool = False) -> tasks.TaskOptions:
+        """The :class:`tarproc.tasks.TaskOptions` of this job's tasks."""
+        return tasks.TaskOptions(policy=policy, force=force, storage_options=storage_options, quiet=quiet,
+                                 env=self.env())
+
+    # -------------------------------------------------------- staging
+    def remove_staging(self, storage_options=None) -> int:
+        """Remove every staged file, its record and leftover attempt files,
+        then the staging directory when it is empty. Returns files removed.
+
+        :raises TarprocError: a store could not be asked
+        """
+        removed = 0
+        for i in range(len(self.inputs)):
+            staged = self.staged(i)
+            for path in (staged, records.record_path(staged, i)):
+                if _remove(path, storage_options):
+                    removed += 1
+            if not is_url(staged):
+                removed += len(remove_stale_attempts(local_path(staged)))
+        if not is_url(self.staging):
+            try:
+                os.rmdir(local_path(self.staging))
+            except OSError:
+                pass  # not empty (someone else's files) or gone
+        return removed
+
+
+def _remove(spec: str, storage_options=None) -> bool:
+    from .errors import OutputError
+
+    try:
+        if is_url(spec):
+            fs, path = filesystem(spec, storage_options)
+            if not fs.exists(path):
+                return False
+            fs.rm(path)
+        else:
+            os.unlink(local_path(spec))
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise OutputError(f"{spec}: cannot remove: {exc}") from None
+
+
+@dataclasses.dataclass
+class PhaseOutcome:
+    """One phase's :class:`tarproc.schedule.RunSummary` (None: not run,
+    because every reduce task was complete) and its tasks."""
+
+    phase: str
+    tasks: list
+    summary: schedule.RunSummary | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.summary is None or not (self.summary.failed or self.summary.not_run)
+
+    @property
+    def permanent(self) -> bool:
+        return self.summary is not None and any(r.permanent for r in self.summary.failed)
+
+
+def all_complete(task_list: Sequence[tasks.Task], options: tasks.TaskOptions) -> bool:
+    """True when every task has a matching completion record."""
+    return all(tasks.is_complete(task, options) is not None for task in task_list)
+
+
+def run(
+    job: ShuffleJob,
+    options: tasks.TaskOptions,
+    pool_factory: Callable[[], object],
+    *,
+    fn: Callable = tasks.run_task,
+    fn_args: tuple = (),
+    keep_staging: bool = False,
+    max_errors: int | None = None,
+    halt_after: int = 3,
+    on_phase: Callable[[str, int], None] | None = None,
+    on_result: Callable[[str, tasks.Task, tasks.TaskResult], None] | None = None,
+) -> list[PhaseOutcome]:
+    """Run the shuffle: the map phase (skipped when every reduce task is
+    complete already), then the reduce phase, each on a fresh pool from
+    ``pool_factory`` (:func:`tarproc.schedule.run_all` closes its pool);
+    then remove the staging files unless ``keep_staging``. A phase with
+    failed or unrun tasks ends the run (the next phase does not start).
+
+    :param fn: runs one task on the engine (:func:`tarproc.tasks.run_task`,
+        or :func:`tarproc.tasks.run_task_quiet` for Dask), called as
+        ``fn(task, options, *fn_args)``
+    :param on_phase: called with (phase, number of tasks) when a phase starts
+    :param on_result: called with (phase, task, result) as tasks finish
+    :returns: the outcome of each phase that was considered
+    :raises KeyboardInterrupt, Interrupted: running pipelines are killed
+        (:func:`tarproc.tasks.cancel_all`) first
+    """
+    job = job.with_fingerprint(options.storage_options)
+    outcomes = []
+    reduce_list = job.reduce_tasks()
+    map_list = job.map_tasks()
+    if not options.force and all_complete(reduce_list, options):
+        outcomes.append(PhaseOutcome("map", map_list))
+    else:
+        for phase, task_list in (("map", map_list), ("reduce", reduce_list)):
+            if on_phase is not None:
+                on_phase(phase, len(task_list))
+
+            def result(task, res, phase=phase):
+                if on_result is not None:
+                    on_result(phase, task, res)
+
+            def error(task, exc):
+                return tasks.TaskResult(task.index, task.input, task.output, "failed",
+                                        message=f"{type(exc).__name__}: {exc}")
+
+            summary = schedule.run_all(task_list, fn, (options, *fn_args), pool_factory(), max_errors=max_errors,
+                                       halt_after=halt_after, on_result=result, on_error=error,
+                                       on_interrupt=tasks.cancel_all)
+            outcome = PhaseOutcome(phase, task_list, summary)
+            outcomes.append(outcome)
+            if not outcome.ok:
+                return outcomes
+    if len(outcomes) == 1:
+        outcomes.append(PhaseOutcome("reduce", reduce_list))
+    if not keep_staging:
+        job.remove_staging(options.storage_options)
+    return outcomes
+
+
+def run_one(job: ShuffleJob, phase: str, index: int, options: tasks.TaskOptions, say=None) -> tasks.TaskResult:
+    """Run one task of one phase here (``--phase P --index I``: a Kubernetes
+    pod, a Slurm array task), with retries. The last reduce task to complete
+    does not remove the staging (it cannot know the others are done): run
+    ``--phase cleanup`` or the whole command once more for that.
+
+    :raises UsageError: the index is out of range
+    """
+    task_list_len = len(job.inputs) if phase == "map" else job.partitions
+    if not 0 <= index < task_list_len:
+        raise UsageError(f"--index {index}: the {phase} phase has {task_list_len} tasks (0..{task_list_len - 1})")
+    if phase == "reduce":
+        job = job.with_fingerprint(options.storage_options)
+        task = job.reduce_task(index)
+    else:
+        task = job.map_task(index)
+    try:
+        return tasks.run_task(task, options, say)
+    finally:
+        tasks.cancel_all()  # only kills something on an interrupt
+        tasks.reset_cancel()
+
+
+__all__ = ["NO_INPUT", "PhaseOutcome", "ShuffleJob", "all_complete", "default_staging", "inputs_fingerprint", "run",
+           "run_one"]
