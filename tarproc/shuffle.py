@@ -47,17 +47,16 @@ import hashlib
 import io
 import json
 import os
-import re
 import shutil
 import tempfile
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from .errors import OutputError, SampleError, SourceError, TarprocError, UsageError, Warn
 from .samples import Sample, group_samples, sample_members
-from .sinks import PARTIAL, TarSink
+from .sinks import PARTIAL, AtomicOutput, TarSink
+from .storage import filesystem, is_url, local_path
 from .sort import DEFAULT_BUFFER, ExternalSorter, sort_key_function
 from .sources import iter_source_samples, open_source
 from .stages import Rekeyer
@@ -75,7 +74,6 @@ RANGE_BUFFER = 1 << 18
 #: the remedy for a key that occurs in two inputs
 REKEY_REMEDY = "give every input's keys a prefix: tarcats --rekey '{shard}/{key}', or tarshuffle --rekey '{shard}/{key}'"
 
-_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
 class StagingError(TarprocError):
@@ -218,98 +216,19 @@ def _index_member(index: StagedIndex) -> bytes:
 
 
 # ---------------------------------------------------------------- storage
-def is_url(spec: str) -> bool:
-    """True for ``scheme://...`` other than ``file://`` (an fsspec URL)."""
-    return bool(_URL.match(spec)) and not spec.startswith("file://")
-
-
-def _local(spec: str) -> str:
-    return spec[7:] if spec.startswith("file://") else spec
-
-
-def _fsspec(spec: str):
-    try:
-        import fsspec
-    except ImportError:
-        raise SourceError(f"{spec}: URLs need fsspec (pip install 'tarproc[cloud]')") from None
-    return fsspec
-
-
 def join(prefix: str, name: str) -> str:
     """``prefix/name`` for a directory or a URL prefix."""
     return prefix.rstrip("/") + "/" + name
 
 
-def exists(spec: str) -> bool:
-    """True when the file or object exists. :raises SourceError: (URL without fsspec)"""
-    if is_url(spec):
-        fs, path = _fsspec(spec).core.url_to_fs(spec)
-        return fs.exists(path)
-    return os.path.isfile(_local(spec))
+def atomic_output(spec: str, storage_options: dict | None = None) -> AtomicOutput:
+    """A binary output whose bytes appear at ``spec`` only if its ``with``
+    block completes (:class:`tarproc.sinks.AtomicOutput`: a unique attempt
+    file renamed into place, or an upload completed only on success).
 
-
-def remove(spec: str) -> None:
-    """Remove a file or object; a missing one is fine."""
-    try:
-        if is_url(spec):
-            fs, path = _fsspec(spec).core.url_to_fs(spec)
-            if fs.exists(path):
-                fs.rm(path)
-        else:
-            os.unlink(_local(spec))
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise OutputError(f"{spec}: cannot remove: {exc.strerror or exc}") from None
-
-
-@contextlib.contextmanager
-def atomic_output(spec: str) -> Iterator[BinaryIO]:
-    """A binary stream whose bytes appear at ``spec`` only if the block
-    completes: a local file is written to a unique ``NAME.partial.*`` and
-    renamed (so two runs of one task never write into each other's file);
-    an object-store upload is committed only on success (discarded otherwise).
-
-    :raises OutputError: the file cannot be created, written or renamed
+    :raises OutputError: it cannot be created
     """
-    if is_url(spec):
-        fsspec = _fsspec(spec)
-        fs, path = fsspec.core.url_to_fs(spec)
-        parent = fs._parent(path)
-        try:
-            if parent:
-                fs.makedirs(parent, exist_ok=True)
-            handle = fs.open(path, "wb", autocommit=False)
-        except (OSError, ValueError) as exc:
-            raise OutputError(f"{spec}: cannot create: {exc}") from None
-        try:
-            yield handle
-        except BaseException:
-            with contextlib.suppress(Exception):
-                handle.discard()
-            raise
-        try:
-            handle.commit()
-        except (OSError, ValueError) as exc:
-            raise OutputError(f"{spec}: upload failed: {exc}") from None
-        return
-    path = _local(spec)
-    partial = f"{path}{PARTIAL}.{uuid.uuid4().hex[:12]}"
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        handle = open(partial, "wb", buffering=1 << 20)
-    except OSError as exc:
-        raise OutputError(f"{spec}: cannot create: {exc.strerror}") from None
-    try:
-        with handle:
-            yield handle
-        os.replace(partial, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(partial)
-        if isinstance(exc, OSError):
-            raise OutputError(f"{spec}: write failed: {exc.strerror or exc}") from None
-        raise
+    return AtomicOutput(spec, storage_options, makedirs=True)
 
 
 @contextlib.contextmanager
@@ -317,9 +236,10 @@ def _open_read(spec: str) -> Iterator[BinaryIO]:
     """A seekable binary stream of a staged file. :raises StagingError:"""
     try:
         if is_url(spec):
-            handle = _fsspec(spec).open(spec, "rb", block_size=RANGE_BUFFER).open()
+            fs, path = filesystem(spec)
+            handle = fs.open(path, "rb", block_size=RANGE_BUFFER)
         else:
-            handle = open(_local(spec), "rb", buffering=0)
+            handle = open(local_path(spec), "rb", buffering=0)
     except FileNotFoundError:
         raise StagingError(f"{spec}: staged file is missing: run its map task again") from None
     except OSError as exc:

@@ -33,6 +33,7 @@ def base_args(tool: str, tmp_path) -> list[str]:
         "tarsort": ["-o", "-"],
         "lines2tar": ["-k", "url txt"],
         "tarmap": ["-o", str(tmp_path / "out" / "{index}.tar"), "-c", "cat", "--dry-run"],
+        "tarshuffle": ["-o", str(tmp_path / "out" / "%04d.tar"), "--shards", "2"],
     }.get(tool, [])
 
 
@@ -139,12 +140,14 @@ def big_inputs(tmp_path_factory, imagenet_shard):
 def test_closed_pipe_ends_quietly(tool, tmp_path, big_inputs):
     inputs = {"lines2tar": [big_inputs["lines"]], "tsv2tar": [big_inputs["plan"]],
               "dir2tar": [big_inputs["tree"]], "tarsplit": big_inputs["many"],
-              "tarmap": big_inputs["many"] * 100}.get(tool, big_inputs["shards"])
+              "tarmap": big_inputs["many"] * 100, "tarshuffle": big_inputs["many"] * 100}.get(tool, big_inputs["shards"])
     args = base_args(tool, tmp_path) + inputs
     if tool == "tarpcat":
         args += ["-p", "2", inputs[0]]
     if tool == "tarshow":
         args += ["-f", "jpg"]  # the listing of 40 samples could fit in the pipe buffer
+    if tool == "tarshuffle":
+        args += ["--k8s-job", "x", "--image", "i"]  # its only stdout: two Jobs naming 2000 inputs
     out = run(f"{shlex.join([tool, *args])} | head -c 100 >/dev/null; exit ${{PIPESTATUS[0]}}", shell=True)
     assert out.returncode == 141, out.stderr
     assert out.stderr == b""

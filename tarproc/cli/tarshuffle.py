@@ -82,9 +82,20 @@ app.info.epilog = app.info.epilog.split("\n\n\b\nExit status:\n")[0] + "\n\n\b\n
 BufferSize = size_option("--buffer-size", help="Memory budget of each task for buffered samples", optional=False)
 
 
-@command(app, shared="read")
+ShuffleInputs = Annotated[
+    Optional[list[str]],
+    typer.Argument(
+        help="Input shards: files, 'pipe:CMD', URLs, brace patterns like 'shard-{0000..0147}.tgz'.",
+        show_default=False,
+        metavar="INPUT",
+    ),
+]
+
+
+@command(app, shared="strict")
 def tarshuffle(
     tool: Tool,
+    inputs: ShuffleInputs = None,
     output: Annotated[
         Optional[str],
         typer.Option("-o", "--output", metavar="PATTERN",
@@ -157,7 +168,7 @@ def tarshuffle(
         pattern = ShardPattern(output)
         if pattern.is_pipe:
             raise UsageError("-o pipe:CMD is not an output of tarshuffle: outputs must be files or URLs")
-        specs = expand_inputs(tool.args.inputs or [])
+        specs = expand_inputs(inputs or [])
         for path in input_list or []:
             specs.extend(expand_inputs(read_list(path)))
         if not specs:
@@ -197,8 +208,8 @@ def tarshuffle(
         options = job.options(tasks.RetryPolicy(retries=retries, backoff=backoff, timeout=timeout), storage, quiet)
 
         if k8s_job is not None:
-            _print_jobs(job, k8s_job, image, parallelism, cpu, memory, env or [], tool, input_list,
-                        retries, backoff, timeout, storage_option or [], keep_staging)
+            _print_jobs(job, k8s_job, image, parallelism, cpu, memory, env or [], input_list,
+                        retries, backoff, timeout, storage_option or [])
             return
 
         say = (lambda m: None) if quiet else (lambda m: print(f"tarshuffle: {m}", file=sys.stderr, flush=True))
@@ -271,8 +282,8 @@ def _name(phase: str, result) -> str:
     return result.input if phase == "map" else result.output
 
 
-def _print_jobs(job, name, image, parallelism, cpu, memory, env, tool, input_list, retries, backoff, timeout,
-                storage_options, keep_staging) -> None:
+def _print_jobs(job, name, image, parallelism, cpu, memory, env, input_list, retries, backoff, timeout,
+                storage_options) -> None:
     """The two Indexed Jobs: NAME-map (one pod per input) and NAME-reduce
     (one pod per output shard), as one YAML stream."""
     if not image:
@@ -299,7 +310,9 @@ def _print_jobs(job, name, image, parallelism, cpu, memory, env, tool, input_lis
         manifest = k8s.job_manifest(f"{name}-{phase}", image, argv + ["--phase", phase, "--index", "env"], count,
                                     parallelism=parallelism, cpu=cpu, memory=memory, env=env)
         documents.append(k8s.to_yaml(manifest))
-    sys.stdout.write("---\n".join(documents))
+    # line by line: one huge write(2) cut short by a closed pipe is not an error
+    for line in "---\n".join(documents).splitlines(keepends=True):
+        sys.stdout.write(line)
 
 
 def main() -> None:
