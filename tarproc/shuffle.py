@@ -735,6 +735,10 @@ def shard_count(total: int, maxcount: int) -> int:
 #: (so they are not part of a task's pipeline and its completion record)
 ENV_BUFFER = "TARSHUFFLE_BUFFER_SIZE"
 ENV_TMPDIR = "TARSHUFFLE_TMPDIR"
+#: the task's input and output: the worker writes its output atomically
+#: itself and prints its statistics as one JSON line on stdout
+ENV_INPUT = "TARSHUFFLE_INPUT"
+ENV_OUTPUT = "TARSHUFFLE_OUTPUT"
 
 
 def staged_name(staging: str, index: int) -> str:
@@ -782,30 +786,96 @@ def worker_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     buffer_size = int(os.environ.get(ENV_BUFFER) or DEFAULT_BUFFER)
     tmpdir = os.environ.get(ENV_TMPDIR) or None
-    out = sys.stdout.buffer
+    output = os.environ.get(ENV_OUTPUT) or None
+    name = os.environ.get(ENV_INPUT) or os.environ.get("TARMAP_INPUT") or "-"
 
     def warn(message: str) -> None:
         print(f"tarshuffle: warning: {message}", file=sys.stderr, flush=True)
 
     try:
         if args.phase == "map":
-            name = os.environ.get("TARMAP_INPUT") or "-"
-            stream = decompressing_reader(sys.stdin.buffer, name)
-            samples: Iterable[Sample] = group_samples(iter_members(stream, name, warn), name, warn, args.strict)
+            if output is None:  # a pipeline: the input on stdin, the staged file on stdout
+                stream = decompressing_reader(sys.stdin.buffer, name)
+                samples: Iterable[Sample] = group_samples(iter_members(stream, name, warn), name, warn, args.strict)
+            else:
+                samples = iter_source_samples(name, warn, args.strict)
             if args.rekey is not None:
                 samples = Rekeyer(args.rekey)(samples)
-            write_staged(samples, out, args.partitions, args.seed, name, buffer_size, tmpdir)
+
+            def work(out):
+                return write_staged(samples, out, args.partitions, args.seed, name, buffer_size, tmpdir)
         else:
             staged = [staged_name(args.staging, i) for i in range(args.inputs)]
-            reduce_to_stream(staged, args.partition, out, args.seed, not args.no_shuffle, buffer_size, tmpdir,
-                             args.mtime)
-        out.flush()
+
+            def work(out):
+                return reduce_to_stream(staged, args.partition, out, args.seed, not args.no_shuffle, buffer_size,
+                                        tmpdir, args.mtime)
+        if output is None:
+            work(sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+        else:
+            reduce = args.phase == "reduce"
+            stats = write_output(output, work, compress=reduce, digests=("sha256",) if reduce else ())
+            print(json.dumps(stats, sort_keys=True), flush=True)
     except TarprocError as exc:
         print(f"tarshuffle: error: {exc}", file=sys.stderr, flush=True)
         return int(exc.exit_status)
     except BrokenPipeError:
         return int(ExitStatus.SIGPIPE)
     return 0
+
+
+class _Hashing:
+    """Writes pass through to ``out`` while the named digests of the stored
+    bytes are computed and the bytes counted."""
+
+    def __init__(self, out, digests: Iterable[str] = ()):
+        self._out = out
+        self.digests = {name: hashlib.new(name) for name in digests}
+        self._updates = [d.update for d in self.digests.values()]
+        self.bytes = 0
+
+    def write(self, data) -> int:
+        for update in self._updates:
+            update(data)
+        self.bytes += len(data)
+        return self._out.write(data)
+
+    def flush(self) -> None:
+        pass
+
+    def hexdigest(self, name: str) -> str | None:
+        digest = self.digests.get(name)
+        return digest.hexdigest() if digest is not None else None
+
+
+def write_output(target: str, work: Callable[[BinaryIO], object], compress: bool = True,
+                 digests: Iterable[str] = ("sha256",)) -> dict:
+    """Run ``work(stream)`` onto ``target`` atomically
+    (:class:`tarproc.sinks.AtomicOutput`, stale attempt files of dead
+    processes removed), compressed by the target's name when ``compress``.
+
+    :param digests: hashlib digests of the stored bytes to compute
+        (``sha256``, ``md5``); at some 400 and 200 MB/s they are a large part
+        of a shuffle's CPU time, so a staged file gets none
+    :returns: ``samples``, ``tar_bytes`` (uncompressed), ``bytes`` (stored),
+        ``sha256`` and ``md5`` (of the stored bytes, None when not computed):
+        what a completion record holds
+    :raises TarprocError: from ``work`` (nothing appears at ``target``)
+    """
+    from .compress import compressing_writer, compression_for_name
+    from .sinks import remove_stale_attempts
+
+    if not is_url(target):
+        remove_stale_attempts(local_path(target))
+    with atomic_output(target) as out:
+        hashing = _Hashing(out, digests)
+        writer = compressing_writer(hashing, compression_for_name(target)) if compress else hashing
+        result = work(writer)
+        if writer is not hashing:
+            writer.close()
+    return {"samples": result.samples, "tar_bytes": result.bytes if compress else hashing.bytes, "bytes": hashing.bytes, "sha256": hashing.hexdigest("sha256"),
+            "md5": hashing.hexdigest("md5")}
 
 
 __all__ = [

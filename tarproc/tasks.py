@@ -538,7 +538,8 @@ def is_complete(task: Task, options: TaskOptions) -> dict | None:
     return records.check_record(task, identity(task.input, storage), storage)
 
 
-def run_task(task: Task, options: TaskOptions = TaskOptions(), say: Say | None = None) -> TaskResult:
+def run_task(task: Task, options: TaskOptions = TaskOptions(), say: Say | None = None,
+             attempt_fn: Callable[[Task, int, TaskOptions], dict] | None = None) -> TaskResult:
     """Run a task to the end: skip it when complete (unless ``force``), else
     attempt it with retries and backoff (:class:`RetryPolicy`). Never raises
     for a task's own failure; the caller reads :class:`TaskResult`.
@@ -546,6 +547,9 @@ def run_task(task: Task, options: TaskOptions = TaskOptions(), say: Say | None =
     Module-level and picklable, so that Dask workers can run it.
 
     :param say: called with a one-line message for each retried failure
+    :param attempt_fn: runs one attempt and returns its record, raising
+        :class:`TaskFailure` (default :func:`run_attempt`; tarshuffle's tasks
+        have their own, :func:`tarproc.shufflejob.run_attempt`)
     """
     result = TaskResult(task.index, task.input, task.output, "failed")
     try:
@@ -567,7 +571,7 @@ def run_task(task: Task, options: TaskOptions = TaskOptions(), say: Say | None =
                 return result
         result.attempts = attempt
         try:
-            result.record = run_attempt(task, attempt, options)
+            result.record = (attempt_fn or run_attempt)(task, attempt, options)
         except TaskFailure as exc:
             result.message = str(exc)
             result.permanent = exc.permanent

@@ -225,11 +225,11 @@ def tarshuffle(
         if dask is not None:
             def pool_factory():
                 return schedule.DaskPool(dask)
-            fn, fn_args = tasks.run_task_quiet, ()
+            fn, fn_args = shufflejob.run_task_quiet, ()
         else:
             def pool_factory():
                 return schedule.LocalPool(jobs or os.cpu_count() or 1)
-            fn, fn_args = tasks.run_task, (say,)
+            fn, fn_args = shufflejob.run_task, (say,)
         bars: list = []
 
         def on_phase(name: str, total: int) -> None:
@@ -261,8 +261,6 @@ def tarshuffle(
             done, skipped = run.count("complete"), run.count("skipped")
             samples = sum(r.record.get("samples", 0) for r in run.results if r.record)
             size = sum(r.record.get("bytes", 0) for r in run.results if r.record)
-            if outcome.phase == "map":
-                samples -= sum(1 for r in run.results if r.record)  # the index member of each staged file
             tool.info(f"{outcome.phase}: {done} tasks done, {skipped} skipped, {len(run.failed)} failed;"
                       f" {samples} samples, {_human(size)}")
             if not outcome.ok:
