@@ -816,6 +816,9 @@ def worker_main(argv: list[str] | None = None) -> int:
         else:
             reduce = args.phase == "reduce"
             stats = write_output(output, work, compress=reduce, digests=("sha256",) if reduce else ())
+            import resource
+
+            stats["max_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
             print(json.dumps(stats, sort_keys=True), flush=True)
     except TarprocError as exc:
         print(f"tarshuffle: error: {exc}", file=sys.stderr, flush=True)

@@ -295,6 +295,8 @@ def run_attempt(task: tasks.Task, attempt: int, options: tasks.TaskOptions) -> d
         host=socket.gethostname(),
         started=started,
     )
+    if stats.get("max_rss"):
+        record["max_rss"] = stats["max_rss"]  # peak memory of the worker, bytes (--buffer-size bounds it)
     try:
         records.write_record(task.record, record, storage)
     except TarprocError as exc:
