@@ -268,9 +268,10 @@ def run_attempt(task: tasks.Task, attempt: int, options: tasks.TaskOptions) -> d
         procs.stop(proc)
         tasks._track(proc, False)
     lines = err.decode("utf-8", "replace").splitlines()
-    if lines and not options.quiet:
-        sys.stderr.write("".join(f"{line}\n" for line in lines if not line.startswith("tarshuffle: error: ")))
-        sys.stderr.flush()
+    if not options.quiet:
+        for line in lines:
+            if not line.startswith("tarshuffle: error: "):  # the error is the failure's message
+                tasks.line_writer(line)  # above a progress bar (tarproc.cli.common.Tool.say)
     if tasks._CANCELLED.is_set():
         raise tasks.TaskFailure("cancelled")
     if proc.returncode != 0:
@@ -317,8 +318,8 @@ def run_task_quiet(task: tasks.Task, options: tasks.TaskOptions) -> tasks.TaskRe
 
 @dataclasses.dataclass
 class PhaseOutcome:
-    """One phase's :class:`tarproc.schedule.RunSummary` (None: not run,
-    because every reduce task was complete) and its tasks."""
+    """One phase's :class:`tarproc.schedule.RunSummary` (None: the map
+    phase was not needed, because every reduce task was complete) and its tasks."""
 
     phase: str
     tasks: list
@@ -370,30 +371,29 @@ def run(
     outcomes = []
     reduce_list = job.reduce_tasks()
     map_list = job.map_tasks()
+    phases = [("map", map_list), ("reduce", reduce_list)]
     if not options.force and all_complete(reduce_list, options):
-        outcomes.append(PhaseOutcome("map", map_list))
-    else:
-        for phase, task_list in (("map", map_list), ("reduce", reduce_list)):
-            if on_phase is not None:
-                on_phase(phase, len(task_list))
+        outcomes.append(PhaseOutcome("map", map_list))  # not needed: the reduce tasks will all be skipped
+        phases = phases[1:]
+    for phase, task_list in phases:
+        if on_phase is not None:
+            on_phase(phase, len(task_list))
 
-            def result(task, res, phase=phase):
-                if on_result is not None:
-                    on_result(phase, task, res)
+        def result(task, res, phase=phase):
+            if on_result is not None:
+                on_result(phase, task, res)
 
-            def error(task, exc):
-                return tasks.TaskResult(task.index, task.input, task.output, "failed",
-                                        message=f"{type(exc).__name__}: {exc}")
+        def error(task, exc):
+            return tasks.TaskResult(task.index, task.input, task.output, "failed",
+                                    message=f"{type(exc).__name__}: {exc}")
 
-            summary = schedule.run_all(task_list, fn or run_task, (options, *fn_args), pool_factory(), max_errors=max_errors,
-                                       halt_after=halt_after, on_result=result, on_error=error,
-                                       on_interrupt=tasks.cancel_all)
-            outcome = PhaseOutcome(phase, task_list, summary)
-            outcomes.append(outcome)
-            if not outcome.ok:
-                return outcomes
-    if len(outcomes) == 1:
-        outcomes.append(PhaseOutcome("reduce", reduce_list))
+        summary = schedule.run_all(task_list, fn or run_task, (options, *fn_args), pool_factory(),
+                                   max_errors=max_errors, halt_after=halt_after, on_result=result, on_error=error,
+                                   on_interrupt=tasks.cancel_all)
+        outcome = PhaseOutcome(phase, task_list, summary)
+        outcomes.append(outcome)
+        if not outcome.ok:
+            return outcomes
     if not keep_staging:
         job.remove_staging(options.storage_options)
     return outcomes
@@ -403,7 +403,7 @@ def run_one(job: ShuffleJob, phase: str, index: int, options: tasks.TaskOptions,
     """Run one task of one phase here (``--phase P --index I``: a Kubernetes
     pod, a Slurm array task), with retries. The last reduce task to complete
     does not remove the staging (it cannot know the others are done): run
-    ``--phase cleanup`` or the whole command once more for that.
+    the whole command once more for that (every task is skipped).
 
     :raises UsageError: the index is out of range
     """

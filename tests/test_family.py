@@ -140,6 +140,7 @@ def _inputs(tool: str, tmp_path, shard) -> list[str]:
         "tarshow": [],
         "tar2json": [],
         "tarmap": ["-o", str(tmp_path / "out" / "{stem}.tar"), "-c", "cat"],
+        "tarshuffle": ["-o", str(tmp_path / "out" / "%d.tar"), "--shards", "1"],
     }[tool] + [str(shard)]
 
 
@@ -152,7 +153,9 @@ def test_quiet_verbose_and_very_verbose(tool, tmp_path, imagenet_shard):
     lines = verbose.stderr.decode().splitlines()
     assert verbose.returncode == 0 and lines and all(line.startswith(f"{tool}: ") for line in lines), lines
     # tarmap's items are tasks (here one, of 40 samples), every other tool's are samples
-    item, items = ("task", 1) if tool == "tarmap" else ("sample", 40)
+    # tarmap's items are tasks (here one, of 40 samples), tarshuffle's too (here, run again: one
+    # reduce task, skipped, no map phase needed), every other tool's are samples
+    item, items = {"tarmap": ("task", 1), "tarshuffle": ("task", 1)}.get(tool, ("sample", 40))
     assert not any(f"{tool}: {item} " in line for line in lines)
     assert any("40 samples" in line for line in lines), lines
     very = run([tool, "-vv", *args])
@@ -239,8 +242,8 @@ def test_terminal_shows_a_bar_with_percentage_and_warnings_on_their_own_lines(to
 
 
 # ------------------------------------------------------ output names
-# tarmap has no --compress: each task's output is compressed by its name (the pattern's suffix)
-@pytest.mark.parametrize("tool", [t for t in TOOLS if t not in ("tarshow", "tar2json", "tarsplit", "tarmap")])
+# tarmap and tarshuffle have no --compress: each output is compressed by its name (the pattern's suffix)
+@pytest.mark.parametrize("tool", [t for t in TOOLS if t not in ("tarshow", "tar2json", "tarsplit", "tarmap", "tarshuffle")])
 @pytest.mark.parametrize("compress,name", [("gzip", "out.tar"), ("none", "out.tgz"), ("xz", "out.tar.zst")])
 def test_compression_contradicting_the_output_name_is_a_usage_error(tool, compress, name, tmp_path, imagenet_shard):
     args = [a for a in _inputs(tool, tmp_path, imagenet_shard)]

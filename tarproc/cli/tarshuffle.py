@@ -17,7 +17,7 @@ from ..sources import check_inputs_exist, expand_inputs
 from ..stages import Rekeyer
 from ..storage import parse_storage_options
 from .common import Tool, command, make_app, run_app, size_option
-from .tarmap import _Bar, _human, read_list, task_index
+from .tarmap import _Bar, _human, _task_line, read_list, task_index
 
 HELP = """\
 Shuffle a whole dataset across shards and re-shard it: every sample of the
@@ -212,7 +212,8 @@ def tarshuffle(
                         retries, backoff, timeout, storage_option or [])
             return
 
-        say = (lambda m: None) if quiet else (lambda m: print(f"tarshuffle: {m}", file=sys.stderr, flush=True))
+        say = (lambda m: None) if quiet else (lambda m: tool.say(f"tarshuffle: {m}"))
+        tasks.set_line_writer(tool.say)
         if index is not None:
             i = task_index(index)
             result = shufflejob.run_one(job, phase, i, options, say)
@@ -240,7 +241,9 @@ def tarshuffle(
 
         def on_result(name: str, task, result) -> None:
             bars[-1].update(result)
-            if not result.ok:
+            if result.ok:
+                tool.info(f"task {name} {_task_line(result).removeprefix('task ')}", level=2)
+            else:
                 tool.error(f"{name} task {task.index} ({_name(name, result)}) failed"
                            f"{' permanently' if result.permanent else ''}: {result.message}")
 
@@ -252,8 +255,9 @@ def tarshuffle(
             for bar in bars:
                 bar.close()
             tasks.reset_cancel()
+            tasks.set_line_writer(None)
         for outcome in outcomes:
-            if outcome.summary is None:
+            if outcome.summary is None:  # the map phase, not needed
                 continue
             run = outcome.summary
             if run.stopped:
@@ -271,8 +275,8 @@ def tarshuffle(
                 if outcome.phase == "map":
                     tool.error("the reduce phase did not start")
                 raise typer.Exit(ExitStatus.DATA if outcome.permanent else ExitStatus.ERROR)
-        if all(o.summary is None for o in outcomes):
-            tool.info(f"every output shard was complete already ({job.partitions} shards)")
+        if outcomes[0].summary is None:
+            tool.info(f"map phase not needed: every output shard was complete already ({job.partitions} shards)")
         tool.info(f"{job.partitions} output shards complete in {tool.elapsed():.2f} s")
 
 
