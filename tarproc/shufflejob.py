@@ -2,7 +2,8 @@
 
 A :class:`ShuffleJob` turns M inputs and N output shards into M map tasks
 and N reduce tasks, each a :class:`tarproc.tasks.Task` whose pipeline is
-the shuffle worker (``python -m tarproc.shuffle``, see
+the shuffle worker (``tarshuffle-worker ...``, run as ``python -m
+tarproc.shuffle`` by this interpreter, see
 :func:`tarproc.shuffle.worker_main`):
 
 * map task i: input i, its staged file ``STAGING/staged-{i:06d}.tar`` as
@@ -54,6 +55,9 @@ from .storage import filesystem, identity, is_url, local_path
 
 #: the input of a reduce task: it reads the staged files itself
 NO_INPUT = "pipe:true"
+#: the first word of a shuffle task's pipeline: run as ``python -m tarproc.shuffle`` with this
+#: interpreter (:func:`worker_argv`)
+WORKER = "tarshuffle-worker"
 PHASES = ("map", "reduce")
 
 
@@ -93,7 +97,6 @@ class ShuffleJob:
     :ivar tmpdir: where tasks spill (default ``$TMPDIR``)
     :ivar records_dir: records of the reduce tasks there, not beside outputs
     :ivar fingerprint: :func:`inputs_fingerprint` (computed when empty)
-    :ivar python: the interpreter the tasks' pipelines run
     """
 
     inputs: tuple[str, ...]
@@ -108,7 +111,6 @@ class ShuffleJob:
     tmpdir: str | None = None
     records_dir: str | None = None
     fingerprint: str = ""
-    python: str = sys.executable or "python3"
 
     def __post_init__(self):
         if self.partitions < 1:
@@ -134,7 +136,8 @@ class ShuffleJob:
 
     # -------------------------------------------------------- tasks
     def _worker(self, *args: str) -> str:
-        return " ".join(shlex.quote(a) for a in (self.python, "-m", "tarproc.shuffle", *args))
+        # what the task does, not where its interpreter lives: records stay valid across machines
+        return " ".join(shlex.quote(a) for a in (WORKER, *args))
 
     def map_task(self, i: int) -> tasks.Task:
         args = ["map", "--partitions", str(self.partitions), "--seed", self.seed]
@@ -225,6 +228,18 @@ def _remove(spec: str, storage_options=None) -> bool:
 STDERR_TAIL = 5
 
 
+def worker_argv(pipeline: str) -> list[str]:
+    """The argv of a shuffle task's pipeline (``tarshuffle-worker map ...
+    [# inputs FINGERPRINT]``): this interpreter running ``-m tarproc.shuffle``.
+
+    :raises tarproc.tasks.TaskFailure: not a shuffle task's pipeline
+    """
+    words = shlex.split(pipeline, comments=True)
+    if not words or words[0] != WORKER:
+        raise tasks.TaskFailure(f"not a tarshuffle task: {pipeline!r}", permanent=True)
+    return [sys.executable or "python3", "-m", "tarproc.shuffle", *words[1:]]
+
+
 def run_attempt(task: tasks.Task, attempt: int, options: tasks.TaskOptions) -> dict:
     """One attempt of a shuffle task: its worker (the task's pipeline, in
     its own process group) reads the input itself and writes the output
@@ -253,7 +268,7 @@ def run_attempt(task: tasks.Task, attempt: int, options: tasks.TaskOptions) -> d
     env.update(options.env or {})
     env.update({ENV_INPUT: task.input, ENV_OUTPUT: task.output})
     try:
-        proc = procs.spawn_shell(task.pipeline, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        proc = procs.spawn(worker_argv(task.pipeline), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     except OSError as exc:
         raise tasks.TaskFailure(f"cannot start the task: {exc.strerror}") from None
     tasks._track(proc, True)
