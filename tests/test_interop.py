@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run, tar_members, tool_env
+from s3server import s3_server  # noqa: F401  (the fixture)
 from tarproc import iter_samples
 from tarproc.errors import SampleError, SourceError
 from tarproc.samples import KeyLedger, MAX_SEEN_KEYS
@@ -615,3 +616,22 @@ def test_original_command_lines(tmp_path):
     assert [s["__key__"] for s in ours(tmp_path / "sub.tar")] == [f"kk{i}" for i in range(5)]
     assert [s["cls"] for s in ours(tmp_path / "sorted.tar")] == sorted(s["cls"] for s in ours(tmp_path / "file.tar"))
     assert not (tmp_path / "missing").exists()
+
+
+# ------------------------------------------------------------ s3:// inputs (fsspec) against moto's S3 server
+
+
+def test_reading_tools_stream_s3_inputs(s3_server, imagenet_shard, tmp_path):  # noqa: F811 - the fixture
+    s3_server.reset()
+    fs = s3_server.fs()
+    fs.mkdir("shards")
+    fs.put(str(imagenet_shard), "shards/a.tar")
+    env = s3_server.env(tool_env())
+    stats = run(["tarshow", "--stats", "--json", "s3://shards/a.tar"], env=env)
+    assert stats.returncode == 0, stats.stderr
+    assert b'"samples": 40' in stats.stdout
+    cats = run(["tarcats", "s3://shards/a.tar", "-o", "-"], env=env)
+    assert cats.returncode == 0, cats.stderr
+    assert tar_members(cats.stdout) == tar_members(imagenet_shard.read_bytes())
+    missing = run(["tarshow", "s3://shards/nope.tar"], env=env)
+    assert missing.returncode == 1 and b"nope.tar" in missing.stderr

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .common import Tool, command, make_app, run_app
+from .common import REPEATED_KEYS, Tool, command, make_app, run_app
 from .tarcats import CATS, CATS_SHARED, run_cats
 
 HELP = """\
@@ -16,9 +16,11 @@ Read many tar shards in parallel worker processes and merge their samples.
 Each of the -p N workers reads whole shards (decompressing them) and sends
 their samples back through a bounded queue; the parent writes them in input
 order, so every sample of every shard appears exactly once, and the output is
-the same as tarcats' (a key repeated across inputs stops it, as in tarcats). --shuffle N (with --seed) mixes samples of neighbouring
+the same as tarcats'. --shuffle N (with --seed) mixes samples of neighbouring
 shards; --shuffle-shards shuffles the input order. Takes every tarcats option
-except --interleave."""
+except --interleave.
+
+""" + REPEATED_KEYS + """ --rekey '{shard}/{key}' makes keys unique."""
 
 EXAMPLES = """\
   tarpcat -p 8 'train-{0000..0147}.tgz' -o train.tar
