@@ -138,13 +138,20 @@ class _Counting:
         return data
 
     def readinto(self, buf) -> int:
-        n = self.raw.readinto(buf)
-        self.on_read(n or 0)
-        return n
+        return self._into(buf, "readinto")
 
     def readinto1(self, buf) -> int:
-        n = getattr(self.raw, "readinto1", self.raw.readinto)(buf)
-        self.on_read(n or 0)
+        return self._into(buf, "readinto1")
+
+    def _into(self, buf, method: str) -> int:
+        into = getattr(self.raw, method, None) or getattr(self.raw, "readinto", None)
+        if into is not None:
+            n = into(buf) or 0
+        else:  # a raw input with read() only (HTTPStream)
+            data = self.raw.read(len(buf))
+            n = len(data)
+            buf[:n] = data
+        self.on_read(n)
         return n
 
     def __getattr__(self, name):
@@ -162,6 +169,15 @@ def input_size(spec: str) -> int | None:
     except OSError:
         return None
     return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
+def _expect(on_read, spec: str, size) -> None:
+    """Tell a progress meter (an ``on_read`` with an ``expect(spec, size)``
+    method) the size of an input known only once it is open (HTTP
+    Content-Length, an object store's size)."""
+    expect = getattr(on_read, "expect", None)
+    if expect is not None and isinstance(size, int):
+        expect(spec, size)
 
 
 def _counted(raw, on_read):
@@ -234,6 +250,12 @@ class HTTPStream:
             except (OSError, http.client.HTTPException) as exc:
                 self._retry(f"cannot connect: {exc}")
 
+    @property
+    def length(self) -> int | None:
+        """The body's size from the response's Content-Length, else None."""
+        value = self.response.headers.get("Content-Length") if self.response is not None else None
+        return int(value) if value is not None and value.isdigit() else None
+
     def read(self, n: int = -1) -> bytes:
         while True:
             try:
@@ -292,6 +314,7 @@ def open_source(spec: str, on_read: Callable[[int], None] | None = None) -> Iter
         return
     if spec.startswith(("http://", "https://")):
         with HTTPStream(spec) as handle:
+            _expect(on_read, spec, handle.length)
             yield decompressing_reader(_counted(handle, on_read), spec)
         return
     if input_kind(spec) == "url":

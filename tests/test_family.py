@@ -216,7 +216,7 @@ def _on_a_terminal(argv: list[str], cwd) -> str:
     return b"".join(chunks).decode("utf-8", "replace")
 
 
-@pytest.mark.parametrize("tool", ["tarcats", "tarsplit", "tarproc"])
+@pytest.mark.parametrize("tool", ["tarcats", "tarsplit", "tarproc", "tarcats-http"])
 def test_terminal_shows_a_bar_with_percentage_and_warnings_on_their_own_lines(tool, tmp_path, imagenet_shard):
     """Regression: `8sample [00:00, 70.55sample/s]tarproc: sample ... failed`
     (a warning printed into the bar's line), and no percentage for a local file."""
@@ -232,8 +232,15 @@ def test_terminal_shows_a_bar_with_percentage_and_warnings_on_their_own_lines(to
                 info.size = 3
                 dst.addfile(info, io.BytesIO(b"hi\n"))
     args = {"tarcats": ["-o", "/dev/null"], "tarsplit": ["-n", "10", "-o", "s-%d.tar"],
-            "tarproc": ["-c", "true", "-o", "/dev/null", "-w", str(tmp_path)]}[tool]
-    text = _on_a_terminal([tool, *args, str(shard)], tmp_path)
+            "tarproc": ["-c", "true", "-o", "/dev/null", "-w", str(tmp_path)], "tarcats-http": ["-o", "/dev/null"]}[tool]
+    if tool.endswith("-http"):  # the total from the response's Content-Length
+        from test_interop import http_server
+
+        tool = tool.removesuffix("-http")
+        with http_server(tmp_path) as url:
+            text = _on_a_terminal([tool, *args, f"{url}/in.tar"], tmp_path)
+    else:
+        text = _on_a_terminal([tool, *args, str(shard)], tmp_path)
     segments = re.split(r"[\r\n]+", text)
     assert any(re.search(r"\d+%\|", s) for s in segments), text  # a bar with a percentage
     warnings = [s for s in segments if "warning" in s]

@@ -458,13 +458,9 @@ class Tool:
 
         if not self._progress_enabled():
             return None
-        sizes = [input_size(spec) for spec in specs]
-        self._bytes_total = None if None in sizes else sum(sizes)
+        meter = _ByteMeter(self, {spec: input_size(spec) for spec in specs})
         self._counting = True
-        return self._count_bytes
-
-    def _count_bytes(self, n: int) -> None:
-        self._bytes_read += n
+        return meter
 
     def _progress_enabled(self, enabled: Optional[bool] = None) -> bool:
         if enabled is None:
@@ -593,6 +589,34 @@ class Tool:
                 n = self.problems
                 self.error(f"{n} warning{'s' if n > 1 else ''} about skipped or lost data (not shown with -q)")
             raise typer.Exit(ExitStatus.ERROR)
+
+
+class _ByteMeter:
+    """Counts the input bytes read for a :class:`Tool`'s bar; sizes known
+    only when an input is opened (HTTP Content-Length) come through
+    :meth:`expect` (see :func:`tarproc.sources.open_source`)."""
+
+    def __init__(self, tool: Tool, sizes: dict):
+        self.tool = tool
+        self.sizes = sizes
+        self._total()
+
+    def __call__(self, n: int) -> None:
+        self.tool._bytes_read += n
+
+    def expect(self, spec: str, size: int) -> None:
+        if self.sizes.get(spec) is None:
+            self.sizes[spec] = size
+            self._total()
+
+    def _total(self) -> None:
+        sizes = list(self.sizes.values())
+        total = None if None in sizes else sum(sizes)
+        self.tool._bytes_total = total
+        bar = self.tool._bar
+        if bar is not None and total is not None and bar.total != total:
+            bar.total = total
+            bar.refresh()
 
 
 def _describe_sample(sample) -> str:
