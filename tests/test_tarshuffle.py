@@ -281,3 +281,24 @@ def test_dask_worker_killed_mid_phase_same_bytes(cluster, inputs, reference, tmp
     assert shard_bytes(out) == reference
     assert contents(outputs(out)) == contents(inputs)
     assert not staging.exists()
+
+
+# ------------------------------------------------------------------ S3
+from s3server import s3_server  # noqa: E402,F401  (the fixture: moto on 127.0.0.1)
+
+
+def test_s3_outputs_and_staging_read_by_range_requests(s3_server, inputs, tmp_path):  # noqa: F811
+    s3_server.reset()
+    fs = s3_server.fs()
+    fs.mkdir("shuf")
+    few = inputs[:3]
+    local = tmp_path / "local"
+    shuffle(few, local, "--shards", "2", "--seed", "7")
+    result = run([str(BIN / "tarshuffle"), *few, "-o", "s3://shuf/out/train-%04d.tar", "--shards", "2", "--seed", "7",
+                  "-v"], env=s3_server.env(tool_env()))
+    assert result.returncode == 0, result.stderr.decode()
+    got = [fs.cat(f"shuf/out/train-{j:04d}.tar") for j in range(2)]
+    assert got == shard_bytes(local, 2)  # the same bytes as on a local disk
+    assert sorted(p.rsplit("/", 1)[1] for p in fs.ls("shuf/out")) == [
+        "train-0000.tar", "train-0000.tar.tarmap.json", "train-0001.tar", "train-0001.tar.tarmap.json"]
+    assert not fs.exists("shuf/out/tarshuffle-staging/staged-000000.tar")  # staging removed
