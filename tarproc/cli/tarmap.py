@@ -15,8 +15,9 @@ from ..storage import parse_storage_options
 from .common import Tool, command, make_app, run_app
 
 HELP = """\
-Run a shell pipeline once per input shard: resumable, exactly once, on a local
-pool, on Dask, or as a Kubernetes Indexed Job.
+Run a shell pipeline once per input shard, resumable and exactly once.
+
+On a local pool, on Dask, or as a Kubernetes Indexed Job.
 
 Task i is the i-th INPUT as given (brace patterns expanded, -T FILE read in
 order). Each task feeds its input's bytes, as they are (the pipeline's tools
