@@ -90,6 +90,7 @@ def test_tarmap_j2(benchmark, shards, scratch):
     benchmark.extra_info.update(tasks=len(shards), samples_per_task=SAMPLES)
     benchmark.pedantic(run, args=(tarmap_args(shards, out, PIPELINE, "-j", "2"),), setup=fresh(out), rounds=2)
     RESULTS["tarmap -j 2"] = benchmark.stats.stats.min
+    print(f"\ntarmap -j 2, {len(shards)} tasks: {RESULTS['tarmap -j 2']:.2f} s")
 
 
 def test_peer_gnu_parallel_j2(benchmark, shards, scratch, gnu_parallel):
@@ -98,6 +99,7 @@ def test_peer_gnu_parallel_j2(benchmark, shards, scratch, gnu_parallel):
     args = [gnu_parallel, "-j2", "--halt", "never", f"{PIPELINE} < {{}} > {out}/{{/.}}.tar", ":::", *shards]
     benchmark.pedantic(run, args=(args,), setup=fresh(out), rounds=2)
     RESULTS["parallel -j2"] = benchmark.stats.stats.min
+    print(f"\nGNU parallel -j2, {len(shards)} tasks: {RESULTS['parallel -j2']:.2f} s")
     if "tarmap -j 2" in RESULTS:
         benchmark.extra_info["tarmap_over_parallel"] = RESULTS["tarmap -j 2"] / RESULTS["parallel -j2"]
 
@@ -127,6 +129,7 @@ def test_tarmap_dask_local_2(benchmark, shards, scratch):
     benchmark.extra_info.update(tasks=len(shards), samples_per_task=SAMPLES)
     benchmark.pedantic(run, args=(tarmap_args(shards, out, PIPELINE, "--dask", "local:2"),), setup=fresh(out),
                        rounds=2)
+    print(f"\ntarmap --dask local:2, {len(shards)} tasks: {benchmark.stats.stats.min:.2f} s")
     if "tarmap -j 2" in RESULTS:
         ratio = benchmark.stats.stats.min / RESULTS["tarmap -j 2"]
         benchmark.extra_info["dask_over_local_pool"] = ratio
