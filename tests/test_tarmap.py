@@ -53,6 +53,18 @@ def outputs(directory: Path) -> dict[str, bytes]:
     return {p.name[: -len(".tar")]: p.read_bytes() for p in sorted(directory.glob("*.tar"))}
 
 
+def still_running(marker: str, seconds: float = 5.0) -> str:
+    """The command lines of processes whose command line contains ``marker``
+    (a test's own tmp_path, so other suites on the machine never match),
+    polled until there are none or ``seconds`` have passed."""
+    deadline = time.monotonic() + seconds
+    while True:
+        found = subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True).stdout.strip()
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
 def leftovers(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.rglob("*") if ".partial" in p.name)
 
@@ -123,7 +135,7 @@ def test_kill_9_of_a_pipeline_is_retried_and_the_run_completes(shards, expected,
 
 def test_sigterm_then_rerun_every_output_once_and_identical(shards, expected, tmp_path):
     out = tmp_path / "out"
-    slow = "tarproc -c 'sleep 0.1; rm sample.json' -o -"
+    slow = f"tarproc -c 'sleep 0.1; rm sample.json; : {tmp_path}' -o -"
     args = ["tarmap", *map(str, shards), "-o", f"{out}/{{stem}}.tar", "-c", slow, "-j", "2"]
     proc = subprocess.Popen(args, env=tool_env(), stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 60
@@ -137,9 +149,9 @@ def test_sigterm_then_rerun_every_output_once_and_identical(shards, expected, tm
     assert b"tarmap: error: terminated" in stderr
     time.sleep(0.2)
     assert leftovers(tmp_path) == []
-    # no pipeline of ours is left running (they ran in their own process groups)
-    ps = subprocess.run(["pgrep", "-f", "sleep 0.1; rm sample.json"], capture_output=True, text=True)
-    assert ps.stdout.strip() == "", ps.stdout
+    # no pipeline of ours is left running (they ran in their own process groups;
+    # a sample command already started may take its 0.1 s to finish)
+    assert still_running(f"rm sample.json; : {tmp_path}") == ""
     first = outputs(out)
     assert 1 <= len(first) < 20
     assert all(first[k] == expected[k] for k in first)
@@ -213,11 +225,12 @@ def test_output_not_a_complete_tar_is_retried_and_never_published(shards, tmp_pa
 def test_timeout_kills_the_pipeline_group(shards, tmp_path):
     out = tmp_path / "out"
     started = time.monotonic()
-    result = tarmap(shards[0], "-o", f"{out}/x.tar", "-c", "sleep 30 | cat", "--timeout", "0.5", "--retries", "0")
+    pipeline = f"bash -c 'sleep 30; : {tmp_path}' | cat"
+    result = tarmap(shards[0], "-o", f"{out}/x.tar", "-c", pipeline, "--timeout", "0.5", "--retries", "0")
     assert result.returncode == 1
     assert time.monotonic() - started < 20
     assert b"timed out after 0.5 s" in result.stderr
-    assert subprocess.run(["pgrep", "-f", "^sleep 30$"], capture_output=True).stdout == b""
+    assert still_running(f"sleep 30; : {tmp_path}", seconds=2.0) == ""
 
 
 def test_halt_after_and_max_errors(shards, tmp_path):
