@@ -199,3 +199,32 @@ def test_worker_dead_before_it_is_sent_a_sample_is_an_error_not_a_closed_pipe():
 
     with pytest.raises(TarprocError, match=r"worker process \d+ exited with status 3"):
         list(run_samples(DiesAtStart(), slow_source(), parallel=2))
+
+
+
+def test_wire_writer_resumes_partial_writes_on_a_full_pipe():
+    """The parent's non-blocking Writer: a pipe full after part of a buffer
+    (64 KiB pipe, 5000-byte reads) leaves the rest queued; every byte arrives
+    once, in order."""
+    import select
+
+    from tarproc.executor import wire
+
+    buffers = [os.urandom(n) for n in (10, 200_000, 1, 70_000, 3)] + [bytearray(os.urandom(300_000))]
+    expected = b"".join(bytes(b) for b in buffers)
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    got = bytearray()
+    try:
+        writer = wire.Writer(w)
+        writer.put(buffers)
+        while writer.pending:
+            select.select([r], [], [])
+            got.extend(os.read(r, 5000))
+            writer.flush()
+        os.close(w)
+        while chunk := os.read(r, 65536):
+            got.extend(chunk)
+    finally:
+        os.close(r)
+    assert bytes(got) == expected

@@ -117,23 +117,30 @@ def unpack_results(skeleton, lengths, raw: memoryview, inputs: dict | None = Non
     return results
 
 
+def _consume(views: list, batch: list, n: int) -> int:
+    """Remove from the front of ``views`` the ``n`` bytes that ``writev``
+    wrote of ``batch`` (``views[:len(batch)]``); a buffer written in part
+    stays as the view of its rest. Returns how many buffers were written whole."""
+    done = 0
+    for b in batch:
+        size = len(b)
+        if n >= size:
+            n -= size
+            done += 1
+        else:
+            views[done] = memoryview(b)[n:]
+            break
+    del views[:done]
+    return done
+
+
 def send(fd: int, buffers: list) -> None:
     """Write one message to a blocking ``fd`` (``writev``, resumed after a
     partial write)."""
     views = [memoryview(b).cast("B") if not isinstance(b, bytes) else b for b in buffers]
     while views:
         batch = views[:IOV_BATCH]
-        n = os.writev(fd, batch)
-        done = 0
-        for b in batch:
-            size = len(b)
-            if n >= size:
-                n -= size
-                done += 1
-            else:
-                views[done] = memoryview(b)[n:]
-                break
-        del views[:done]
+        _consume(views, batch, os.writev(fd, batch))
 
 
 def _read_exact(fd: int, buf: bytearray | memoryview) -> bool:
@@ -256,17 +263,7 @@ class Writer:
                 n = os.writev(self.fd, batch)
             except BlockingIOError:
                 return
-            done = 0
-            for b in batch:
-                size = len(b)
-                if n >= size:
-                    n -= size
-                    done += 1
-                else:
-                    queue[done] = memoryview(b)[n:]
-                    break
-            del queue[:done]
-            if done < len(batch):
+            if _consume(queue, batch, n) < len(batch):
                 return
 
     @property
