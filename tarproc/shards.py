@@ -198,7 +198,7 @@ def check_post_command(template: str) -> None:
     """
     for match in _POST_LIKE.finditer(template):
         if match.group(1) not in POST_FIELDS:
-            known = ", ".join("{%s}" % f for f in POST_FIELDS)
+            known = ", ".join(f"{{{f}}}" for f in POST_FIELDS)
             raise UsageError(f"unknown placeholder {match.group(0)} in the post command {template!r} (known: {known})")
 
 

@@ -516,8 +516,7 @@ def iter_partition(staged: str, partition: int, index: StagedIndex | None = None
         handle.seek(index.data_start + offset)
         stream = io.BufferedReader(_RangeReader(handle, length), RANGE_BUFFER)
         where = f"{staged} (partition {partition})"
-        for sample in group_samples(iter_members(stream, where), index.input, strict=True):
-            yield sample
+        yield from group_samples(iter_members(stream, where), index.input, strict=True)
 
 
 @dataclass
