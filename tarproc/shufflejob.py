@@ -48,7 +48,7 @@ import time
 from . import procs, records, schedule, tasks
 from .errors import ExitStatus, TarprocError, UsageError
 from .shards import ShardPattern
-from .shuffle import ENV_BUFFER, ENV_INPUT, ENV_OUTPUT, ENV_TMPDIR, join, staged_name
+from .shuffle import ENV_BUFFER, ENV_INPUT, ENV_OUTPUT, ENV_STORAGE, ENV_TMPDIR, join, staged_name
 from .sinks import remove_stale_attempts
 from .sort import DEFAULT_BUFFER
 from .storage import filesystem, identity, is_url, local_path
@@ -267,6 +267,8 @@ def run_attempt(task: tasks.Task, attempt: int, options: tasks.TaskOptions) -> d
     env = dict(os.environ)
     env.update(options.env or {})
     env.update({ENV_INPUT: task.input, ENV_OUTPUT: task.output})
+    if storage:  # the worker opens the URLs itself: in its environment, not on its command line
+        env[ENV_STORAGE] = json.dumps(storage)
     try:
         proc = procs.spawn(worker_argv(task.pipeline), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     except OSError as exc:
