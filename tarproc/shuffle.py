@@ -53,7 +53,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from .errors import OutputError, SampleError, SourceError, TarprocError, UsageError, Warn
+from . import errors
+from .errors import OutputError, SourceError, TarprocError, UsageError, Warn
 from .samples import Sample, group_samples, sample_members
 from .sinks import PARTIAL, AtomicOutput, TarSink
 from .storage import filesystem, is_url, local_path
@@ -71,8 +72,6 @@ INDEX_MEMBER = "__tarshuffle_index__.json"
 COPY_CHUNK = 1 << 20
 #: bytes read at once from a partition's range
 RANGE_BUFFER = 1 << 18
-#: the remedy for a key that occurs in two inputs
-REKEY_REMEDY = "give every input's keys a prefix: tarcats --rekey '{shard}/{key}', or tarshuffle --rekey '{shard}/{key}'"
 
 
 
@@ -82,22 +81,22 @@ class StagingError(TarprocError):
     rewrites it."""
 
 
-class DuplicateKeyError(SampleError):
+class DuplicateKeyError(errors.DuplicateKeyError):
     """A key occurs in two inputs (or twice in one): the reducer cannot keep
-    both samples apart, so it fails permanently (exit status 3).
+    both samples apart, so it fails permanently (exit status 3). Its
+    :attr:`topic` is ``duplicate_key``, as for every repeated key: the tool
+    adds its remedy (a per-input key prefix).
 
     :ivar key: the key
     :ivar sources: the two inputs it was read from
     """
 
     def __init__(self, key: str, first: str, second: str):
-        self.key = key
-        self.sources = (first, second)
         where = f"in both {first} and {second}" if first != second else f"twice in {first}"
-        super().__init__(
-            f"key {key!r} occurs {where}: the samples would merge or one would be lost;"
-            f" {REKEY_REMEDY}"
-        )
+        super().__init__(f"key {key!r} occurs {where}: the samples would merge or one would be lost;"
+                         " every input's keys need a prefix of their own (such as the input's name)",
+                         key, first, second)
+        self.sources = (first, second)
 
 
 # ---------------------------------------------------------------- hashes
@@ -837,6 +836,8 @@ def worker_main(argv: list[str] | None = None) -> int:
             print(json.dumps(stats, sort_keys=True), flush=True)
     except TarprocError as exc:
         print(f"tarshuffle: error: {exc}", file=sys.stderr, flush=True)
+        if exc.topic:  # for the tool's hint: the topic crosses the process boundary on stdout
+            print(json.dumps({"topic": exc.topic}), flush=True)
         return int(exc.exit_status)
     except BrokenPipeError:
         return int(ExitStatus.SIGPIPE)

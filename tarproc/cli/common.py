@@ -389,6 +389,8 @@ class Tool:
         self._counting = False
         #: notes from the library, by kind: [count, example]
         self.notes: dict[str, list] = {}
+        #: topic -> hint, given to :meth:`run`
+        self.hints: dict[str, str] = {}
 
     def warn(self, message: str, problem: bool = True) -> None:
         """Print ``tool: warning: message``; a ``problem`` (data skipped or
@@ -581,6 +583,13 @@ class Tool:
                 self._bar = None
                 bar.close()
 
+    def hinted(self, message: str, topic: str | None) -> str:
+        """``message`` with the hint :meth:`run` was given for ``topic``
+        (the :attr:`TarprocError.topic` of an error, also one reported by a
+        task in another process: :attr:`tarproc.tasks.TaskResult.topic`)."""
+        hint = self.hints.get(topic) if topic else None
+        return f"{message}; {hint}" if hint else message
+
     @contextlib.contextmanager
     def run(self, hints: dict[str, str] | None = None) -> Iterator[Tool]:
         """Run the body of a command: map errors to messages and exit status.
@@ -593,6 +602,7 @@ class Tool:
         so that ``finally`` blocks remove temporary files and kill children.
         """
         previous = None
+        self.hints = dict(hints or {})
         with contextlib.suppress(ValueError):  # not in the main thread
             previous = signal.signal(signal.SIGTERM, _raise_interrupted)
         try:
@@ -600,8 +610,7 @@ class Tool:
         except TarprocError as exc:
             if self.debug:
                 raise
-            hint = (hints or {}).get(exc.topic) if exc.topic else None
-            self.error(f"{exc}; {hint}" if hint else str(exc))
+            self.error(self.hinted(str(exc), exc.topic))
             raise typer.Exit(exc.exit_status) from None
         except BrokenPipeError:
             _silence_stdout()

@@ -162,7 +162,7 @@ def tarmap(
             _report(tool, [result])
             _finish(tool, [result], task_list, manifest, shard_index, failed_list, options)
             if not result.ok:
-                tool.error(f"task {i} ({result.input}) failed: {result.message}")
+                tool.error(f"task {i} ({result.input}) failed: {tool.hinted(result.message, result.topic)}")
                 raise typer.Exit(result.exit_status)
             tool.info(engine.task_line(result), level=2)
             tool.info(f"task {i}: {result.status}")
@@ -178,7 +178,7 @@ def tarmap(
                 tool.info(engine.task_line(result), level=2)
             if not result.ok:
                 tool.error(f"task {task.index} ({task.input}) failed{' permanently' if result.permanent else ''}:"
-                           f" {result.message}")
+                           f" {tool.hinted(result.message, result.topic)}")
 
         def on_error(task, exc) -> tasks.TaskResult:
             return tasks.TaskResult(task.index, task.input, task.output, "failed",

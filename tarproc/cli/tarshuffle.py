@@ -81,6 +81,9 @@ EXIT_STATUS_NOTE = """\
 app = make_app(HELP, EXAMPLES)
 app.info.epilog = app.info.epilog.split("\n\n\b\nExit status:\n")[0] + "\n\n\b\nExit status:\n" + EXIT_STATUS_NOTE
 
+#: what tarshuffle adds to a library error about a rule its options change
+HINTS = {"duplicate_key": "use tarshuffle --rekey '{shard}/{key}' (or tarcats --rekey '{shard}/{key}' before)"}
+
 BufferSize = size_option("--buffer-size", help="Memory budget of each task for buffered samples", optional=False)
 
 
@@ -116,7 +119,7 @@ def tarshuffle(
     ] = None,
 ) -> None:
     a = tool.args
-    with tool.run():
+    with tool.run(HINTS):
         if output is None:
             raise UsageError("missing -o PATTERN (e.g. -o 'out/train-%04d.tar')")
         if (shards is None) == (maxcount is None):
@@ -163,7 +166,7 @@ def tarshuffle(
             i = engine.task_index(a.index)
             result = shufflejob.run_one(job, phase, i, options, say)
             if not result.ok:
-                tool.error(f"{phase} task {i} ({_name(phase, result)}) failed: {result.message}")
+                tool.error(f"{phase} task {i} ({_name(phase, result)}) failed: {tool.hinted(result.message, result.topic)}")
                 raise typer.Exit(result.exit_status)
             tool.info(f"{phase} task {i}: {result.status}")
             return
@@ -183,7 +186,7 @@ def tarshuffle(
                 tool.info(f"task {name} {engine.task_line(result).removeprefix('task ')}", level=2)
             else:
                 tool.error(f"{name} task {task.index} ({_name(name, result)}) failed"
-                           f"{' permanently' if result.permanent else ''}: {result.message}")
+                           f"{' permanently' if result.permanent else ''}: {tool.hinted(result.message, result.topic)}")
 
         try:
             outcomes = shufflejob.run(job, options, lambda: engine.make_pool(tool), fn=fn, fn_args=fn_args,
