@@ -11,7 +11,7 @@ MANPAGES := $(patsubst man/%,$(MANDIR)/%,$(wildcard man/*.1))
 .PHONY: install test bench man demo lint clean imagemagick
 
 install: $(STAMP) $(MANPAGES)
-	@./.ci/man-db >/dev/null 2>&1 || true
+	@./.ci/debian-packages >/dev/null 2>&1 || true
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -1,5 +1,5 @@
 """The tool family as its users meet it, table-driven over every tool: help
-in the tools' own words, shell completion in a real bash, man pages found by
+in the tools' own words, shell completion in a real bash, zsh and fish, man pages found by
 `man`, -q/-v/-vv, the progress bar on a terminal."""
 
 from __future__ import annotations
@@ -97,6 +97,67 @@ def test_completion_scripts_for_zsh_and_fish(shell, marker):
     out = run(["tarsplit", "--show-completion", shell],
               env={**tool_env(), "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"})
     assert out.returncode == 0 and marker in out.stdout.decode()
+
+
+def _script(tool: str, shell: str, tmp_path: Path) -> Path:
+    out = run([tool, "--show-completion", shell], env={**tool_env(), "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"})
+    assert out.returncode == 0, out.stderr
+    path = tmp_path / f"{tool}.{shell}"
+    path.write_bytes(out.stdout)
+    return path
+
+
+#: types TYPED and a TAB into an interactive zsh (zsh/zpty, compinit) with the completion script
+#: sourced, and prints the screen once it matches WANT (a zsh pattern) or after 30 s
+ZSH_DRIVER = r"""
+zmodload zsh/zpty
+zpty z 'PS1="%% " TERM=dumb zsh -f -i'
+zpty -w z "autoload -Uz compinit; compinit -u -D; source ${(q)SCRIPT}"
+zpty -w -n z "$TYPED"$'\t'
+out=""
+for i in {1..300}; do
+  if zpty -r -t z chunk; then out+=$chunk; else sleep 0.1; fi
+  [[ $out == ${~WANT} ]] && break
+done
+zpty -d z
+print -r -- "$out"
+"""
+
+
+def _zsh_complete(tool: str, typed: str, want: str, tmp_path: Path) -> str:
+    """The screen of a real, interactive zsh after `TYPED<TAB>`."""
+    # a short relative name: a long line scrolls sideways in zle, and its echo would hide what we look for
+    env = {**tool_env(), "SCRIPT": _script(tool, "zsh", tmp_path).name, "TYPED": typed, "WANT": want}
+    out = subprocess.run(["zsh", "-f", "-c", ZSH_DRIVER], capture_output=True, env=env, cwd=tmp_path, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", out.stdout.decode("utf-8", "replace").replace("\r", ""))  # no escapes
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None,
+                    reason="needs zsh (make install installs it when root: .ci/debian-packages)")
+def test_zsh_completes_options_in_a_real_zsh(tmp_path):
+    screen = _zsh_complete("tarsplit", "tarsplit --maxs", "*--maxsize*", tmp_path)
+    assert re.search(r"^--maxshards +-- Write at most N shards", screen, re.M), screen
+    assert re.search(r"^--maxsize +-- Uncompressed tar bytes per shard", screen, re.M), screen
+    screen = _zsh_complete("tarsort", "tarsort --hel", "*--help *", tmp_path)
+    assert "% tarsort --help " in screen, screen  # the one candidate is inserted
+
+
+def _fish_complete(tool: str, typed: str, tmp_path: Path) -> list[str]:
+    """What a real fish completes for TYPED (``complete --do-complete``)."""
+    script = _script(tool, "fish", tmp_path)
+    out = subprocess.run(["fish", "--no-config", "-c", f"source {script}; complete --do-complete '{typed}'"],
+                         capture_output=True, env=tool_env(), timeout=60)
+    assert out.returncode == 0, out.stderr
+    return [line.split("\t")[0] for line in out.stdout.decode().splitlines()]
+
+
+@pytest.mark.skipif(shutil.which("fish") is None,
+                    reason="needs fish (make install installs it when root: .ci/debian-packages)")
+def test_fish_completes_options_and_choices_in_a_real_fish(tmp_path):
+    assert _fish_complete("tarsplit", "tarsplit --maxs", tmp_path) == ["--maxshards", "--maxsize"]
+    assert sorted(_fish_complete("tarsort", "tarsort --type ", tmp_path)) == ["float", "int", "str"]
+    assert "--storage-option" in _fish_complete("tarmap", "tarmap --stor", tmp_path)
 
 
 def test_man_finds_the_pages_installed_in_the_venv():
