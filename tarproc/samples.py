@@ -23,27 +23,52 @@ Sample = dict
 MAX_SEEN_KEYS = 1_000_000
 
 
-def split_name(name: str) -> tuple[str, str] | None:
-    """Split a member name into ``(key, field)`` by the WebDataset rule.
+#: why a member gives no sample member (see :func:`member_parts`)
+ABSOLUTE = "absolute member name"
+DOTDOT = "member name contains '..'"
+NO_KEY = "member has no key (WebDataset key.field)"
 
-    :returns: ``None`` when the basename has no dot, starts with a dot or
-        ends with one (no key or no field)
+
+def member_parts(name: str) -> tuple[str, str] | str:
+    """``(key, field)`` of a member name, or why the member gives no part of
+    a sample: the one home of the member name rule (:func:`group_samples`
+    calls it once per member; :func:`split_name` and :func:`unsafe_name`
+    are views of it).
+
+    In order: an absolute name (:data:`ABSOLUTE`) or one with a ``..``
+    component (:data:`DOTDOT`) is unsafe, GNU tar refuses to extract those;
+    then the WebDataset rule: a basename with no dot, starting with one or
+    ending with one has no key or no field (:data:`NO_KEY`).
     """
+    if name[:1] == "/":
+        return ABSOLUTE
+    if ".." in name and ".." in name.split("/"):  # the substring test first: most names have no '..'
+        return DOTDOT
     slash = name.rfind("/")
     dot = name.find(".", slash + 1)
     if dot <= slash + 1 or dot == len(name) - 1:
-        return None
+        return NO_KEY
     return name[:dot], name[dot + 1 :]
+
+
+def split_name(name: str) -> tuple[str, str] | None:
+    """Split a member name into ``(key, field)`` by the WebDataset rule
+    (:func:`member_parts`).
+
+    :returns: ``None`` when the basename has no dot, starts with a dot or
+        ends with one (no key or no field), or the name is unsafe
+        (:func:`unsafe_name`)
+    """
+    parts = member_parts(name)
+    return parts if parts.__class__ is tuple else None
 
 
 def unsafe_name(name: str) -> str | None:
     """Why a member name must not be used (absolute, or with a ``..``
-    component, which GNU tar refuses to extract), else ``None``."""
-    if name.startswith("/"):
-        return "absolute member name"
-    if ".." in name.split("/"):
-        return "member name contains '..'"
-    return None
+    component, which GNU tar refuses to extract), else ``None``
+    (:func:`member_parts`)."""
+    parts = member_parts(name)
+    return parts if parts is ABSOLUTE or parts is DOTDOT else None
 
 
 def key_problem(key: str) -> str | None:
@@ -144,19 +169,15 @@ def group_samples(
             where = f"last complete sample: {last_key!r}" if last_key is not None else "no complete sample"
             raise type(exc)(f"{exc} ({where})") from None
         name = member.name
-        # inline split_name and unsafe_name: this loop runs once per member
-        slash = name.rfind("/")
-        dot = name.find(".", slash + 1)
-        problem = unsafe_name(name) if (".." in name or name[:1] == "/") else None
-        if problem or dot <= slash + 1 or dot == len(name) - 1:
-            message = f"{source}: {problem or 'member has no key (WebDataset key.field)'}: {name!r}"
+        parts = member_parts(name)
+        if parts.__class__ is str:
+            message = f"{source}: {parts}: {name!r}"
             if strict:
                 raise SampleError(message)
             if warn is not None:
                 warn(f"skipping {message}")
             continue
-        key = name[:dot]
-        field = name[dot + 1 :]
+        key, field = parts
         if field[:2] == "__":
             # a meta member: KEY.__source__, KEY.__key__
             meta += 1

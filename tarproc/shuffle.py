@@ -55,7 +55,7 @@ from typing import BinaryIO
 
 from . import errors
 from .errors import OutputError, SourceError, TarprocError, UsageError, Warn
-from .samples import Sample, group_samples, sample_members
+from .samples import Sample, group_samples, member_parts, sample_members
 from .sinks import PARTIAL, AtomicOutput, TarSink
 from .storage import filesystem, is_url, local_path
 from .sort import DEFAULT_BUFFER, ExternalSorter, sort_key_function
@@ -718,12 +718,10 @@ def count_samples(input: str, warn: Warn | None = None, storage_options: dict | 
     last = None
     with open_source(input, storage_options=storage_options) as stream:
         for member in TarReader(stream, input, warn or (lambda message: None)):
-            name = member.name
-            slash = name.rfind("/")
-            dot = name.find(".", slash + 1)
-            if dot <= slash + 1:
+            parts = member_parts(member.name)  # the reader's rule: what it skips is not counted
+            if parts.__class__ is str:
                 continue
-            key = name[:dot]
+            key = parts[0]
             if key != last:
                 count += 1
                 last = key

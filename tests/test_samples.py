@@ -146,9 +146,10 @@ def test_empty_input():
 @given(st.text(st.sampled_from("ab./_-"), min_size=1, max_size=10))
 @settings(max_examples=300, deadline=None)
 def test_the_reader_applies_the_one_member_name_rule(name):
-    """group_samples inlines split_name and unsafe_name for speed: it keeps
-    exactly the members they accept, under the key and field they give (and
-    a field starting with '__' is a meta entry, never data)."""
+    """group_samples applies the one member name rule (member_parts, which
+    split_name and unsafe_name view): it keeps exactly the members they
+    accept, under the key and field they give (and a field starting with
+    '__' is a meta entry, never data)."""
     got = list(group_samples(members(name), "src", warn=lambda m: None))
     parts = split_name(name)
     accepted = parts is not None and unsafe_name(name) is None and not parts[1].startswith("__")
