@@ -446,6 +446,14 @@ class Tool:
         with tqdm.external_write_mode(file=sys.stderr):
             yield sys.stderr
 
+    def wrote(self, sink, output: str, inputs: str = "", more: str = "") -> None:
+        """The ``-v`` summary of a tool that wrote ``sink`` (a
+        :class:`tarproc.sinks.TarSink`) to ``output``: ``wrote N samples (B
+        bytes)[ from INPUTS] to OUTPUT in S s[; MORE]``."""
+        source = f" from {inputs}" if inputs else ""
+        self.info(f"wrote {sink.samples} samples ({sink.bytes_written} bytes){source} to {output}"
+                  f" in {self.elapsed():.2f} s{'; ' + more if more else ''}")
+
     def elapsed(self) -> float:
         """Seconds since the tool started."""
         return time.monotonic() - self.started

@@ -67,7 +67,7 @@ def dir2tar(
                 sink.write(sample)
         if not sink.samples:  # e.g. an --include that matches nothing: say so, the archive is empty
             tool.warn(f"no file under {directory!r} was written: the archive holds no sample", problem=False)
-        tool.info(f"wrote {sink.samples} samples ({sink.bytes_written} bytes) to {output} in {tool.elapsed():.2f} s")
+        tool.wrote(sink, output)
 
 
 def main() -> None:

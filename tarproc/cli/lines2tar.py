@@ -74,7 +74,7 @@ def lines2tar(
                     samples = line_samples(stream, names, sep, source=spec, keys=keys, unique=unique)
                     for sample in tool.progress(samples):
                         sink.write(sample)
-        tool.info(f"wrote {sink.samples} samples ({sink.bytes_written} bytes) to {output} in {tool.elapsed():.2f} s")
+        tool.wrote(sink, output)
 
 
 def main() -> None:

@@ -214,10 +214,7 @@ def run_cats(tool: Tool, interleaved: bool, parallel: int) -> None:
             tool.warn(f"{selector.skipped} samples skipped for a missing field", problem=False)
         if bad.bad:
             tool.warn(f"{len(bad.bad)} bad shards: " + ", ".join(s for s, _ in bad.bad), problem=False)
-        tool.info(
-            f"wrote {sink.samples} samples ({sink.bytes_written} bytes) from {len(specs)} inputs"
-            f" to {a.output} in {tool.elapsed():.2f} s"
-        )
+        tool.wrote(sink, a.output, inputs=f"{len(specs)} inputs")
 
 
 #: the options of tarcats that tarpcat takes too (see :func:`tarproc.cli.common.command`)

@@ -88,8 +88,7 @@ def tarsort(
         finally:  # also when the output fails mid-merge (the generator may outlive this frame)
             ordered.close()
             sorter.cleanup()
-        tool.info(f"wrote {sink.samples} samples ({sink.bytes_written} bytes) to {output} in {tool.elapsed():.2f} s;"
-                  f" {sorter.runs} runs spilled ({sorter.spilled_bytes} bytes)")
+        tool.wrote(sink, output, more=f"{sorter.runs} runs spilled ({sorter.spilled_bytes} bytes)")
 
 
 def main() -> None:

@@ -70,7 +70,7 @@ def tsv2tar(
             with tool.open_output(output) as sink:
                 for sample in tool.progress(samples):
                     sink.write(sample)
-        tool.info(f"wrote {sink.samples} samples ({sink.bytes_written} bytes) to {output} in {tool.elapsed():.2f} s")
+        tool.wrote(sink, output)
 
 
 def main() -> None:
