@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
-import re
 import signal
 import stat
 import subprocess
@@ -31,10 +30,8 @@ from . import procs
 from .compress import decompressing_reader
 from .errors import SourceError, TarprocError, Warn
 from .samples import Note, Sample, group_samples
-from .storage import filesystem
+from .storage import filesystem, is_url
 from .tario import iter_members
-
-_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
 def input_kind(spec: str) -> str:
@@ -46,7 +43,7 @@ def input_kind(spec: str) -> str:
         return "stdin"
     if spec.startswith(("pipe:", "|")):
         return "pipe"
-    if _URL.match(spec) and not spec.startswith("file://"):
+    if is_url(spec):  # storage.is_url: scheme:// other than file://
         return "url"
     return "file"
 
