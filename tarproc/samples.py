@@ -201,7 +201,7 @@ def group_samples(
                 if lowercase and originals.get(field, field) != original:
                     raise SampleError(
                         f"{source}: fields {originals[field]!r} and {original!r} of sample {key!r} differ only in"
-                        f" case (offset {member.offset}): --lowercase-fields would make them one field"
+                        f" case (offset {member.offset}): lowercased, they would be one field"
                     )
                 raise SampleError(f"{source}: field {field!r} repeated in sample {key!r} (offset {member.offset})")
             current[field] = member.data
