@@ -487,6 +487,18 @@ class Tool:
                             on_read=self.count_input(specs), lowercase=self.lowercase, regroup=regroup,
                             note=self.note, storage_options=self.storage_options)
 
+    def samples(self, specs: list[str], warn=None) -> Iterator:
+        """The samples of ``specs`` as a tool that only reads them sees them
+        (tarshow, tar2json): :meth:`read`, ``--skip``/``--count``, counted
+        for :meth:`read_summary`, through :meth:`progress`."""
+        self._read = Counter()
+        return self.progress(self._read(self.skip_count(self.read(specs, warn))))
+
+    def read_summary(self, specs: list[str]) -> None:
+        """The ``-v`` summary of :meth:`samples`: ``read N samples from K
+        inputs in S s``."""
+        self.info(f"read {self._read.n} samples from {len(specs)} inputs in {self.elapsed():.2f} s")
+
     def count_input(self, specs: list[str]):
         """The ``on_read`` callback for :func:`tarproc.sources.open_source`
         that feeds the progress bar the bytes read of ``specs`` (their total:

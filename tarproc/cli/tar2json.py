@@ -13,7 +13,7 @@ import typer
 from ..create import parse_fields
 from ..describe import is_text
 from ..errors import UsageError
-from .common import Counter, Tool, command, make_app, run_app
+from .common import Tool, command, make_app, run_app
 
 app = make_app(
     help="Write one JSON line (or TSV row) per sample with its __key__ and the chosen fields.\n\n"
@@ -76,8 +76,7 @@ def tar2json(
             if not chosen:
                 raise UsageError("-k names no field besides __key__")
         specs = tool.input_specs()
-        read = Counter()
-        samples = tool.progress(read(tool.skip_count(tool.read(specs))))
+        samples = tool.samples(specs)
         out = sys.stdout.buffer
         if available:
             seen: dict[str, int] = {}
@@ -88,7 +87,7 @@ def tar2json(
             for name in sorted(seen):
                 out.write(f"{name}\t{seen[name]}\n".encode("utf-8", "surrogateescape"))
             out.flush()
-            tool.info(f"read {read.n} samples from {len(specs)} inputs in {tool.elapsed():.2f} s")
+            tool.read_summary(specs)
             return
         omit = binary is Binary.omit
         bad_json = 0
@@ -146,7 +145,7 @@ def tar2json(
                     cells.append("" if omit else base64.b64encode(data).decode("ascii"))
             out.write("\t".join(cells).encode("utf-8", "surrogateescape") + b"\n")
         out.flush()
-        tool.info(f"read {read.n} samples from {len(specs)} inputs in {tool.elapsed():.2f} s")
+        tool.read_summary(specs)
 
 
 def main() -> None:

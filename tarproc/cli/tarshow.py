@@ -10,7 +10,7 @@ import typer
 
 from ..describe import Stats, contact_sheet, format_summary, summarize
 from ..errors import UsageError
-from .common import Counter, Tool, command, make_app, run_app
+from .common import Tool, command, make_app, run_app
 
 app = make_app(
     help="Show what tar shards hold: samples, field sizes and previews, statistics, contact sheets.\n\n"
@@ -76,8 +76,7 @@ def tarshow(
             summary.skipped(message)
             tool.warn(message)
 
-        read = Counter()
-        samples = tool.progress(read(tool.skip_count(tool.read(specs, warn))))
+        samples = tool.samples(specs, warn)
         out = sys.stdout.buffer
         if sheet:
             limit = tool.args.count if tool.args.count is not None else 64
@@ -113,7 +112,7 @@ def tarshow(
                     out.write(text.encode("utf-8", "surrogateescape") + b"\n")
                 first = False
         out.flush()
-        tool.info(f"read {read.n} samples from {len(specs)} inputs in {tool.elapsed():.2f} s")
+        tool.read_summary(specs)
 
 
 def json_line(obj) -> bytes:
