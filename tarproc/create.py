@@ -239,10 +239,11 @@ def text_samples(
         yield {"__key__": keys(), "__source__": source, "txt": text}
 
 
-def iter_text_samples(specs: Iterable[str], mode: str) -> Iterator[Sample]:
+def iter_text_samples(specs: Iterable[str], mode: str, storage_options: dict | None = None) -> Iterator[Sample]:
     """:func:`text_samples` of several inputs (opened with
     :func:`tarproc.sources.open_source`: files, ``-``, ``pipe:CMD``, URLs,
-    compressed or not), keys numbered across them.
+    compressed or not, with fsspec ``storage_options``), keys numbered
+    across them.
 
     :raises TarprocError: see :func:`text_samples` and ``open_source``
     """
@@ -250,7 +251,7 @@ def iter_text_samples(specs: Iterable[str], mode: str) -> Iterator[Sample]:
 
     keys = KeyNumbers()
     for spec in specs:
-        with open_source(spec) as stream:
+        with open_source(spec, storage_options=storage_options) as stream:
             yield from text_samples(stream, mode, spec, keys)
 
 

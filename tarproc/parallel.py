@@ -42,7 +42,8 @@ def _context():
         return multiprocess.get_context()
 
 
-def _worker(specs: Sequence[str], out, strict: bool, chunk_bytes: int, chunk_samples: int, lowercase: bool = False) -> None:
+def _worker(specs: Sequence[str], out, strict: bool, chunk_bytes: int, chunk_samples: int, lowercase: bool = False,
+            storage_options: dict | None = None) -> None:
     """Read ``specs`` one after another and put ``(kind, payload)`` messages
     on ``out``: ``("s", [samples])``, ``("w", message)``, ``("end", spec)``
     after a shard, ``("error", (class name, message))`` after a failed shard,
@@ -62,7 +63,8 @@ def _worker(specs: Sequence[str], out, strict: bool, chunk_bytes: int, chunk_sam
             chunk: list[Sample] = []
             size = 0
             try:
-                for sample in iter_source_samples(spec, warn, strict, lowercase=lowercase, note=note):
+                for sample in iter_source_samples(spec, warn, strict, lowercase=lowercase, note=note,
+                                                  storage_options=storage_options):
                     chunk.append(sample)
                     for value in sample.values():
                         size += len(value)
@@ -107,6 +109,7 @@ class ParallelReader:
     :param queue_chunks: chunks a worker may have in flight
     :param lowercase: lowercase field names (see :func:`tarproc.samples.group_samples`)
     :param note: called in the parent with forwarded notes (meta members read)
+    :param storage_options: fsspec options for URL inputs (:func:`tarproc.sources.open_source`)
     :raises UsageError: ``-`` among the inputs (stdin cannot be shared)
     """
 
@@ -122,6 +125,7 @@ class ParallelReader:
         *,
         lowercase: bool = False,
         note=None,
+        storage_options: dict | None = None,
     ):
         if "-" in specs:
             raise UsageError("stdin ('-') cannot be read by parallel workers: use -p 1")
@@ -134,7 +138,8 @@ class ParallelReader:
         self._procs = [
             ctx.Process(
                 target=_worker,
-                args=(self.specs[w :: self.processes], self._queues[w], strict, chunk_bytes, chunk_samples, lowercase),
+                args=(self.specs[w :: self.processes], self._queues[w], strict, chunk_bytes, chunk_samples, lowercase,
+                      storage_options),
                 daemon=True,
                 name=f"tarproc-reader-{w}",
             )
@@ -233,7 +238,8 @@ def parallel_samples(
     if processes <= 1 or len(specs) <= 1:
         for spec in specs:
             yield from iter_source_samples(
-                spec, warn, strict, lowercase=options.get("lowercase", False), note=options.get("note")
+                spec, warn, strict, lowercase=options.get("lowercase", False), note=options.get("note"),
+                storage_options=options.get("storage_options"),
             )
         return
     reader = ParallelReader(specs, processes, warn, strict, **options)

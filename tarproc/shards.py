@@ -198,7 +198,7 @@ def check_post_command(template: str) -> None:
     """
     for match in _POST_LIKE.finditer(template):
         if match.group(1) not in POST_FIELDS:
-            known = ", ".join("{%s}" % f for f in POST_FIELDS)
+            known = ", ".join(f"{{{f}}}" for f in POST_FIELDS)
             raise UsageError(f"unknown placeholder {match.group(0)} in the post command {template!r} (known: {known})")
 
 
@@ -272,6 +272,8 @@ class ShardWriter:
     :param on_shard: called with the :class:`ShardInfo` of every finished shard
     :param on_post_error: called with the shard and a message when a post
         command fails; the failure is also kept in :attr:`failures`
+    :param storage_options: fsspec options for URL shards
+        (:func:`tarproc.storage.filesystem`)
     :raises UsageError: neither or a non-positive ``maxcount``/``maxsize``
     :raises OutputError: a shard cannot be written, or a ``pipe:`` command fails
     """
@@ -292,6 +294,7 @@ class ShardWriter:
         warn: Warn | None = None,
         on_shard: Callable[[ShardInfo], None] | None = None,
         on_post_error: Callable[[ShardInfo, str], None] | None = None,
+        storage_options: dict | None = None,
     ):
         if maxcount is not None and maxcount <= 0:
             raise UsageError("maxcount must be positive")
@@ -315,6 +318,7 @@ class ShardWriter:
         self.warn = warn
         self.on_shard = on_shard
         self.on_post_error = on_post_error
+        self.storage_options = storage_options
         #: finished shards, in order
         self.shards: list[ShardInfo] = []
         #: (shard, message) of every failed post command
@@ -393,7 +397,7 @@ class ShardWriter:
         compression = self.compression
         if compression is None:
             compression = "none" if self.pattern.is_pipe else compression_for_name(name)
-        sink = TarSink(name, compression, self.mtime)
+        sink = TarSink(name, compression, self.mtime, storage_options=self.storage_options)
         self._keys = KeyLedger()
         self._hasher = None
         if self.checksum and self.pattern.is_pipe:

@@ -53,7 +53,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from .errors import OutputError, SampleError, SourceError, TarprocError, UsageError, Warn
+from . import errors
+from .errors import OutputError, SourceError, TarprocError, UsageError, Warn
 from .samples import Sample, group_samples, sample_members
 from .sinks import PARTIAL, AtomicOutput, TarSink
 from .storage import filesystem, is_url, local_path
@@ -71,8 +72,6 @@ INDEX_MEMBER = "__tarshuffle_index__.json"
 COPY_CHUNK = 1 << 20
 #: bytes read at once from a partition's range
 RANGE_BUFFER = 1 << 18
-#: the remedy for a key that occurs in two inputs
-REKEY_REMEDY = "give every input's keys a prefix: tarcats --rekey '{shard}/{key}', or tarshuffle --rekey '{shard}/{key}'"
 
 
 
@@ -82,22 +81,22 @@ class StagingError(TarprocError):
     rewrites it."""
 
 
-class DuplicateKeyError(SampleError):
+class DuplicateKeyError(errors.DuplicateKeyError):
     """A key occurs in two inputs (or twice in one): the reducer cannot keep
-    both samples apart, so it fails permanently (exit status 3).
+    both samples apart, so it fails permanently (exit status 3). Its
+    :attr:`topic` is ``duplicate_key``, as for every repeated key: the tool
+    adds its remedy (a per-input key prefix).
 
     :ivar key: the key
     :ivar sources: the two inputs it was read from
     """
 
     def __init__(self, key: str, first: str, second: str):
-        self.key = key
-        self.sources = (first, second)
         where = f"in both {first} and {second}" if first != second else f"twice in {first}"
-        super().__init__(
-            f"key {key!r} occurs {where}: the samples would merge or one would be lost;"
-            f" {REKEY_REMEDY}"
-        )
+        super().__init__(f"key {key!r} occurs {where}: the samples would merge or one would be lost;"
+                         " every input's keys need a prefix of their own (such as the input's name)",
+                         key, first, second)
+        self.sources = (first, second)
 
 
 # ---------------------------------------------------------------- hashes
@@ -232,11 +231,11 @@ def atomic_output(spec: str, storage_options: dict | None = None) -> AtomicOutpu
 
 
 @contextlib.contextmanager
-def _open_read(spec: str) -> Iterator[BinaryIO]:
+def _open_read(spec: str, storage_options: dict | None = None) -> Iterator[BinaryIO]:
     """A seekable binary stream of a staged file. :raises StagingError:"""
     try:
         if is_url(spec):
-            fs, path = filesystem(spec)
+            fs, path = filesystem(spec, storage_options)
             handle = fs.open(path, "rb", block_size=RANGE_BUFFER)
         else:
             handle = open(local_path(spec), "rb", buffering=0)
@@ -271,21 +270,21 @@ def _read_index(handle: BinaryIO, where: str) -> StagedIndex:
     return index
 
 
-def read_staged_index(spec: str) -> StagedIndex:
+def read_staged_index(spec: str, storage_options: dict | None = None) -> StagedIndex:
     """Read the index of a staged file (two small reads: on an object store
     a range request for the first block, then the index).
 
     :raises StagingError: missing, not a staged file, or cut short
     """
-    with _open_read(spec) as handle:
+    with _open_read(spec, storage_options) as handle:
         return _read_index(handle, spec)
 
 
-def staged_index_ok(spec: str, partitions: int, seed: str, input: str) -> bool:
+def staged_index_ok(spec: str, partitions: int, seed: str, input: str, storage_options: dict | None = None) -> bool:
     """True when ``spec`` is a complete staged file of this run (its map
     task need not run again)."""
     try:
-        index = read_staged_index(spec)
+        index = read_staged_index(spec, storage_options)
         index.check(spec, partitions, seed, input)
     except (StagingError, SourceError):
         return False
@@ -439,10 +438,11 @@ def stage_samples(
     input: str = "-",
     buffer_size: int = DEFAULT_BUFFER,
     tmpdir: str | None = None,
+    storage_options: dict | None = None,
 ) -> MapResult:
     """:func:`write_staged` into the file or object ``staged``, atomically
     (:func:`atomic_output`). :raises OutputError: it cannot be written"""
-    with atomic_output(staged) as out:
+    with atomic_output(staged, storage_options) as out:
         result = write_staged(samples, out, partitions, seed, input, buffer_size, tmpdir)
     result.staged = staged
     return result
@@ -458,9 +458,11 @@ def map_shard(
     rekey: str | None = None,
     warn: Warn | None = None,
     strict: bool = False,
+    storage_options: dict | None = None,
 ) -> MapResult:
     """The map task of one input shard: read it (any input
-    :func:`tarproc.sources.open_source` takes) and write its staged file.
+    :func:`tarproc.sources.open_source` takes, with fsspec
+    ``storage_options`` for URLs) and write its staged file.
 
     :param rekey: a :class:`tarproc.stages.Rekeyer` format applied to the
         input's samples first (``'{shard}/{key}'``), so that keys made
@@ -468,10 +470,10 @@ def map_shard(
     :raises TarprocError: see :func:`stage_samples` and the sources;
         :class:`tarproc.errors.DataError` (exit 3) for a bad input
     """
-    samples: Iterable[Sample] = iter_source_samples(input, warn, strict)
+    samples: Iterable[Sample] = iter_source_samples(input, warn, strict, storage_options=storage_options)
     if rekey is not None:
         samples = Rekeyer(rekey)(samples)
-    return stage_samples(samples, staged, partitions, seed, input, buffer_size, tmpdir)
+    return stage_samples(samples, staged, partitions, seed, input, buffer_size, tmpdir, storage_options)
 
 
 # ---------------------------------------------------------------- reduce
@@ -500,14 +502,15 @@ class _RangeReader(io.RawIOBase):
         return n
 
 
-def iter_partition(staged: str, partition: int, index: StagedIndex | None = None) -> Iterator[Sample]:
+def iter_partition(staged: str, partition: int, index: StagedIndex | None = None,
+                   storage_options: dict | None = None) -> Iterator[Sample]:
     """Yield the samples of one partition of a staged file, in input order;
     ``"__source__"`` is the original input shard.
 
     :raises StagingError: missing or bad staged file
     :raises TarprocError: the range does not parse (a damaged staged file)
     """
-    with _open_read(staged) as handle:
+    with _open_read(staged, storage_options) as handle:
         if index is None:
             index = _read_index(handle, staged)
         offset, length, count = index.ranges[partition]
@@ -516,8 +519,7 @@ def iter_partition(staged: str, partition: int, index: StagedIndex | None = None
         handle.seek(index.data_start + offset)
         stream = io.BufferedReader(_RangeReader(handle, length), RANGE_BUFFER)
         where = f"{staged} (partition {partition})"
-        for sample in group_samples(iter_members(stream, where), index.input, strict=True):
-            yield sample
+        yield from group_samples(iter_members(stream, where), index.input, strict=True)
 
 
 @dataclass
@@ -562,6 +564,7 @@ def reduce_partition(
     tmpdir: str | None = None,
     compression: str | None = None,
     mtime: int = 0,
+    storage_options: dict | None = None,
 ) -> ReduceResult:
     """The reduce task of output shard ``partition``: gather the partition
     from every staged file, order it, and write ``output`` atomically.
@@ -576,12 +579,14 @@ def reduce_partition(
         ``buffer_size``, else tarsort's external sort in ``tmpdir``); False
         keeps input order
     :param compression: of the output, None to follow its name
+    :param storage_options: fsspec options for staged files and an output
+        that are URLs
     :raises DuplicateKeyError: a key occurs twice in the partition (exit 3)
     :raises StagingError: a staged file is missing or from another run
     :raises OutputError: the output cannot be written
     """
-    samples, sorter = ordered_partition(staged, partition, seed, shuffle, buffer_size, tmpdir)
-    return _write_output(samples, partition, output, compression, mtime, sorter)
+    samples, sorter = ordered_partition(staged, partition, seed, shuffle, buffer_size, tmpdir, storage_options)
+    return _write_output(samples, partition, output, compression, mtime, sorter, storage_options)
 
 
 def ordered_partition(
@@ -591,11 +596,12 @@ def ordered_partition(
     shuffle: bool = True,
     buffer_size: int = DEFAULT_BUFFER,
     tmpdir: str | None = None,
+    storage_options: dict | None = None,
 ) -> tuple[Iterator[Sample], ExternalSorter | None]:
     """The samples of output shard ``partition`` in their output order
     (see :func:`reduce_partition`), and the sorter used (None without
     ``shuffle``); iterating raises what :func:`reduce_partition` does."""
-    samples: Iterator[Sample] = _check_repeats(_gather(staged, partition, seed))
+    samples: Iterator[Sample] = _check_repeats(_gather(staged, partition, seed, storage_options))
     sorter = None
     if shuffle:
         sorter = ExternalSorter(order_key_function(seed), buffer_size=max(1, buffer_size), tmpdir=tmpdir)
@@ -612,38 +618,39 @@ def reduce_to_stream(
     buffer_size: int = DEFAULT_BUFFER,
     tmpdir: str | None = None,
     mtime: int = 0,
+    storage_options: dict | None = None,
 ) -> ReduceResult:
     """:func:`reduce_partition` onto a binary stream (uncompressed tar, end
     marker written only on success). With ``shuffle`` nothing is written
     before every sample was read and checked; without it a duplicate key may
     be found after some samples were written (the caller discards them, as
     :class:`tarproc.tasks` does with a pipeline's output)."""
-    samples, sorter = ordered_partition(staged, partition, seed, shuffle, buffer_size, tmpdir)
+    samples, sorter = ordered_partition(staged, partition, seed, shuffle, buffer_size, tmpdir, storage_options)
     sink = _StreamSink(out, "none", mtime)
     count = _drain(sink, None, iter(samples))
     return ReduceResult(partition, "-", count, sink.bytes_written, sorter.runs if sorter else 0)
 
 
-def _gather(staged: list[str], partition: int, seed: str) -> Iterator[Sample]:
+def _gather(staged: list[str], partition: int, seed: str, storage_options: dict | None = None) -> Iterator[Sample]:
     partitions = None
     for spec in staged:
-        index = read_staged_index(spec)
+        index = read_staged_index(spec, storage_options)
         if partitions is None:
             partitions = index.partitions
         index.check(spec, partitions, seed)
         if not 0 <= partition < partitions:
             raise UsageError(f"partition {partition} out of range: the staged files hold {partitions}")
-        yield from iter_partition(spec, partition, index)
+        yield from iter_partition(spec, partition, index, storage_options)
 
 
-def _write_output(samples, partition, output, compression, mtime, sorter) -> ReduceResult:
+def _write_output(samples, partition, output, compression, mtime, sorter, storage_options=None) -> ReduceResult:
     it = iter(samples)
     try:
         first = next(it)
     except StopIteration:
         first = None
     if is_url(output):
-        with atomic_output(output) as raw:
+        with atomic_output(output, storage_options) as raw:
             sink = _StreamSink(raw, compression or _compression(output), mtime)
             count = _drain(sink, first, it)
         return ReduceResult(partition, output, count, sink.bytes_written, sorter.runs if sorter else 0)
@@ -703,12 +710,13 @@ def _drain(sink, first, it) -> int:
 
 
 # ---------------------------------------------------------------- counting
-def count_samples(input: str, warn: Warn | None = None) -> int:
+def count_samples(input: str, warn: Warn | None = None, storage_options: dict | None = None) -> int:
     """Samples in one input shard, from its members' headers (member data is
-    read but not kept). :raises TarprocError: as reading the input"""
+    read but not kept); ``storage_options``: see
+    :func:`tarproc.sources.open_source`. :raises TarprocError: as reading the input"""
     count = 0
     last = None
-    with open_source(input) as stream:
+    with open_source(input, storage_options=storage_options) as stream:
         for member in TarReader(stream, input, warn or (lambda message: None)):
             name = member.name
             slash = name.rfind("/")
@@ -739,6 +747,9 @@ ENV_TMPDIR = "TARSHUFFLE_TMPDIR"
 #: itself and prints its statistics as one JSON line on stdout
 ENV_INPUT = "TARSHUFFLE_INPUT"
 ENV_OUTPUT = "TARSHUFFLE_OUTPUT"
+#: fsspec storage options (JSON) for the URLs a worker opens: in its
+#: environment, not on its command line (they may hold credentials)
+ENV_STORAGE = "TARSHUFFLE_STORAGE_OPTIONS"
 
 
 def staged_name(staging: str, index: int) -> str:
@@ -760,7 +771,8 @@ def worker_main(argv: list[str] | None = None) -> int:
       tar) on stdout.
 
     ``TARSHUFFLE_BUFFER_SIZE`` (bytes) and ``TARSHUFFLE_TMPDIR`` set the
-    memory budget and the spill directory. Returns the exit status: 0, 1, 3
+    memory budget and the spill directory; ``TARSHUFFLE_STORAGE_OPTIONS``
+    (a JSON object) the fsspec options of the URLs it opens. Returns the exit status: 0, 1, 3
     for bad input data or a duplicate key (:class:`tarproc.errors.ExitStatus`).
     """
     import argparse
@@ -788,6 +800,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     tmpdir = os.environ.get(ENV_TMPDIR) or None
     output = os.environ.get(ENV_OUTPUT) or None
     name = os.environ.get(ENV_INPUT) or os.environ.get("TARMAP_INPUT") or "-"
+    storage = json.loads(os.environ.get(ENV_STORAGE) or "{}")
 
     def warn(message: str) -> None:
         print(f"tarshuffle: warning: {message}", file=sys.stderr, flush=True)
@@ -798,7 +811,7 @@ def worker_main(argv: list[str] | None = None) -> int:
                 stream = decompressing_reader(sys.stdin.buffer, name)
                 samples: Iterable[Sample] = group_samples(iter_members(stream, name, warn), name, warn, args.strict)
             else:
-                samples = iter_source_samples(name, warn, args.strict)
+                samples = iter_source_samples(name, warn, args.strict, storage_options=storage)
             if args.rekey is not None:
                 samples = Rekeyer(args.rekey)(samples)
 
@@ -809,19 +822,22 @@ def worker_main(argv: list[str] | None = None) -> int:
 
             def work(out):
                 return reduce_to_stream(staged, args.partition, out, args.seed, not args.no_shuffle, buffer_size,
-                                        tmpdir, args.mtime)
+                                        tmpdir, args.mtime, storage)
         if output is None:
             work(sys.stdout.buffer)
             sys.stdout.buffer.flush()
         else:
             reduce = args.phase == "reduce"
-            stats = write_output(output, work, compress=reduce, digests=("sha256",) if reduce else ())
+            stats = write_output(output, work, compress=reduce, digests=("sha256",) if reduce else (),
+                                 storage_options=storage)
             import resource
 
             stats["max_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
             print(json.dumps(stats, sort_keys=True), flush=True)
     except TarprocError as exc:
         print(f"tarshuffle: error: {exc}", file=sys.stderr, flush=True)
+        if exc.topic:  # for the tool's hint: the topic crosses the process boundary on stdout
+            print(json.dumps({"topic": exc.topic}), flush=True)
         return int(exc.exit_status)
     except BrokenPipeError:
         return int(ExitStatus.SIGPIPE)
@@ -853,7 +869,7 @@ class _Hashing:
 
 
 def write_output(target: str, work: Callable[[BinaryIO], object], compress: bool = True,
-                 digests: Iterable[str] = ("sha256",)) -> dict:
+                 digests: Iterable[str] = ("sha256",), storage_options: dict | None = None) -> dict:
     """Run ``work(stream)`` onto ``target`` atomically
     (:class:`tarproc.sinks.AtomicOutput`, stale attempt files of dead
     processes removed), compressed by the target's name when ``compress``.
@@ -871,7 +887,7 @@ def write_output(target: str, work: Callable[[BinaryIO], object], compress: bool
 
     if not is_url(target):
         remove_stale_attempts(local_path(target))
-    with atomic_output(target) as out:
+    with atomic_output(target, storage_options) as out:
         hashing = _Hashing(out, digests)
         writer = compressing_writer(hashing, compression_for_name(target)) if compress else hashing
         result = work(writer)

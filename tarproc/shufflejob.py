@@ -48,7 +48,7 @@ import time
 from . import procs, records, schedule, tasks
 from .errors import ExitStatus, TarprocError, UsageError
 from .shards import ShardPattern
-from .shuffle import ENV_BUFFER, ENV_INPUT, ENV_OUTPUT, ENV_TMPDIR, join, staged_name
+from .shuffle import ENV_BUFFER, ENV_INPUT, ENV_OUTPUT, ENV_STORAGE, ENV_TMPDIR, join, staged_name
 from .sinks import remove_stale_attempts
 from .sort import DEFAULT_BUFFER
 from .storage import filesystem, identity, is_url, local_path
@@ -240,6 +240,16 @@ def worker_argv(pipeline: str) -> list[str]:
     return [sys.executable or "python3", "-m", "tarproc.shuffle", *words[1:]]
 
 
+def _topic(out: bytes) -> str | None:
+    """The topic of a failed worker's error (its last stdout line,
+    ``{"topic": ...}``), or None."""
+    try:
+        topic = json.loads(out.decode().strip().splitlines()[-1]).get("topic")
+    except (ValueError, IndexError, AttributeError):
+        return None
+    return topic if isinstance(topic, str) else None
+
+
 def run_attempt(task: tasks.Task, attempt: int, options: tasks.TaskOptions) -> dict:
     """One attempt of a shuffle task: its worker (the task's pipeline, in
     its own process group) reads the input itself and writes the output
@@ -267,6 +277,8 @@ def run_attempt(task: tasks.Task, attempt: int, options: tasks.TaskOptions) -> d
     env = dict(os.environ)
     env.update(options.env or {})
     env.update({ENV_INPUT: task.input, ENV_OUTPUT: task.output})
+    if storage:  # the worker opens the URLs itself: in its environment, not on its command line
+        env[ENV_STORAGE] = json.dumps(storage)
     try:
         proc = procs.spawn(worker_argv(task.pipeline), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     except OSError as exc:
@@ -292,7 +304,7 @@ def run_attempt(task: tasks.Task, attempt: int, options: tasks.TaskOptions) -> d
     if proc.returncode != 0:
         errors = [line.removeprefix("tarshuffle: error: ") for line in lines if line.startswith("tarshuffle: error: ")]
         detail = errors[-1] if errors else (" | ".join(lines[-STDERR_TAIL:]) or procs.describe_status(proc.returncode))
-        raise tasks.TaskFailure(detail, permanent=proc.returncode == ExitStatus.DATA)
+        raise tasks.TaskFailure(detail, permanent=proc.returncode == ExitStatus.DATA, topic=_topic(out))
     try:
         stats = json.loads(out.decode().strip().splitlines()[-1])
     except (ValueError, IndexError):

@@ -42,13 +42,16 @@ class TarSink:
         to follow the file name
     :param mtime: modification time of every member, seconds
     :param mode: permission bits of every member
+    :param storage_options: fsspec options for a URL target
+        (:func:`tarproc.storage.filesystem`)
     :raises OutputError: the file cannot be created, or a ``pipe:`` command
         exits non-zero
     :raises UsageError: ``compression`` contradicts the file's name
         (:func:`tarproc.compress.output_compression`)
     """
 
-    def __init__(self, target: str, compression: str | None = None, mtime: int = 0, mode: int = 0o444):
+    def __init__(self, target: str, compression: str | None = None, mtime: int = 0, mode: int = 0o444,
+                 storage_options: dict | None = None):
         target = pipe_spelling(target)
         self.target = target
         self.path: str | None = None
@@ -72,7 +75,7 @@ class TarSink:
             self._raw = self._proc.stdin
         elif is_url(target):
             # an object store: nothing appears at the key unless close() finishes the stream
-            self._atomic = AtomicOutput(target)
+            self._atomic = AtomicOutput(target, storage_options)
             self._raw = self._atomic
         elif os.path.exists(target) and not os.path.isfile(target):
             # a device or FIFO (/dev/null, a named pipe): write to it directly
@@ -200,9 +203,10 @@ def pipe_spelling(target: str) -> str:
     return "pipe:" + target[1:].lstrip() if target.startswith("|") else target
 
 
-def open_sink(target: str, compression: str | None = None, mtime: int = 0, mode: int = 0o444) -> TarSink:
+def open_sink(target: str, compression: str | None = None, mtime: int = 0, mode: int = 0o444,
+              storage_options: dict | None = None) -> TarSink:
     """Open a :class:`TarSink` (see there)."""
-    return TarSink(target, compression, mtime, mode)
+    return TarSink(target, compression, mtime, mode, storage_options)
 
 
 # ------------------------------------------------------------ atomic outputs

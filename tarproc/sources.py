@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from typing import BinaryIO
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import braceexpand
 
@@ -31,6 +31,7 @@ from . import procs
 from .compress import decompressing_reader
 from .errors import SourceError, TarprocError, Warn
 from .samples import Note, Sample, group_samples
+from .storage import filesystem
 from .tario import iter_members
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -153,6 +154,31 @@ class _Counting:
             buf[:n] = data
         self.on_read(n)
         return n
+
+    def __getattr__(self, name):
+        return getattr(self.raw, name)
+
+
+class _StoreFile:
+    """An object store's file (fsspec) whose read errors, whatever their
+    class (botocore's, aiohttp's), are a :class:`SourceError` naming the
+    input: a network failure mid-stream is one line, not a traceback."""
+
+    def __init__(self, raw, spec: str):
+        self.raw = raw
+        self.spec = spec
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self.raw.read(n)
+        except Exception as exc:  # noqa: BLE001 - see the class
+            raise SourceError(f"{self.spec}: read failed: {exc}") from None
+
+    def readinto(self, buf) -> int:
+        try:
+            return self.raw.readinto(buf)
+        except Exception as exc:  # noqa: BLE001 - see the class
+            raise SourceError(f"{self.spec}: read failed: {exc}") from None
 
     def __getattr__(self, name):
         return getattr(self.raw, name)
@@ -284,12 +310,15 @@ class HTTPStream:
 
 
 @contextlib.contextmanager
-def open_source(spec: str, on_read: Callable[[int], None] | None = None) -> Iterator[BinaryIO]:
+def open_source(spec: str, on_read: Callable[[int], None] | None = None,
+                storage_options: Mapping | None = None) -> Iterator[BinaryIO]:
     """Open one (already expanded) input as a decompressed binary stream.
 
     :param spec: ``-``, a path, ``pipe:CMD`` or a URL
     :param on_read: called with the number of bytes of each read of the
         input as stored (before decompression), for progress
+    :param storage_options: fsspec options for a URL other than http(s)
+        (:func:`tarproc.storage.filesystem`)
     :raises SourceError: the input cannot be opened, or a ``pipe:`` command
         exits non-zero after its output was read completely, or an
         ``http(s)://`` connection fails (see :class:`HTTPStream`)
@@ -318,16 +347,15 @@ def open_source(spec: str, on_read: Callable[[int], None] | None = None) -> Iter
             yield decompressing_reader(_counted(handle, on_read), spec)
         return
     if input_kind(spec) == "url":
+        fs, path = filesystem(spec, storage_options)
         try:
-            import fsspec
-        except ImportError:
-            raise SourceError(f"{spec}: URLs need fsspec (pip install 'tarproc[cloud]')") from None
-        try:
-            handle = fsspec.open(spec, "rb").open()
-        except (OSError, ValueError, ImportError) as exc:
+            handle = fs.open(path, "rb")
+        except FileNotFoundError:
+            raise SourceError(f"{spec}: cannot open: no such object") from None
+        except Exception as exc:  # noqa: BLE001 - each store raises its own errors (botocore's are not OSError)
             raise SourceError(f"{spec}: cannot open: {exc}") from None
         with handle:
-            yield decompressing_reader(_counted(handle, on_read), spec)
+            yield decompressing_reader(_counted(_StoreFile(handle, spec), on_read), spec)
         return
     path = spec[7:] if spec.startswith("file://") else spec
     try:
@@ -347,16 +375,18 @@ def iter_source_samples(
     lowercase: bool = False,
     regroup: bool = False,
     note: Note | None = None,
+    storage_options: Mapping | None = None,
 ) -> Iterator[Sample]:
     """Yield the samples of one input; ``"__source__"`` is ``spec``.
 
     ``lowercase``, ``regroup`` and ``note`` are those of
-    :func:`tarproc.samples.group_samples`.
+    :func:`tarproc.samples.group_samples`; ``storage_options`` that of
+    :func:`open_source`.
 
     :raises TarprocError: see :func:`open_source`, :class:`tarproc.tario.TarReader`
         and :func:`tarproc.samples.group_samples`
     """
-    with open_source(spec, on_read) as stream:
+    with open_source(spec, on_read, storage_options) as stream:
         yield from group_samples(
             iter_members(stream, spec, warn or _ignore), spec, warn, strict,
             lowercase=lowercase, regroup=regroup, note=note,
@@ -372,6 +402,7 @@ def iter_samples(
     lowercase: bool = False,
     regroup: bool = False,
     note: Note | None = None,
+    storage_options: Mapping | None = None,
 ) -> Iterator[Sample]:
     """Yield the samples of several inputs one after another.
 
@@ -386,7 +417,8 @@ def iter_samples(
     ...     print(sample["__key__"], sorted(sample))
     """
     for spec in expand_inputs(inputs):
-        yield from iter_source_samples(spec, warn, strict, on_read, lowercase=lowercase, regroup=regroup, note=note)
+        yield from iter_source_samples(spec, warn, strict, on_read, lowercase=lowercase, regroup=regroup, note=note,
+                                       storage_options=storage_options)
 
 
 def _ignore(message: str) -> None:

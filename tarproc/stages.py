@@ -323,16 +323,18 @@ def open_shards(
     strict: bool = False,
     bad: BadShards | None = None,
     interleaved: bool = False,
+    storage_options: dict | None = None,
 ) -> Iterator[Sample]:
     """The samples of several (expanded) inputs, one after another or
-    round-robin (``interleaved``), each guarded by ``bad`` when given.
+    round-robin (``interleaved``), each guarded by ``bad`` when given;
+    ``storage_options``: see :func:`tarproc.sources.open_source`.
 
     Inputs are opened lazily: one at a time in sequence, all at once when
     interleaved (one open file or command per input).
     """
 
     def one(spec: str) -> Iterator[Sample]:
-        samples = iter_source_samples(spec, warn, strict)
+        samples = iter_source_samples(spec, warn, strict, storage_options=storage_options)
         return bad.guard(samples, spec) if bad is not None else samples
 
     if interleaved:

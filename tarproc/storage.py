@@ -17,7 +17,7 @@ import os
 import re
 from collections.abc import Mapping
 
-from .errors import SourceError, UsageError
+from .errors import SourceError
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
@@ -33,17 +33,22 @@ def local_path(spec: str) -> str:
 
 
 def parse_storage_options(items: list[str] | tuple[str, ...]) -> dict:
-    """``["KEY=VALUE", ...]`` as fsspec ``storage_options``. A VALUE that is
-    JSON (``true``, ``3``, ``{"a": 1}``) is decoded, anything else is a
-    string; ``client_kwargs.region_name=x`` nests with dots.
+    """``["KEY=VALUE", ...]`` as fsspec ``storage_options``, by fsspec's own
+    convention for its ``FSSPEC_<PROTOCOL>_<OPTION>`` variables
+    (:func:`fsspec.config.set_conf_env`): a VALUE that parses as JSON
+    (``true``, ``3``, ``null``, ``{"region_name": "x"}``) is that value,
+    anything else is the string as given. A dotted KEY nests:
+    ``client_kwargs.region_name=x`` is ``{"client_kwargs": {"region_name":
+    "x"}}``. A later item replaces an earlier one with the same KEY.
 
-    :raises UsageError: an item without ``=``
+    :raises ValueError: an item without ``=`` or KEY, or a KEY nesting under
+        one that holds a value
     """
     options: dict = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--storage-option {item!r}: expected KEY=VALUE")
+        if not sep or not key or "" in key.split("."):
+            raise ValueError(f"{item!r}: expected KEY=VALUE (KEY may be dotted: client_kwargs.region_name=x)")
         try:
             parsed = json.loads(value)
         except ValueError:
@@ -52,12 +57,53 @@ def parse_storage_options(items: list[str] | tuple[str, ...]) -> dict:
         *parents, last = key.split(".")
         for parent in parents:
             where = where.setdefault(parent, {})
+            if not isinstance(where, dict):
+                raise ValueError(f"{item!r}: {parent} is a value, not a group of options")
         where[last] = parsed
     return options
 
 
+def merged(base: Mapping, over: Mapping) -> dict:
+    """``base`` updated with ``over``, nested dicts merged key by key
+    (``client_kwargs`` from the environment and one more key from the
+    command line both apply)."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def url_storage_options(url: str, storage_options: Mapping | None = None) -> dict:
+    """The one home for the ``storage_options`` a URL is opened with: the
+    configuration fsspec read from the environment of THIS process
+    (``FSSPEC_<PROTOCOL>_<OPTION>``, ``FSSPEC_<PROTOCOL>``; fsspec.config)
+    for the URL's protocol, merged with ``storage_options`` (the given
+    options win, nested ones key by key). Credentials and endpoints a store
+    reads itself (``AWS_*`` for s3fs via botocore,
+    ``GOOGLE_APPLICATION_CREDENTIALS``) are not copied: the store's library
+    reads them where the file system is made (a Dask worker, a pod).
+
+    :raises ImportError: fsspec, or the protocol's package, is missing
+    """
+    import fsspec
+    import fsspec.config
+
+    given = dict(storage_options or {})
+    protocol = fsspec.core.split_protocol(url)[0] or "file"
+    cls = fsspec.get_filesystem_class(protocol)
+    protocols = cls.protocol if isinstance(cls.protocol, (tuple, list)) else (cls.protocol,)
+    base: dict = {}
+    for name in protocols:
+        base = merged(base, fsspec.config.conf.get(name, {}))
+    return merged(base, given) if base else given
+
+
 def filesystem(url: str, storage_options: Mapping | None = None):
-    """``(fs, path)`` for a URL (``fsspec.core.url_to_fs``).
+    """``(fs, path)`` for a URL (``fsspec.core.url_to_fs``), with
+    :func:`url_storage_options`.
 
     :raises SourceError: fsspec or the protocol's package is missing, or the
         options are refused
@@ -67,7 +113,7 @@ def filesystem(url: str, storage_options: Mapping | None = None):
     except ImportError:
         raise SourceError(f"{url}: URLs need fsspec (pip install 'tarproc[cloud]')") from None
     try:
-        return fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+        return fsspec.core.url_to_fs(url, **url_storage_options(url, storage_options))
     except ImportError as exc:
         raise SourceError(f"{url}: {exc} (pip install 'tarproc[cloud]')") from None
     except (ValueError, TypeError) as exc:
@@ -97,7 +143,7 @@ def identity(spec: str, storage_options: Mapping | None = None) -> dict | None:
         info = fs.info(path)
     except FileNotFoundError:
         return None
-    except OSError as exc:
+    except Exception as exc:  # noqa: BLE001 - each store raises its own errors (botocore's are not OSError)
         raise SourceError(f"{spec}: cannot stat: {exc}") from None
     out: dict = {}
     if info.get("size") is not None:
@@ -129,7 +175,7 @@ def size(spec: str, storage_options: Mapping | None = None) -> int | None:
         return fs.size(path)
     except FileNotFoundError:
         return None
-    except OSError as exc:
+    except Exception as exc:  # noqa: BLE001 - each store raises its own errors (botocore's are not OSError)
         raise SourceError(f"{spec}: cannot stat: {exc}") from None
 
 
@@ -151,5 +197,5 @@ def read_bytes(spec: str, storage_options: Mapping | None = None) -> bytes | Non
         return fs.cat_file(path)
     except FileNotFoundError:
         return None
-    except OSError as exc:
+    except Exception as exc:  # noqa: BLE001 - each store raises its own errors (botocore's are not OSError)
         raise SourceError(f"{spec}: cannot read: {exc}") from None

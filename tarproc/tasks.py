@@ -121,11 +121,14 @@ class TaskOptions:
 
 
 class TaskFailure(Exception):
-    """An attempt failed; ``permanent`` when retrying cannot help (exit 3)."""
+    """An attempt failed; ``permanent`` when retrying cannot help (exit 3);
+    ``topic``: the rule a library error was about (:attr:`TarprocError.topic`),
+    kept when the error crossed a process boundary as text."""
 
-    def __init__(self, message: str, permanent: bool = False):
+    def __init__(self, message: str, permanent: bool = False, topic: str | None = None):
         super().__init__(message)
         self.permanent = permanent
+        self.topic = topic
 
 
 @dataclasses.dataclass
@@ -137,6 +140,8 @@ class TaskResult:
     :ivar permanent: a failure that retrying cannot help (exit status 3)
     :ivar message: the failure, one line, with the pipeline's last stderr lines
     :ivar record: the completion record (complete and skipped tasks)
+    :ivar topic: the failure's rule (:attr:`TarprocError.topic`), so a tool
+        can add its option as a hint
     """
 
     index: int
@@ -147,6 +152,7 @@ class TaskResult:
     permanent: bool = False
     message: str = ""
     record: dict | None = None
+    topic: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -561,6 +567,7 @@ def run_task(task: Task, options: TaskOptions = TaskOptions(), say: Say | None =
                 return result
     except TarprocError as exc:
         result.message = str(exc)
+        result.topic = exc.topic
         return result
     policy = options.policy
     for attempt in range(1, policy.retries + 2):
@@ -575,6 +582,7 @@ def run_task(task: Task, options: TaskOptions = TaskOptions(), say: Say | None =
         except TaskFailure as exc:
             result.message = str(exc)
             result.permanent = exc.permanent
+            result.topic = exc.topic
             if exc.permanent or _CANCELLED.is_set():
                 return result
             if say is not None and attempt <= policy.retries:
@@ -583,6 +591,7 @@ def run_task(task: Task, options: TaskOptions = TaskOptions(), say: Say | None =
         result.status = "complete"
         result.message = ""
         result.permanent = False
+        result.topic = None
         return result
     return result
 

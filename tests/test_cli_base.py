@@ -32,9 +32,9 @@ def test_a_tool_gets_the_shared_options_it_names_and_those_every_tool_takes():
     result = CliRunner().invoke(app, ["--count", "2", "--strict", "-vv", "--name", "y", "a.tar", "b.tar"])
     assert result.exit_code == 0, result.output
     assert seen == {"inputs": ["a.tar", "b.tar"], "count": 2, "strict": True, "lowercase_fields": False,
-                    "progress": None, "verbose": 2, "quiet": False, "debug": False, "name": "y", "tool": "toy"}
-    assert tool_shared(app) == ("inputs", "count", "strict", "lowercase_fields", "progress", "verbose", "quiet", "debug",
-                                "version")
+                    "storage_options": None, "progress": None, "verbose": 2, "quiet": False, "debug": False, "name": "y", "tool": "toy"}
+    assert tool_shared(app) == ("inputs", "count", "strict", "lowercase_fields", "storage_options", "progress", "verbose",
+                                "quiet", "debug", "version")
     assert CliRunner().invoke(app, ["--skip", "1"]).exit_code == 2  # not asked for
 
 
@@ -63,4 +63,5 @@ def test_every_tool_takes_its_shared_options_from_the_one_table(tool):
 
 
 def test_groups_expand_in_table_order():
-    assert shared_names("write read") == ["inputs", "strict", "lowercase_fields", "compress", "mtime", *ALWAYS]
+    assert shared_names("write read") == ["inputs", "strict", "lowercase_fields", "compress", "mtime", "storage_options",
+                                          *ALWAYS]

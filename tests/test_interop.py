@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import http.server
 import io
-import os
 import shutil
 import socket
 import subprocess
@@ -47,7 +46,7 @@ def gnu_list(path: Path) -> list[str]:
 
 
 def wds_samples(path: Path, **kw) -> list[dict]:
-    wds = pytest.importorskip("webdataset")
+    pytest.importorskip("webdataset")
     from webdataset import tariterators
 
     with open(path, "rb") as stream:

@@ -140,7 +140,7 @@ def make_app(help: str, examples: str) -> typer.Typer:
     return app
 
 
-def command(app: typer.Typer, shared: str = "", options: dict[str, Shared] | None = None):
+def command(app: typer.Typer, shared: str = "", options: dict[str, Shared] | None = None, own_first: bool = False):
     """Decorator registering a tool's function with the help and epilog
     given to :func:`make_app`.
 
@@ -150,6 +150,8 @@ def command(app: typer.Typer, shared: str = "", options: dict[str, Shared] | Non
     :param options: more options shared by a few tools (name: :class:`Shared`;
         tarcats and tarpcat), listed before the function's own; their values
         are in ``tool.args`` too.
+    :param own_first: list the function's own options before ``options``
+        (tarmap and tarshuffle: their own before the engine's).
     """
     short = app.info.help.split("\n", 1)[0].rstrip(".")
     register = app.command(cls=FamilyCommand, help=app.info.help, epilog=app.info.epilog, short_help=short)
@@ -157,7 +159,7 @@ def command(app: typer.Typer, shared: str = "", options: dict[str, Shared] | Non
     def decorate(func):
         if next(iter(inspect.signature(func).parameters), None) != "tool":
             return register(func)  # declares every option itself
-        return register(_with_shared(func, shared, options or {}))
+        return register(_with_shared(func, shared, options or {}, own_first))
 
     return decorate
 
@@ -240,6 +242,29 @@ def size_option(*names: str, help: str, optional: bool = True):
                      typer.Option(*names, help=f"{help} ({SIZE_HELP}).", metavar="SIZE", parser=_size)]
 
 
+def _storage_item(value: str) -> str:
+    from ..storage import parse_storage_options
+
+    try:
+        parse_storage_options([value])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+StorageOptions = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--storage-option",
+        metavar="KEY=VALUE",
+        parser=_storage_item,
+        help="fsspec storage option for URL inputs and outputs (s3://, gs://...), repeatable: VALUE is JSON when it"
+        " parses (true, 3, '{\"region_name\": \"x\"}'), else text; a dotted KEY nests (client_kwargs.region_name=x);"
+        " merged over FSSPEC_<PROTOCOL>_<OPTION> (credentials: the store's environment, AWS_*, not a command line).",
+    ),
+]
+
+
 def output_option(default: str | None, help: str):
     """``-o/--output`` with a per-tool default and help."""
     return Annotated[Optional[str] if default is None else str, typer.Option("-o", "--output", help=help, metavar="OUT")]
@@ -262,6 +287,7 @@ SHARED: dict[str, Shared] = {
     "parallel": Shared(Parallel, 1),
     "compress": Shared(Compress, None),
     "mtime": Shared(Mtime, 0),
+    "storage_options": Shared(StorageOptions, None),
     "progress": Shared(Progress, None),
     "verbose": Shared(Verbose, 0),
     "quiet": Shared(Quiet, False),
@@ -270,8 +296,8 @@ SHARED: dict[str, Shared] = {
 }
 #: names a tool may give in ``shared=`` for several options at once
 GROUPS: dict[str, tuple[str, ...]] = {
-    "read": ("inputs", "strict", "lowercase_fields"),  # tools reading tar shards
-    "write": ("compress", "mtime"),  # tools writing a tar stream
+    "read": ("inputs", "strict", "lowercase_fields", "storage_options"),  # tools reading tar shards
+    "write": ("compress", "mtime", "storage_options"),  # tools writing a tar stream
 }
 #: shared options every tool takes
 ALWAYS = ("progress", "verbose", "quiet", "debug", "version")
@@ -294,7 +320,7 @@ def shared_names(shared: str) -> list[str]:
     return [name for name in SHARED if name in wanted]
 
 
-def _with_shared(func, shared: str, extra: dict[str, Shared]):
+def _with_shared(func, shared: str, extra: dict[str, Shared], own_first: bool = False):
     """``func(tool, **own)`` as a typer callback taking its own options and
     the shared ones; the shared values end up in ``tool.args``."""
     hints = typing.get_type_hints(func, include_extras=True)
@@ -310,8 +336,9 @@ def _with_shared(func, shared: str, extra: dict[str, Shared]):
         return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=table[name].annotation,
                                  default=table[name].default)
 
-    arguments = [param(n) for n in common if n == "inputs"]  # INPUT... first, as before
-    options = [param(n) for n in more] + own + [param(n) for n in common if n != "inputs"]
+    arguments = [param(n) for n in names if n == "inputs"]  # INPUT... first, as before
+    mine = [param(n) for n in more if n != "inputs"]
+    options = (own + mine if own_first else mine + own) + [param(n) for n in common if n != "inputs"]
 
     def callback(**kwargs):
         values = {name: kwargs.pop(name) for name in names if name in kwargs}
@@ -362,6 +389,8 @@ class Tool:
         self._counting = False
         #: notes from the library, by kind: [count, example]
         self.notes: dict[str, list] = {}
+        #: topic -> hint, given to :meth:`run`
+        self.hints: dict[str, str] = {}
 
     def warn(self, message: str, problem: bool = True) -> None:
         """Print ``tool: warning: message``; a ``problem`` (data skipped or
@@ -447,8 +476,8 @@ class Tool:
         from ..sources import iter_samples
 
         return iter_samples(specs, warn or self.warn, getattr(self.args, "strict", False),
-                            on_read=self.count_input(specs),
-                            lowercase=self.lowercase, regroup=regroup, note=self.note)
+                            on_read=self.count_input(specs), lowercase=self.lowercase, regroup=regroup,
+                            note=self.note, storage_options=self.storage_options)
 
     def count_input(self, specs: list[str]):
         """The ``on_read`` callback for :func:`tarproc.sources.open_source`
@@ -468,6 +497,17 @@ class Tool:
         if enabled is None:
             enabled = sys.stderr.isatty()
         return bool(enabled)
+
+    @property
+    def storage_options(self) -> dict:
+        """``--storage-option KEY=VALUE...`` as fsspec ``storage_options``
+        (:func:`tarproc.storage.parse_storage_options`; checked when parsed)."""
+        from ..storage import parse_storage_options
+
+        try:
+            return parse_storage_options(getattr(self.args, "storage_options", None) or [])
+        except ValueError as exc:  # items that conflict (each alone was checked when parsed)
+            raise UsageError(f"--storage-option {exc}") from None
 
     @property
     def lowercase(self) -> bool:
@@ -493,7 +533,7 @@ class Tool:
         if terminal:
             refuse_terminal(output)
         return open_sink(output, compression_name(getattr(self.args, "compress", None)),
-                         mtime=getattr(self.args, "mtime", 0))
+                         mtime=getattr(self.args, "mtime", 0), storage_options=self.storage_options)
 
     def progress(self, iterable: Iterable, enabled: Optional[bool] = None, unit: str = "sample",
                  total: int | None = None, describe=None):
@@ -543,6 +583,13 @@ class Tool:
                 self._bar = None
                 bar.close()
 
+    def hinted(self, message: str, topic: str | None) -> str:
+        """``message`` with the hint :meth:`run` was given for ``topic``
+        (the :attr:`TarprocError.topic` of an error, also one reported by a
+        task in another process: :attr:`tarproc.tasks.TaskResult.topic`)."""
+        hint = self.hints.get(topic) if topic else None
+        return f"{message}; {hint}" if hint else message
+
     @contextlib.contextmanager
     def run(self, hints: dict[str, str] | None = None) -> Iterator[Tool]:
         """Run the body of a command: map errors to messages and exit status.
@@ -555,6 +602,7 @@ class Tool:
         so that ``finally`` blocks remove temporary files and kill children.
         """
         previous = None
+        self.hints = dict(hints or {})
         with contextlib.suppress(ValueError):  # not in the main thread
             previous = signal.signal(signal.SIGTERM, _raise_interrupted)
         try:
@@ -562,8 +610,7 @@ class Tool:
         except TarprocError as exc:
             if self.debug:
                 raise
-            hint = (hints or {}).get(exc.topic) if exc.topic else None
-            self.error(f"{exc}; {hint}" if hint else str(exc))
+            self.error(self.hinted(str(exc), exc.topic))
             raise typer.Exit(exc.exit_status) from None
         except BrokenPipeError:
             _silence_stdout()

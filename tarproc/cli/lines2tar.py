@@ -70,7 +70,7 @@ def lines2tar(
         on_read = tool.count_input(specs)
         with tool.open_output(output) as sink:
             for spec in specs:
-                with open_source(spec, on_read) as stream:
+                with open_source(spec, on_read, tool.storage_options) as stream:
                     samples = line_samples(stream, names, sep, source=spec, keys=keys, unique=unique)
                     for sample in tool.progress(samples):
                         sink.write(sample)

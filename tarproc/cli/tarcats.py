@@ -179,12 +179,14 @@ def run_cats(tool: Tool, interleaved: bool, parallel: int) -> None:
 
         reader = None
         if parallel > 1 and len(specs) > 1:
-            reader = ParallelReader(specs, parallel, warn, a.strict, lowercase=tool.lowercase, note=tool.note)
+            reader = ParallelReader(specs, parallel, warn, a.strict, lowercase=tool.lowercase, note=tool.note,
+                                    storage_options=tool.storage_options)
             per_shard = reader.shards()
         else:
             on_read = tool.count_input(specs)
             per_shard = (
-                (spec, iter_source_samples(spec, warn, a.strict, on_read, lowercase=tool.lowercase, note=tool.note))
+                (spec, iter_source_samples(spec, warn, a.strict, on_read, lowercase=tool.lowercase, note=tool.note,
+                                           storage_options=tool.storage_options))
                 for spec in specs
             )
         guarded = (bad.guard(samples, spec) for spec, samples in per_shard)

@@ -151,8 +151,9 @@ def tarproc(
         try:
             log_file = open(command_output, "ab") if command_output is not None else None
             sink = tool.open_output(output, terminal=False) if output is not None else None
-            failed_sink = open_sink(failed, mtime=tool.args.mtime) if failed else None
-            samples = tool.skip_count(iter_text_samples(specs, mode) if mode != "tar" else tool.read(specs))
+            failed_sink = open_sink(failed, mtime=tool.args.mtime, storage_options=tool.storage_options) if failed else None
+            text = mode != "tar"
+            samples = tool.skip_count(iter_text_samples(specs, mode, tool.storage_options) if text else tool.read(specs))
             results = run_samples(job, samples, tool.args.parallel, ordered=not unordered)
             for inp, result in tool.progress(results, describe=_describe_result):
                 stats["in"] += 1

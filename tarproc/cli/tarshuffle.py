@@ -8,16 +8,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import k8s, schedule, shufflejob, tasks
+from .. import k8s, shufflejob, tasks
 from ..errors import ExitStatus, UsageError
 from ..shards import ShardPattern
 from ..shuffle import count_samples, shard_count
 from ..sort import DEFAULT_BUFFER
-from ..sources import check_inputs_exist, expand_inputs
+from ..sources import check_inputs_exist
 from ..stages import Rekeyer
-from ..storage import parse_storage_options
 from .common import Tool, command, make_app, run_app, size_option
-from .tarmap import _Bar, _human, _task_line, read_list, task_index
+from . import engine
 
 HELP = """\
 Shuffle a whole dataset across shards and re-shard it: every sample of the
@@ -57,7 +56,10 @@ tcp://HOST:8786 or local:N; --phase map|reduce --index I runs one task of
 one phase here (--index env: JOB_COMPLETION_INDEX or SLURM_ARRAY_TASK_ID);
 --k8s-job NAME --image IMAGE prints two Kubernetes Indexed Jobs, NAME-map
 and NAME-reduce: apply the reduce Job once the map Job has completed, then
-run this command once more to check every output and remove the staging."""
+run this command once more to check every output and remove the staging.
+Object stores are configured as for tarmap: their environment (AWS_*,
+FSSPEC_<PROTOCOL>_<OPTION>) and --storage-option, which every task gets
+(pods on their command line: credentials belong in --env-from-secret)."""
 
 EXAMPLES = """\
   tarshuffle 'in-{0000..0147}.tar' --shards 300 -o 'train-%04d.tar' --seed 7 -j 8
@@ -79,23 +81,15 @@ EXIT_STATUS_NOTE = """\
 app = make_app(HELP, EXAMPLES)
 app.info.epilog = app.info.epilog.split("\n\n\b\nExit status:\n")[0] + "\n\n\b\nExit status:\n" + EXIT_STATUS_NOTE
 
+#: what tarshuffle adds to a library error about a rule its options change
+HINTS = {"duplicate_key": "use tarshuffle --rekey '{shard}/{key}' (or tarcats --rekey '{shard}/{key}' before)"}
+
 BufferSize = size_option("--buffer-size", help="Memory budget of each task for buffered samples", optional=False)
 
 
-ShuffleInputs = Annotated[
-    Optional[list[str]],
-    typer.Argument(
-        help="Input shards: files, 'pipe:CMD', URLs, brace patterns like 'shard-{0000..0147}.tgz'.",
-        show_default=False,
-        metavar="INPUT",
-    ),
-]
-
-
-@command(app, shared="strict")
+@command(app, shared="strict " + engine.ENGINE_SHARED, options=engine.ENGINE, own_first=True)
 def tarshuffle(
     tool: Tool,
-    inputs: ShuffleInputs = None,
     output: Annotated[
         Optional[str],
         typer.Option("-o", "--output", metavar="PATTERN",
@@ -120,47 +114,12 @@ def tarshuffle(
     rekey: Annotated[
         Optional[str], typer.Option("--rekey", metavar="FORMAT", help="New keys per input, as tarcats --rekey: '{shard}/{key}'.")
     ] = None,
-    input_list: Annotated[
-        Optional[list[str]], typer.Option("-T", "--files-from", metavar="FILE", help="Read inputs from FILE, one per line ('-': stdin).")
-    ] = None,
-    jobs: Annotated[Optional[int], typer.Option("-j", "--jobs", min=1, metavar="N", help="Local tasks at once [default: number of CPUs].")] = None,
-    dask: Annotated[
-        Optional[str], typer.Option("--dask", metavar="ADDRESS", help="Run on Dask: tcp://HOST:8786, or local:N worker processes.")
-    ] = None,
     phase: Annotated[
         Optional[str], typer.Option("--phase", metavar="map|reduce", help="With --index: run one task of this phase.")
     ] = None,
-    index: Annotated[
-        Optional[str], typer.Option("--index", metavar="I|env", help="Run task I of --phase only ('env': JOB_COMPLETION_INDEX or SLURM_ARRAY_TASK_ID).")
-    ] = None,
-    retries: Annotated[int, typer.Option("--retries", min=0, metavar="N", help="Retries of a failed task (not for exit status 3).")] = 2,
-    backoff: Annotated[float, typer.Option("--backoff", min=0, metavar="SECONDS", help="Wait before the first retry, doubled for each next.")] = 1.0,
-    timeout: Annotated[
-        Optional[float], typer.Option("--timeout", min=0.001, metavar="SECONDS", help="Kill a task after this long (retryable).")
-    ] = None,
-    records_dir: Annotated[
-        Optional[str], typer.Option("--records", metavar="DIR", help="Output shards' records in DIR [default: OUTPUT.tarmap.json].")
-    ] = None,
-    max_errors: Annotated[
-        Optional[int], typer.Option("--max-errors", min=0, metavar="N", help="Stop starting tasks when more than N failed.")
-    ] = None,
-    halt_after: Annotated[
-        int, typer.Option("--halt-after", min=0, metavar="K", help="Stop when the first K tasks to finish all failed (0: never).")
-    ] = 3,
-    storage_option: Annotated[
-        Optional[list[str]], typer.Option("--storage-option", metavar="KEY=VALUE", help="fsspec storage option for URLs (repeatable).")
-    ] = None,
-    k8s_job: Annotated[Optional[str], typer.Option("--k8s-job", metavar="NAME", help="Print the map and reduce Indexed Jobs (YAML).")] = None,
-    image: Annotated[Optional[str], typer.Option("--image", metavar="IMAGE", help="--k8s-job: container image with tarproc.")] = None,
-    parallelism: Annotated[Optional[int], typer.Option("--parallelism", min=1, metavar="P", help="--k8s-job: pods at once.")] = None,
-    cpu: Annotated[Optional[str], typer.Option("--cpu", metavar="C", help="--k8s-job: CPU request and limit (2, 500m).")] = None,
-    memory: Annotated[Optional[str], typer.Option("--memory", metavar="M", help="--k8s-job: memory request and limit (4Gi).")] = None,
-    env: Annotated[
-        Optional[list[str]], typer.Option("--env", metavar="NAME[=VALUE]", help="--k8s-job: environment variable for the pods (repeatable).")
-    ] = None,
 ) -> None:
-    quiet = tool.quiet
-    with tool.run():
+    a = tool.args
+    with tool.run(HINTS):
         if output is None:
             raise UsageError("missing -o PATTERN (e.g. -o 'out/train-%04d.tar')")
         if (shards is None) == (maxcount is None):
@@ -168,89 +127,71 @@ def tarshuffle(
         pattern = ShardPattern(output)
         if pattern.is_pipe:
             raise UsageError("-o pipe:CMD is not an output of tarshuffle: outputs must be files or URLs")
-        specs = expand_inputs(inputs or [])
-        for path in input_list or []:
-            specs.extend(expand_inputs(read_list(path)))
-        if not specs:
-            raise UsageError("no inputs (give INPUT... or -T FILE)")
+        specs = engine.task_specs(tool)
         if "-" in specs:
             raise UsageError("tarshuffle reads its inputs itself: '-' (stdin) is not an input (use -T - for a list)")
-        if (phase is None) != (index is None):
+        if (phase is None) != (a.index is None):
             raise UsageError("--phase and --index go together: --phase map|reduce --index I")
         if phase is not None and phase not in shufflejob.PHASES:
             raise UsageError(f"--phase {phase!r}: use map or reduce")
-        modes = [name for name, on in (("--dask", dask), ("--index", index), ("--k8s-job", k8s_job)) if on]
-        if len(modes) > 1:
-            raise UsageError(f"{' and '.join(modes)} cannot be combined")
-        if jobs is not None and modes:
-            raise UsageError(f"-j and {modes[0]} cannot be combined")
-        if k8s_job is None and (image or parallelism or cpu or memory or env):
-            raise UsageError("--image, --parallelism, --cpu, --memory, --env go with --k8s-job")
+        engine.check_engine(tool)
         if rekey is not None:
             Rekeyer(rekey)  # a bad format is a usage error now, not in every task
         if tmpdir is not None and not os.path.isdir(tmpdir):
             raise UsageError(f"--tmpdir {tmpdir!r} is not a directory")
-        storage = parse_storage_options(storage_option or [])
+        storage = tool.storage_options
 
-        if dask is None and k8s_job is None:
-            check_inputs_exist(specs if index is None or phase == "reduce" or maxcount else
-                               [specs[min(task_index(index), len(specs) - 1)]])
+        if a.dask is None and a.k8s_job is None:
+            check_inputs_exist(specs if a.index is None or phase == "reduce" or maxcount else
+                               [specs[min(engine.task_index(a.index), len(specs) - 1)]])
         if shards is None:
             total = 0
             for spec in specs:
-                total += count_samples(spec, tool.warn)
+                total += count_samples(spec, tool.warn, storage)
             shards = shard_count(total, maxcount)
             tool.info(f"{total} samples in {len(specs)} inputs: {shards} output shards of about {maxcount}")
         job = shufflejob.ShuffleJob(
             tuple(specs), output, shards, staging or shufflejob.default_staging(output), seed, not no_shuffle,
-            rekey, tool.args.strict, buffer_size, tmpdir, records_dir,
+            rekey, a.strict, buffer_size, tmpdir, a.records_dir,
         )
-        options = job.options(tasks.RetryPolicy(retries=retries, backoff=backoff, timeout=timeout), storage, quiet)
+        options = job.options(engine.retry_policy(tool), storage, tool.quiet)
 
-        if k8s_job is not None:
-            _print_jobs(job, k8s_job, image, parallelism, cpu, memory, env or [], input_list,
-                        retries, backoff, timeout, storage_option or [])
+        if a.k8s_job is not None:
+            _print_jobs(tool, job)
             return
 
-        say = (lambda m: None) if quiet else (lambda m: tool.say(f"tarshuffle: {m}"))
+        say = (lambda m: None) if tool.quiet else (lambda m: tool.say(f"tarshuffle: {m}"))
         tasks.set_line_writer(tool.say)
-        if index is not None:
-            i = task_index(index)
+        if a.index is not None:
+            i = engine.task_index(a.index)
             result = shufflejob.run_one(job, phase, i, options, say)
             if not result.ok:
-                tool.error(f"{phase} task {i} ({_name(phase, result)}) failed: {result.message}")
+                tool.error(f"{phase} task {i} ({_name(phase, result)}) failed: {tool.hinted(result.message, result.topic)}")
                 raise typer.Exit(result.exit_status)
             tool.info(f"{phase} task {i}: {result.status}")
             return
 
-        if dask is not None:
-            def pool_factory():
-                return schedule.DaskPool(dask)
-            fn, fn_args = shufflejob.run_task_quiet, ()
-        else:
-            def pool_factory():
-                return schedule.LocalPool(jobs or os.cpu_count() or 1)
-            fn, fn_args = shufflejob.run_task, (say,)
+        fn, fn_args = (shufflejob.run_task_quiet, ()) if a.dask is not None else (shufflejob.run_task, (say,))
         bars: list = []
 
         def on_phase(name: str, total: int) -> None:
             for bar in bars:
                 bar.close()
-            bars[:] = [_Bar(tool, tool.args.progress, total)]
+            bars[:] = [engine.TaskBar(tool, total)]
             tool.info(f"{name} phase: {total} tasks", level=2)
 
         def on_result(name: str, task, result) -> None:
             bars[-1].update(result)
             if result.ok:
-                tool.info(f"task {name} {_task_line(result).removeprefix('task ')}", level=2)
+                tool.info(f"task {name} {engine.task_line(result).removeprefix('task ')}", level=2)
             else:
                 tool.error(f"{name} task {task.index} ({_name(name, result)}) failed"
-                           f"{' permanently' if result.permanent else ''}: {result.message}")
+                           f"{' permanently' if result.permanent else ''}: {tool.hinted(result.message, result.topic)}")
 
         try:
-            outcomes = shufflejob.run(job, options, pool_factory, fn=fn, fn_args=fn_args, keep_staging=keep_staging,
-                                      max_errors=max_errors, halt_after=halt_after, on_phase=on_phase,
-                                      on_result=on_result)
+            outcomes = shufflejob.run(job, options, lambda: engine.make_pool(tool), fn=fn, fn_args=fn_args,
+                                      keep_staging=keep_staging, max_errors=a.max_errors, halt_after=a.halt_after,
+                                      on_phase=on_phase, on_result=on_result)
         finally:
             for bar in bars:
                 bar.close()
@@ -266,7 +207,7 @@ def tarshuffle(
             samples = sum(r.record.get("samples", 0) for r in run.results if r.record)
             size = sum(r.record.get("bytes", 0) for r in run.results if r.record)
             tool.info(f"{outcome.phase}: {done} tasks done, {skipped} skipped, {len(run.failed)} failed;"
-                      f" {samples} samples, {_human(size)}")
+                      f" {samples} samples, {engine.human(size)}")
             if not outcome.ok:
                 failed = sorted(r.index for r in run.failed)
                 if failed:
@@ -284,33 +225,21 @@ def _name(phase: str, result) -> str:
     return result.input if phase == "map" else result.output
 
 
-def _print_jobs(job, name, image, parallelism, cpu, memory, env, input_list, retries, backoff, timeout,
-                storage_options) -> None:
+def _print_jobs(tool: Tool, job) -> None:
     """The two Indexed Jobs: NAME-map (one pod per input) and NAME-reduce
     (one pod per output shard), as one YAML stream."""
-    if not image:
-        raise UsageError("--k8s-job needs --image IMAGE")
-    argv = ["tarshuffle", *job.inputs] if not input_list else ["tarshuffle"]
-    for path in input_list or []:
-        argv += ["-T", path]
+    argv = engine.pod_argv(tool, "tarshuffle")
     argv += ["-o", job.pattern, "--shards", str(job.partitions), "--seed", job.seed, "--staging", job.staging,
-             "--buffer-size", str(job.buffer_size), "--retries", str(retries), "--backoff", f"{backoff:g}"]
+             "--buffer-size", str(job.buffer_size)]
     if not job.shuffle:
         argv.append("--no-shuffle")
     if job.rekey is not None:
         argv += ["--rekey", job.rekey]
     if job.strict:
         argv.append("--strict")
-    if job.records_dir is not None:
-        argv += ["--records", job.records_dir]
-    if timeout is not None:
-        argv += ["--timeout", f"{timeout:g}"]
-    for item in storage_options:
-        argv += ["--storage-option", item]
     documents = []
     for phase, count in (("map", len(job.inputs)), ("reduce", job.partitions)):
-        manifest = k8s.job_manifest(f"{name}-{phase}", image, argv + ["--phase", phase, "--index", "env"], count,
-                                    parallelism=parallelism, cpu=cpu, memory=memory, env=env)
+        manifest = engine.job_manifest(tool, f"{tool.args.k8s_job}-{phase}", argv + ["--phase", phase, "--index", "env"], count)
         documents.append(k8s.to_yaml(manifest))
     # line by line: one huge write(2) cut short by a closed pipe is not an error
     for line in "---\n".join(documents).splitlines(keepends=True):

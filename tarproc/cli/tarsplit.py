@@ -126,6 +126,7 @@ def tarsplit(
                 warn=lambda m: tool.warn(m, problem=False),
                 on_shard=finished,
                 on_post_error=post_failed,
+                storage_options=tool.storage_options,
             ) as writer:
                 writer.write_all(tool.progress(tool.read(specs)))
         finally:

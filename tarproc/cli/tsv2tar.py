@@ -65,7 +65,7 @@ def tsv2tar(
         if len(delim) != 1:
             raise UsageError(f"--delim {delim!r}: give one character")
         check_inputs_exist([plan])
-        with open_source(plan) as stream:
+        with open_source(plan, storage_options=tool.storage_options) as stream:
             samples = tsv_samples(stream, directory, keyformat, start, source=plan, delimiter=delim)
             with tool.open_output(output) as sink:
                 for sample in tool.progress(samples):

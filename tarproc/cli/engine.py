@@ -1,0 +1,234 @@
+"""The options of the tools that run tasks on an engine (tarmap,
+tarshuffle), declared once in :data:`ENGINE` (given to
+:func:`tarproc.cli.common.command` as ``options=``), and the code that maps
+them onto the library: the task list's inputs (INPUT... and ``-T``), the
+engine (``-j`` a local pool, ``--dask``, ``--index``, ``--k8s-job``), the
+retry policy, the options a pod's command line repeats, the Job manifest,
+and the progress bar of tasks. Their values are in ``tool.args``."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from .. import k8s, schedule, tasks
+from ..errors import UsageError
+from ..sources import expand_inputs
+from ..stages import read_filelist
+from .common import Shared, Tool
+
+TaskInputs = Annotated[
+    Optional[list[str]],
+    typer.Argument(
+        help="Input shards: files, 'pipe:CMD', URLs, brace patterns like 'shard-{0000..0147}.tgz'.",
+        show_default=False,
+        metavar="INPUT",
+    ),
+]
+IndexOpt = Annotated[
+    Optional[str],
+    typer.Option("--index", metavar="I|env", help="Run task I only ('env': JOB_COMPLETION_INDEX or SLURM_ARRAY_TASK_ID)."),
+]
+K8S_ONLY = "--image, --parallelism, --cpu, --memory, --env, --env-from-secret go with --k8s-job"
+
+
+def _opt(annotation, default, *names: str, **kwargs) -> Shared:
+    return Shared(Annotated[annotation, typer.Option(*names, **kwargs)], default)
+
+
+#: the options of every tool running tasks on an engine (tarmap, tarshuffle)
+ENGINE: dict[str, Shared] = {
+    "inputs": Shared(TaskInputs, None),
+    "input_list": _opt(Optional[list[str]], None, "-T", "--files-from", metavar="FILE",
+                       help="Read inputs from FILE, one per line ('-': stdin)."),
+    "jobs": _opt(Optional[int], None, "-j", "--jobs", min=1, metavar="N", help="Local tasks at once [default: number of CPUs]."),
+    "dask": _opt(Optional[str], None, "--dask", metavar="ADDRESS",
+                 help="Run on Dask: tcp://HOST:8786, or local:N worker processes."),
+    "index": Shared(IndexOpt, None),
+    "retries": _opt(int, 2, "--retries", min=0, metavar="N", help="Retries of a failed task (not for exit status 3)."),
+    "backoff": _opt(float, 1.0, "--backoff", min=0, metavar="SECONDS", help="Wait before the first retry, doubled for each next."),
+    "timeout": _opt(Optional[float], None, "--timeout", min=0.001, metavar="SECONDS",
+                    help="Kill a task after this long (retryable)."),
+    "records_dir": _opt(Optional[str], None, "--records", metavar="DIR",
+                        help="Completion records in DIR (path or URL) [default: OUTPUT.tarmap.json]."),
+    "max_errors": _opt(Optional[int], None, "--max-errors", min=0, metavar="N", help="Stop starting tasks when more than N failed."),
+    "halt_after": _opt(int, 3, "--halt-after", min=0, metavar="K",
+                       help="Stop when the first K tasks to finish all failed (0: never)."),
+    "k8s_job": _opt(Optional[str], None, "--k8s-job", metavar="NAME",
+                    help="Print the Kubernetes Indexed Job(s) running the tasks (YAML)."),
+    "image": _opt(Optional[str], None, "--image", metavar="IMAGE", help="--k8s-job: container image with tarproc."),
+    "parallelism": _opt(Optional[int], None, "--parallelism", min=1, metavar="P", help="--k8s-job: pods at once."),
+    "backoff_limit_per_index": _opt(int, 2, "--backoff-limit-per-index", min=0, metavar="N",
+                                    help="--k8s-job: pod retries per index."),
+    "cpu": _opt(Optional[str], None, "--cpu", metavar="C", help="--k8s-job: CPU request and limit (2, 500m)."),
+    "memory": _opt(Optional[str], None, "--memory", metavar="M", help="--k8s-job: memory request and limit (4Gi)."),
+    "env": _opt(Optional[list[str]], None, "--env", metavar="NAME[=VALUE]",
+                help="--k8s-job: environment variable for the pods (repeatable)."),
+    "env_from_secret": _opt(Optional[list[str]], None, "--env-from-secret", metavar="SECRET",
+                            help="--k8s-job: Secret whose keys become variables (credentials belong here)."),
+}
+#: the options of :data:`tarproc.cli.common.SHARED` every engine tool takes
+ENGINE_SHARED = "storage_options"
+
+
+def task_specs(tool: Tool) -> list[str]:
+    """The task list's inputs: INPUT... then each ``-T`` file's lines
+    (:func:`tarproc.stages.read_filelist`, as tarcats reads them), brace
+    patterns expanded.
+
+    :raises UsageError: none given
+    :raises SourceError: a file list cannot be read
+    """
+    specs = expand_inputs(tool.args.inputs or [])
+    for path in tool.args.input_list or []:
+        specs.extend(expand_inputs(read_filelist(path)))
+    if not specs:
+        raise UsageError("no inputs (give INPUT... or -T FILE)")
+    return specs
+
+
+def check_engine(tool: Tool, *more: tuple[str, object]) -> None:
+    """Refuse engines given together (``--dask``, ``--index``, ``--k8s-job``
+    and the tool's ``more`` ``(flag, value)`` modes), ``-j`` beside one that
+    does not run a local pool, and ``--k8s-job`` options without it.
+
+    :raises UsageError:
+    """
+    a = tool.args
+    engines = (("--dask", a.dask), ("--index", a.index), ("--k8s-job", a.k8s_job))
+    modes = [name for name, on in (*engines, *more) if on]
+    if len(modes) > 1:
+        raise UsageError(f"{' and '.join(modes)} cannot be combined")
+    if a.jobs is not None and modes and modes[0] in dict(engines):
+        raise UsageError(f"-j and {modes[0]} cannot be combined")
+    if a.k8s_job is None and (any(v is not None for v in (a.image, a.parallelism, a.cpu, a.memory))
+                              or a.env or a.env_from_secret):
+        raise UsageError(K8S_ONLY)
+    if a.k8s_job is not None and not a.image:
+        raise UsageError("--k8s-job needs --image IMAGE")
+
+
+def task_index(value: str) -> int:
+    """``--index I`` or ``--index env``. :raises UsageError:"""
+    if value == "env":
+        for name in ("JOB_COMPLETION_INDEX", "SLURM_ARRAY_TASK_ID"):
+            if os.environ.get(name, "") != "":
+                value = os.environ[name]
+                break
+        else:
+            raise UsageError("--index env: neither JOB_COMPLETION_INDEX nor SLURM_ARRAY_TASK_ID is set")
+    try:
+        index = int(value)
+    except ValueError:
+        raise UsageError(f"--index {value!r}: expected a number or 'env'") from None
+    if index < 0:
+        raise UsageError(f"--index {index}: must be >= 0")
+    return index
+
+
+def retry_policy(tool: Tool) -> tasks.RetryPolicy:
+    """``--retries``, ``--backoff``, ``--timeout``."""
+    a = tool.args
+    return tasks.RetryPolicy(retries=a.retries, backoff=a.backoff, timeout=a.timeout)
+
+
+def make_pool(tool: Tool):
+    """The pool tasks run on: Dask (``--dask``) or local processes (``-j``,
+    default: the number of CPUs)."""
+    if tool.args.dask is not None:
+        return schedule.DaskPool(tool.args.dask)
+    return schedule.LocalPool(tool.args.jobs or os.cpu_count() or 1)
+
+
+#: storage option keys that hold credentials (s3fs key/secret/token, gcsfs token...)
+_SECRET_KEY = re.compile(r"(^|[._])(key|secret|token|password|credentials?|session_token|sas_token)([._]|$)", re.I)
+
+
+def pod_argv(tool: Tool, name: str) -> list[str]:
+    """The start of a pod's command: ``name``, the inputs as given, ``-T``
+    files and the options every task repeats (retries, backoff, timeout,
+    records, storage options). Storage options that look like credentials
+    get a warning: a Job's command line is readable by anyone who can read
+    the Job; credentials belong in a Secret (``--env-from-secret``)."""
+    a = tool.args
+    argv = [name, *(a.inputs or [])]
+    for path in a.input_list or []:
+        argv += ["-T", path]
+    argv += ["--retries", str(a.retries), "--backoff", f"{a.backoff:g}"]
+    if a.timeout is not None:
+        argv += ["--timeout", f"{a.timeout:g}"]
+    if a.records_dir is not None:
+        argv += ["--records", a.records_dir]
+    for item in a.storage_options or []:
+        key = item.partition("=")[0]
+        if _SECRET_KEY.search(key):
+            tool.warn(f"--storage-option {key}=... is written into the Job's command line, readable by anyone who"
+                      " can read the Job: put credentials in a Secret and use --env-from-secret", problem=False)
+        argv += ["--storage-option", item]
+    return argv
+
+
+def job_manifest(tool: Tool, name: str, argv: list[str], completions: int) -> dict:
+    """The Indexed Job (:func:`tarproc.k8s.job_manifest`) with the
+    ``--k8s-job`` options."""
+    a = tool.args
+    return k8s.job_manifest(name, a.image, argv, completions, parallelism=a.parallelism,
+                            backoff_limit_per_index=a.backoff_limit_per_index, cpu=a.cpu, memory=a.memory,
+                            env=a.env or [], env_from_secrets=a.env_from_secret or [])
+
+
+def human(n: float) -> str:
+    """A byte count for people: ``512 B``, ``1.5 MB`` (powers of 1000)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def task_line(result) -> str:
+    """The ``-vv`` line of a finished task."""
+    record = result.record or {}
+    took = f", {record['seconds']:.2f} s" if result.status == "complete" and "seconds" in record else ""
+    return (f"task {result.index} ({result.input}): {result.status}, {record.get('samples', 0)} samples,"
+            f" {human(record.get('bytes', 0))}{took} -> {result.output}")
+
+
+class TaskBar:
+    """tasks done/skipped/failed of total, samples and bytes, ETA (tqdm), on
+    stderr when ``--progress`` (default: stderr is a terminal); the tool's
+    messages go above it."""
+
+    def __init__(self, tool: Tool, total: int):
+        self.tool = tool
+        self.done = self.skipped = self.failed = self.samples = self.bytes = 0
+        self.bar = None
+        if tool._progress_enabled():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="task", file=sys.stderr, dynamic_ncols=True, leave=False)
+            tool._bar = self.bar  # messages (Tool.say) go above the bar
+
+    def update(self, result) -> None:
+        if result.status == "complete":
+            self.done += 1
+        elif result.status == "skipped":
+            self.skipped += 1
+        else:
+            self.failed += 1
+        if result.record:
+            self.samples += result.record.get("samples", 0)
+            self.bytes += result.record.get("bytes", 0)
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"done {self.done} skipped {self.skipped} failed {self.failed}"
+                                     f" | {self.samples} samples {human(self.bytes)}", refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.tool._bar = None
+            self.bar.close()
