@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import tempfile
@@ -153,6 +154,9 @@ def tarproc(
             sink = tool.open_output(output, terminal=False) if output is not None else None
             failed_sink = open_sink(failed, mtime=tool.args.mtime) if failed else None
             samples = tool.skip_count(iter_text_samples(specs, mode) if mode != "tar" else tool.read(specs))
+            # the start-up's objects (typer, click, the job) live to the end: no
+            # collection needs to scan them again, here or in the forked workers
+            gc.freeze()
             results = run_samples(job, samples, tool.args.parallel, ordered=not unordered)
             for inp, result in tool.progress(results, describe=_describe_result):
                 stats["in"] += 1
