@@ -34,11 +34,16 @@ def spawn(
     cwd: str | None = None,
     env: Mapping[str, str] | None = None,
     pass_fds: Sequence[int] = (),
+    executable: str | None = None,
 ) -> subprocess.Popen:
     """Start ``argv`` as the leader of a new session and process group
     (``setsid(2)``), so that :func:`kill_group` reaches every process it
     starts. Standard streams are as for :class:`subprocess.Popen`
     (``None`` inherits ours; stdin defaults to ``/dev/null``).
+    ``executable``: the program's resolved path (``argv[0]`` stays what
+    the program sees as its name), which spares a search of ``PATH`` (one
+    failed ``execve(2)`` per directory before the program's) when the same
+    program is started many times: see :func:`resolve`.
 
     :raises OSError: the program cannot be started (``ENOENT``, ``EACCES``)
     """
@@ -51,7 +56,17 @@ def spawn(
         env=None if env is None else dict(env),
         pass_fds=tuple(pass_fds),
         start_new_session=True,
+        executable=executable,
     )
+
+
+def resolve(program: str) -> str | None:
+    """The path :func:`spawn` would run for ``program`` (searched in
+    ``PATH`` now, as ``execvp(3)`` would), or None when there is none (the
+    spawn then fails as it would have)."""
+    import shutil
+
+    return shutil.which(program)
 
 
 def spawn_shell(command: str, *, shell: str = SHELL, **kwargs) -> subprocess.Popen:

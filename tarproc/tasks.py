@@ -32,6 +32,7 @@ import collections
 import contextlib
 import dataclasses
 import hashlib
+import io
 import os
 import socket
 import string
@@ -238,20 +239,29 @@ def make_tasks(inputs: Iterable[str], pattern: str, pipeline: str, records_dir: 
 
 
 # ------------------------------------------------------------ one attempt
-class _Tee:
-    """A reader that writes everything read through it to ``sink``."""
+class _Tee(io.RawIOBase):
+    """A raw reader over a buffered ``reader`` that writes every chunk it
+    reads to ``sink``. Under an :class:`io.BufferedReader` the strict
+    reader's small reads (a header, a member) are served from the buffer
+    while the output is written and hashed 64 KiB at a time (16 calls per
+    MiB instead of two per member: 1,200 for a shard of 200 small samples)."""
 
     def __init__(self, reader, sink):
-        self._read = reader.read
+        self._read1 = reader.read1
         self._write = sink.write
         self.bytes = 0
 
-    def read(self, n: int = -1) -> bytes:
-        data = self._read(n)
-        if data:
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._read1(len(buffer))
+        n = len(data)
+        if n:
             self._write(data)
-            self.bytes += len(data)
-        return data
+            self.bytes += n
+            buffer[:n] = data
+        return n
 
 
 class _Hashing:
@@ -458,11 +468,12 @@ def run_attempt(task: Task, attempt: int, options: TaskOptions) -> dict:
             try:
                 stream = decompressing_reader(proc.stdout, f"{label} output")
                 tee = _Tee(stream, writer)
+                verified = io.BufferedReader(tee, 1 << 16)
                 warn = (lambda m: None) if options.quiet else (lambda m: line_writer(f"tarmap: {label}: warning: {m}"))
-                for sample in group_samples(iter_members(tee, f"{label} output", warn), f"{label} output", warn):
+                for sample in group_samples(iter_members(verified, f"{label} output", warn), f"{label} output", warn):
                     samples += 1
                     members += sum(1 for k in sample if not k.startswith("__"))
-                while tee.read(1 << 20):  # the reader stops after the end marker's zero padding
+                while verified.read(1 << 20):  # the reader stops after the end marker's zero padding
                     pass
             except TarprocError as exc:
                 # the stream is bad or cut: a pipeline that failed explains it best,

@@ -19,6 +19,7 @@ Use::
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import subprocess
@@ -41,6 +42,16 @@ def moto_server() -> tuple[str | None, str]:
     exe = VENV / "bin" / "moto_server"
     if exe.exists():
         return str(exe), ""
+    # pytest-xdist workers may all get here at once: one installs, the others wait
+    VENV.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{VENV}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if exe.exists():
+            return str(exe), ""
+        return _install(exe)
+
+
+def _install(exe: Path) -> tuple[str | None, str]:
     try:
         if not (VENV / "bin" / "python").exists():
             subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, capture_output=True, timeout=300)

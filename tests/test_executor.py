@@ -228,3 +228,15 @@ def test_wire_writer_resumes_partial_writes_on_a_full_pipe():
     finally:
         os.close(r)
     assert bytes(got) == expected
+
+
+def test_shell_found_once_keeps_its_name_and_a_missing_one_fails_each_sample(tmp_path):
+    # the shell's path is looked up once per executor (no PATH search per
+    # sample), yet the command still sees the name it was given as $0
+    spec = spec_for(tmp_path, 'echo "$0" > sample.zero')
+    (out,) = run_sample(spec, next(make_samples(1)), 0).outputs
+    assert out["zero"] == b"bash\n"
+    missing = CommandSpec(["no-such-shell-here", "-c", "true"], spec.root)
+    result = run_sample(missing, next(make_samples(1)), 1)
+    assert result.failed and result.reason == "cannot run 'no-such-shell-here': No such file or directory"
+    assert os.listdir(spec.root) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import tempfile
@@ -154,6 +155,9 @@ def tarproc(
             failed_sink = open_sink(failed, mtime=tool.args.mtime, storage_options=tool.storage_options) if failed else None
             text = mode != "tar"
             samples = tool.skip_count(iter_text_samples(specs, mode, tool.storage_options) if text else tool.read(specs))
+            # the start-up's objects (typer, click, the job) live to the end: no
+            # collection needs to scan them again, here or in the forked workers
+            gc.freeze()
             results = run_samples(job, samples, tool.args.parallel, ordered=not unordered)
             for inp, result in tool.progress(results, describe=_describe_result):
                 stats["in"] += 1

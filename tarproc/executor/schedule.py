@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import fcntl
+import gc
 import itertools
 import os
 import selectors
@@ -86,6 +87,7 @@ def _worker_main(job, task_fd: int, result_fd: int, inherited: list[int]) -> Non
         except OSError:
             pass
     guard.enter_worker()
+    gc.freeze()  # what the worker inherited is never collected here: no collection scans it again
     try:
         job.start()
         while True:

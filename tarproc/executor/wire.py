@@ -197,7 +197,9 @@ class Reader:
     def read(self) -> list | None:
         """Complete messages now readable, as ``(skeleton, lengths, raw)``;
         None once the writer is gone (end of file; a message it had begun
-        is lost with it)."""
+        is lost with it). Reads until a read comes back short (so at most
+        one read per message in the usual case), not until ``EAGAIN``:
+        the fd must be watched level-triggered (``selectors``' default)."""
         if self.eof:
             return None
         messages = []
@@ -214,7 +216,8 @@ class Reader:
                 if self.got == len(self.body):
                     messages.append(self._message(self.body))
                     self.body = None
-                continue
+                    continue
+                return messages  # a short read: the pipe is empty for now
             try:
                 data = os.read(self.fd, self.CHUNK)
             except BlockingIOError:
@@ -241,6 +244,10 @@ class Reader:
                 start = size
                 break
             self.pending = pending[start:] if start < size else b""
+            if len(data) < self.CHUNK and self.body is None:
+                # a short read: the pipe is empty for now (another read
+                # would fail with EAGAIN); the selector says when there is more
+                return messages
 
 
 class Writer:
