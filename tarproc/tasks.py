@@ -46,7 +46,7 @@ from . import procs, records
 from .compress import compressing_writer, compression_for_name, decompressing_reader
 from .errors import ExitStatus, TarprocError, UsageError
 from .samples import group_samples
-from .sinks import AtomicOutput, abort_stale_uploads, remove_stale_attempts
+from .sinks import AtomicOutput, abort_stale_uploads, remove_stale_attempt_keys, remove_stale_attempts
 from .storage import filesystem, identity, is_url, local_path
 from .tario import iter_members
 
@@ -453,6 +453,8 @@ def run_attempt(task: Task, attempt: int, options: TaskOptions) -> dict:
 
         if not is_url(task.output):
             remove_stale_attempts(local_path(task.output))
+        else:
+            remove_stale_attempt_keys(task.output, storage)
         out = AtomicOutput(task.output, storage, makedirs=True)
         samples = members = 0
         try:
@@ -504,6 +506,7 @@ def run_attempt(task: Task, attempt: int, options: TaskOptions) -> dict:
         if not is_url(task.output):
             remove_stale_attempts(local_path(task.output))
         else:
+            remove_stale_attempt_keys(task.output, storage)
             abort_stale_uploads(task.output, started, storage)
         record = records.make_record(
             task,
