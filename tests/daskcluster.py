@@ -43,7 +43,7 @@ class DaskCluster:
         self.address = f"tcp://127.0.0.1:{port}"
         self._log = open(log, "wb")
         self.scheduler = self._start([self.dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                                      "--no-dashboard"])
+                                      "--no-dashboard", "--dashboard-address", "127.0.0.1:0"])
         self.workers: list[subprocess.Popen] = []
         self.started = 0  # workers started so far (each has a name of its own)
 
@@ -60,7 +60,7 @@ class DaskCluster:
             self.started += 1
             name = f"test-worker-{self.started}"
             worker = self._start([self.dask, "worker", self.address, "--host", "127.0.0.1", "--nthreads", "1",
-                                  "--no-nanny", "--no-dashboard", "--name", name])
+                                  "--no-nanny", "--no-dashboard", "--dashboard-address", "127.0.0.1:0", "--name", name])
             worker.name = name
             alive.append(worker)
         self.workers = alive
