@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -284,28 +285,32 @@ def _stale(suffix: str, host: str, mtime: Callable[[], float | None], now: float
     return when is not None and now - when > STALE_SECONDS
 
 
-def remove_stale_attempt_keys(target: str, storage_options: dict | None = None) -> int:
-    """:func:`remove_stale_attempts` for an fsspec URL written through an
-    attempt key and moved (every store but S3, see :class:`AtomicOutput`):
-    the keys ``TARGET.partial.*`` beside it that are stale by the same rules
-    (the store's modification time, where it gives one). S3 outputs and
+#: an attempt file's name: ``NAME.partial.<host>.<pid>.<token>`` (see :func:`attempt_suffix`)
+_ATTEMPT_NAME = re.compile(re.escape(ATTEMPT) + r"([^./]+\.\d+\.[0-9a-f]{8})$")
+
+
+def remove_stale_attempt_keys(directory: str, storage_options: dict | None = None) -> int:
+    """:func:`remove_stale_attempts` for a directory of an fsspec store whose
+    outputs are written through an attempt key and moved (every store but S3,
+    see :class:`AtomicOutput`): every key ``NAME.partial.<host>.<pid>.<token>``
+    in ``directory`` (a URL) that is stale by the same rules (the store's
+    modification time, where it gives one). One listing of the directory, so
+    a caller does it once per directory, not once per output. S3 URLs and
     errors are ignored (this is cleanup). Returns the number removed."""
-    if target.startswith(("s3://", "s3a://")):
+    if directory.startswith(("s3://", "s3a://")):
         return 0
     import socket
     import time
 
     removed = 0
     try:
-        fs, path = filesystem(target, storage_options)
-        prefix = path + ATTEMPT
+        fs, path = filesystem(directory, storage_options)
         host = socket.gethostname().replace(".", "_") or "host"
         now = time.time()
-        for info in fs.ls(fs._parent(path), detail=True):
+        for info in fs.ls(path, detail=True):
             name = info.get("name", "")
-            if not name.startswith(prefix):
-                continue
-            if _stale(name[len(prefix):], host, lambda info=info: _mtime(info), now):
+            match = _ATTEMPT_NAME.search(name)
+            if match and _stale(match[1], host, lambda info=info: _mtime(info), now):
                 fs.rm(name)
                 removed += 1
     except Exception:  # noqa: BLE001 - best effort: any store error leaves the keys as they are
