@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import BinaryIO, NoReturn
 
 from . import procs
@@ -266,18 +268,69 @@ def remove_stale_attempts(target: str, keep: str | None = None) -> list[str]:
         path = os.path.join(directory, name)
         if keep is not None and os.path.abspath(keep) == path:
             continue
-        owner, _, rest = name[len(prefix):].partition(".")
-        pid = rest.partition(".")[0]
         try:
-            stale = (owner == host and pid.isdigit() and not _pid_alive(int(pid))) or (
-                now - os.stat(path).st_mtime > STALE_SECONDS
-            )
-            if stale:
+            if _stale(name[len(prefix):], host, lambda path=path: os.stat(path).st_mtime, now):
                 os.unlink(path)
                 removed.append(path)
         except OSError:
             pass
     return removed
+
+
+def _stale(suffix: str, host: str, mtime: Callable[[], float | None], now: float) -> bool:
+    """Whether the attempt file with ``<host>.<pid>.<token>`` = ``suffix`` is
+    stale: of this host with its process gone, or untouched (``mtime()``,
+    Unix seconds, None when unknown) for :data:`STALE_SECONDS`."""
+    owner, _, rest = suffix.partition(".")
+    pid = rest.partition(".")[0]
+    if owner == host and pid.isdigit() and not _pid_alive(int(pid)):
+        return True
+    when = mtime()
+    return when is not None and now - when > STALE_SECONDS
+
+
+#: an attempt file's name: ``NAME.partial.<host>.<pid>.<token>`` (see :func:`attempt_suffix`)
+_ATTEMPT_NAME = re.compile(re.escape(ATTEMPT) + r"([^./]+\.\d+\.[0-9a-f]{8})$")
+
+
+def remove_stale_attempt_keys(directory: str, storage_options: dict | None = None) -> int:
+    """:func:`remove_stale_attempts` for a directory of an fsspec store whose
+    outputs are written through an attempt key and moved (every store but S3,
+    see :class:`AtomicOutput`): every key ``NAME.partial.<host>.<pid>.<token>``
+    in ``directory`` (a URL) that is stale by the same rules (the store's
+    modification time, where it gives one). One listing of the directory, so
+    a caller does it once per directory, not once per output. S3 URLs and
+    errors are ignored (this is cleanup). Returns the number removed."""
+    if directory.startswith(("s3://", "s3a://")):
+        return 0
+    import socket
+    import time
+
+    removed = 0
+    try:
+        fs, path = filesystem(directory, storage_options)
+        host = socket.gethostname().replace(".", "_") or "host"
+        now = time.time()
+        for info in fs.ls(path, detail=True):
+            name = info.get("name", "")
+            match = _ATTEMPT_NAME.search(name)
+            if match and _stale(match[1], host, lambda info=info: _mtime(info), now):
+                fs.rm(name)
+                removed += 1
+    except Exception:  # noqa: BLE001 - best effort: any store error leaves the keys as they are
+        pass
+    return removed
+
+
+def _mtime(info: dict) -> float | None:
+    """Unix seconds of an fsspec ``info()`` entry's modification time, if any."""
+    for key in ("mtime", "LastModified", "updated", "last_modified"):
+        value = info.get(key)
+        if isinstance(value, (int, float)):
+            return float(value)
+        if hasattr(value, "timestamp"):
+            return value.timestamp()
+    return None
 
 
 class AtomicOutput:
@@ -300,7 +353,8 @@ class AtomicOutput:
 
     :param target: a local path or an fsspec URL
     :param storage_options: fsspec options for a URL
-    :param makedirs: create a local target's directory
+    :param makedirs: create the target's directory (local paths, and fsspec
+        stores that have directories)
     :raises OutputError: the output cannot be created
     """
 
@@ -339,6 +393,9 @@ class AtomicOutput:
             self._mode = "move"
             self.partial = path + attempt_suffix()
             where = self.partial
+            if makedirs:  # stores with directories (local://, sftp, hdfs); a no-op on object stores
+                with contextlib.suppress(Exception):
+                    fs.makedirs(fs._parent(path), exist_ok=True)
         try:
             self._file = fs.open(where, "wb")
         except (OSError, ValueError) as exc:

@@ -46,7 +46,7 @@ from . import procs, records
 from .compress import compressing_writer, compression_for_name, decompressing_reader
 from .errors import ExitStatus, TarprocError, UsageError
 from .samples import group_samples
-from .sinks import AtomicOutput, abort_stale_uploads, remove_stale_attempts
+from .sinks import AtomicOutput, abort_stale_uploads, remove_stale_attempt_keys, remove_stale_attempts
 from .storage import filesystem, identity, is_url, local_path
 from .tario import iter_members
 
@@ -377,6 +377,20 @@ def _track(proc: subprocess.Popen, add: bool) -> None:
             _RUNNING.discard(proc)
 
 
+#: directories of fsspec outputs this process has cleared of stale attempt keys
+#: (a listing of a store's directory costs requests: once per directory, not per task)
+_CLEARED: set[str] = set()
+
+
+def _remove_stale_keys_once(output: str, storage: Mapping) -> None:
+    directory = output.rsplit("/", 1)[0]
+    with _RUNNING_LOCK:
+        if directory in _CLEARED:
+            return
+        _CLEARED.add(directory)
+    remove_stale_attempt_keys(directory, dict(storage))
+
+
 def run_attempt(task: Task, attempt: int, options: TaskOptions) -> dict:
     """Run one attempt of ``task``: the output appears atomically and its
     completion record is written; returns the record.
@@ -459,6 +473,8 @@ def run_attempt(task: Task, attempt: int, options: TaskOptions) -> dict:
 
         if not is_url(task.output):
             remove_stale_attempts(local_path(task.output))
+        else:
+            _remove_stale_keys_once(task.output, storage)
         out = AtomicOutput(task.output, storage, makedirs=True)
         samples = members = 0
         try:

@@ -95,3 +95,9 @@ def testdata() -> Path:
     if not SHARED_TESTDATA.is_dir():
         pytest.skip("../shared/testdata is absent")
     return SHARED_TESTDATA
+
+
+# servers shared by the whole session (one moto S3 server, one Dask cluster): registered here, once,
+# so that modules using them do not each start their own (a fixture imported into two modules is two)
+from daskcluster import _dask_session, dask_cluster  # noqa: E402,F401
+from s3server import s3_server  # noqa: E402,F401

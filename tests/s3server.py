@@ -7,11 +7,12 @@ into the same venv as s3fs, pip's resolver can backtrack for many minutes
 over the botocore pins. The fixture creates it on first use (pip from the
 package index); when that fails the tests that need it skip, saying why.
 
-Use::
-
-    from s3server import s3_server  # noqa: F401  (the fixture)
+The fixture is registered in conftest.py, so one server serves the whole
+session (a fixture imported into several test modules would start one per
+module). Use::
 
     def test_x(s3_server):
+        s3_server.reset()                 # every bucket and object deleted
         fs = s3_server.fs()               # an s3fs file system on the server
         fs.mkdir("bucket")
         subprocess.run([...], env=s3_server.env())   # AWS_* for our tools

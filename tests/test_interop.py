@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from conftest import run, tar_members, tool_env
-from s3server import s3_server  # noqa: F401  (the fixture)
 from tarproc import iter_samples
 from tarproc.errors import SampleError, SourceError
 from tarproc.samples import KeyLedger, MAX_SEEN_KEYS
@@ -620,7 +619,7 @@ def test_original_command_lines(tmp_path):
 # ------------------------------------------------------------ s3:// inputs (fsspec) against moto's S3 server
 
 
-def test_reading_tools_stream_s3_inputs(s3_server, imagenet_shard, tmp_path):  # noqa: F811 - the fixture
+def test_reading_tools_stream_s3_inputs(s3_server, imagenet_shard, tmp_path):
     s3_server.reset()
     fs = s3_server.fs()
     fs.mkdir("shards")

@@ -5,9 +5,11 @@ Shards are made from real JPEG shards (tests/makeshards.py)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -36,13 +38,14 @@ def shards(tmp_path_factory) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def expected(shards) -> dict[str, bytes]:
-    """Each pipeline run by hand: {stem: output bytes}."""
-    out = {}
-    for path in shards:
+    """Each pipeline run by hand (as many at once as there are CPUs): {stem: output bytes}."""
+    def by_hand(path: Path) -> bytes:
         with open(path, "rb") as handle:
-            done = subprocess.run(["bash", "-c", PIPELINE], stdin=handle, capture_output=True, env=tool_env(), check=True)
-        out[tasks.stem(path.name)] = done.stdout
-    return out
+            return subprocess.run(["bash", "-c", PIPELINE], stdin=handle, capture_output=True, env=tool_env(),
+                                  check=True).stdout
+
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        return {tasks.stem(path.name): data for path, data in zip(shards, pool.map(by_hand, shards))}
 
 
 def tarmap(*args, **kw):
@@ -135,7 +138,9 @@ def test_kill_9_of_a_pipeline_is_retried_and_the_run_completes(shards, expected,
 
 def test_sigterm_then_rerun_every_output_once_and_identical(shards, expected, tmp_path):
     out = tmp_path / "out"
-    slow = f"tarproc -c 'sleep 0.1; rm sample.json; : {tmp_path}' -o -"
+    slowly = tmp_path / "slowly"  # the first run's samples take 0.1 s each; the re-run's do not
+    slowly.touch()
+    slow = f"tarproc -c 'if [ -e {slowly} ]; then sleep 0.1; fi; rm sample.json; : {tmp_path}' -o -"
     args = ["tarmap", *map(str, shards), "-o", f"{out}/{{stem}}.tar", "-c", slow, "-j", "2"]
     proc = subprocess.Popen(args, env=tool_env(), stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 60
@@ -157,6 +162,7 @@ def test_sigterm_then_rerun_every_output_once_and_identical(shards, expected, tm
     assert all(first[k] == expected[k] for k in first)
     assert len(list(out.glob("*.tarmap.json"))) == len(first)
 
+    slowly.unlink()
     again = run(["tarmap", *map(str, shards), "-o", f"{out}/{{stem}}.tar", "-c", slow, "-j", "4", "-v"])
     assert again.returncode == 0, again.stderr
     assert f"{20 - len(first)} tasks done, {len(first)} skipped".encode() in again.stderr
@@ -318,3 +324,112 @@ def test_library_run_task_and_stale_attempts(shards, tmp_path):
     bad = tasks.run_task(tasks.Task(0, str(shards[0]), str(tmp_path / "b.tar"), "exit 3", str(tmp_path / "b.json")),
                          options)
     assert bad.status == "failed" and bad.permanent and bad.exit_status == 3
+
+
+def test_progress_bar_on_a_terminal_counts_tasks_and_keeps_messages_on_their_own_lines(shards, tmp_path):
+    from test_family import _on_a_terminal
+
+    out = tmp_path / "out"
+    # each task says something on stderr, then takes 0.3 s (the bar is drawn between tasks); task 2 fails for good
+    pipe = 'echo "note from $TARMAP_INDEX" >&2; sleep 0.3; if [ "$TARMAP_INDEX" = 2 ]; then exit 3; fi; cat'
+    assert tarmap(shards[0], "-o", f"{out}/{{index}}.tar", "-c", pipe, "-q").returncode == 0  # task 0: complete before
+    argv = ["tarmap", *map(str, [shards[0], shards[1], shards[2], shards[3]]), "-o", f"{out}/{{index}}.tar",
+            "-c", pipe, "-j", "1"]
+    text = _on_a_terminal(argv, tmp_path, status=1)
+    segments = [s for s in re.split(r"[\r\n]+", text) if s.strip()]
+    bars = [s for s in segments if re.search(r"\d+/4 \[", s)]
+    assert bars, text
+    # tasks done/skipped/failed of the total, samples and bytes, elapsed<ETA
+    last = bars[-1]
+    assert re.search(r"100%\|.*\| 4/4 \[\d\d:\d\d<\d\d:\d\d", last), last
+    assert "done 2 skipped 1 failed 1 | 15 samples" in last and "kB" in last, last
+    assert any(re.search(r"\d+%\|.*\| [1-3]/4 \[\d\d:\d\d<\d\d:\d\d", s) for s in bars), bars  # an ETA on the way
+    # the pipelines' lines and the error are lines of their own, never glued to the bar
+    messages = [s for s in segments if s not in bars]
+    assert sorted(s for s in messages if s.startswith("tarmap: task ")) == [
+        f"tarmap: task {i}: note from {i}" for i in (1, 2, 3)]
+    failed = [s for s in messages if "failed permanently" in s]
+    assert failed and failed[0].startswith("tarmap: error: task 2 ") and "|" not in failed[0].split("stderr:")[0]
+    assert all(s.startswith("tarmap: ") for s in messages), messages
+
+
+def test_index_env_from_slurm_and_kubernetes(shards, tmp_path):
+    out = tmp_path / "out"
+    argv = ["tarmap", *map(str, shards[:3]), "-o", f"{out}/{{index}}.tar", "-c", "cat", "--index", "env"]
+    env = tool_env()
+    env.pop("JOB_COMPLETION_INDEX", None)
+    env["SLURM_ARRAY_TASK_ID"] = "1"  # a task of `sbatch --array=0-2`
+    result = run(argv, env=env)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.glob("*.tar")) == ["1.tar"]
+    assert (out / "1.tar").read_bytes() == shards[1].read_bytes()
+    env["JOB_COMPLETION_INDEX"] = "2"  # both set: the Kubernetes index is taken (README: Many shards)
+    result = run(argv, env=env)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.glob("*.tar")) == ["1.tar", "2.tar"]
+    env.pop("JOB_COMPLETION_INDEX")
+    env["SLURM_ARRAY_TASK_ID"] = "3"
+    result = run(argv, env=env)
+    assert result.returncode == 2 and b"--index 3: there are 3 tasks" in result.stderr
+
+
+def test_force_redoes_complete_tasks(shards, tmp_path):
+    out = tmp_path / "out"
+    flag = tmp_path / "flag"
+    flag.touch()
+    pipe = f"if [ ! -e {flag} ]; then touch {flag}; exit 1; fi; cat"  # fails once whenever the flag is missing
+    args = [shards[0], shards[1], "-o", f"{out}/{{stem}}.tar", "-c", pipe, "-j", "1", "--backoff", "0", "-v"]
+    assert b"2 tasks done, 0 skipped" in tarmap(*args).stderr
+    output = out / "part-0000.tar"
+    before = json.loads((out / "part-0000.tar.tarmap.json").read_text())
+    stat = (output.stat().st_ino, output.stat().st_mtime_ns)
+    assert before["attempts"] == 1
+    again = tarmap(*args)  # without --force: skipped, not rewritten
+    assert again.returncode == 0 and b"0 tasks done, 2 skipped" in again.stderr
+    assert (output.stat().st_ino, output.stat().st_mtime_ns) == stat
+    dry = tarmap(*args, "--force", "--dry-run")
+    assert [line.split("\t")[3] for line in dry.stdout.decode().splitlines()] == ["run", "run"]
+    flag.unlink()
+    forced = tarmap(*args, "--force")  # task 0's first attempt fails (and puts the flag back), its second succeeds
+    assert forced.returncode == 0, forced.stderr
+    assert b"2 tasks done, 0 skipped" in forced.stderr and forced.stderr.count(b"retrying") == 1
+    after = json.loads((out / "part-0000.tar.tarmap.json").read_text())
+    assert after["attempts"] == 2 and after["started"] >= before["finished"]
+    assert output.stat().st_ino != stat[0]  # a new file renamed into place
+    assert output.read_bytes() == shards[0].read_bytes()
+    assert leftovers(tmp_path) == []
+
+
+def test_fsspec_store_output_appears_only_when_complete(shards, tmp_path):
+    """Outputs on an fsspec store other than S3 (gs://, sftp, ...; here fsspec's local:// file system,
+    which takes the same path) are written under an attempt key and moved into place on success."""
+    pytest.importorskip("fsspec", reason="fsspec (the [cloud] extra, in the test extra) is not installed")
+    out = tmp_path / "out"
+    url = f"local://{out}/{{stem}}.tar"
+    pidfile = tmp_path / "pid"
+    hang = f"echo $$ > {pidfile}; head -c 3000; sleep 30; : {tmp_path}"  # some bytes, then it hangs
+    # a timed-out attempt: nothing at the output, its attempt key removed
+    result = tarmap(shards[0], "-o", url, "-c", hang, "--timeout", "1", "--retries", "0")
+    assert result.returncode == 1 and b"timed out after 1 s" in result.stderr, result.stderr
+    assert list(out.iterdir()) == []
+    # tarmap killed mid-task (SIGKILL: it cannot clean up): an attempt key, nothing at the output
+    proc = subprocess.Popen(["tarmap", str(shards[1]), "-o", url, "-c", hang], env=tool_env(),
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not (pidfile.exists() and leftovers(out)):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    os.killpg(int(pidfile.read_text()), signal.SIGKILL)
+    names = sorted(p.name for p in out.iterdir())
+    assert len(names) == 1 and names[0].startswith("part-0001.tar.partial."), names
+    # the re-run completes the task, moves its output into place and removes the dead attempt's key
+    result = tarmap(shards[1], "-o", url, "-c", "cat", "-v")
+    assert result.returncode == 0 and b"1 tasks done" in result.stderr, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["part-0001.tar", "part-0001.tar.tarmap.json"]
+    assert (out / "part-0001.tar").read_bytes() == shards[1].read_bytes()
+    record = json.loads((out / "part-0001.tar.tarmap.json").read_text())
+    assert record["output"] == f"local://{out}/part-0001.tar" and record["bytes"] == shards[1].stat().st_size
+    again = tarmap(shards[1], "-o", url, "-c", "cat", "-v")
+    assert b"0 tasks done, 1 skipped" in again.stderr

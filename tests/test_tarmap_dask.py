@@ -1,6 +1,7 @@
 """tarmap --dask on a real Dask cluster on 127.0.0.1: a `dask scheduler`
-and two `dask worker` processes started by the test, one worker killed with
-SIGKILL mid-run; and --dask local:N (a LocalCluster of worker processes)."""
+and two `dask worker` processes (the session's, tests/daskcluster.py), one
+worker killed with SIGKILL mid-run; and --dask local:N (a LocalCluster of
+worker processes started by tarmap)."""
 
 from __future__ import annotations
 
@@ -8,32 +9,26 @@ import json
 import re
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from conftest import BIN, run, tool_env
+from daskcluster import free_port
 from makeshards import write_shard
 
 pytest.importorskip("distributed", reason="dask.distributed (the [dask] extra, in the test extra) is not installed")
 
 PIPELINE = "tarproc -c 'rm sample.json' -o -"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+SHARDS = 6
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> list[Path]:
     root = tmp_path_factory.mktemp("dask-in")
-    return [Path(write_shard(str(root / f"in-{i:02d}.tar"), 3, seed=i)) for i in range(10)]
+    return [Path(write_shard(str(root / f"in-{i:02d}.tar"), 3, seed=i)) for i in range(SHARDS)]
 
 
 @pytest.fixture(scope="module")
@@ -54,44 +49,8 @@ def wait_for(predicate, timeout=60, what="condition"):
         time.sleep(0.05)
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    """A scheduler and two single-threaded workers (no nanny: a killed worker stays dead)."""
-    dask = str(BIN / "dask")
-    if not os.path.exists(dask):
-        pytest.skip("the `dask` command of distributed is not installed")
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    env = tool_env()
-    logs = open(tmp_path / "cluster.log", "wb")
-    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-                              env=env, stdout=logs, stderr=logs, start_new_session=True)]
-    from distributed import Client
-
-    try:
-        for _ in range(2):
-            procs.append(subprocess.Popen([dask, "worker", address, "--host", "127.0.0.1", "--nthreads", "1",
-                                           "--no-nanny", "--no-dashboard"], env=env, stdout=logs, stderr=logs,
-                                          start_new_session=True))
-        client = Client(address, timeout=60)
-        client.wait_for_workers(2, timeout=60)
-        client.close()
-        yield address, procs[1:]
-    finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        logs.close()
-
-
-def test_dask_worker_killed_mid_run_nothing_lost_nothing_duplicated(cluster, shards, expected, tmp_path):
-    address, workers = cluster
+def test_dask_worker_killed_mid_run_nothing_lost_nothing_duplicated(dask_cluster, shards, expected, tmp_path):
+    address, workers = dask_cluster  # the session's cluster (tests/daskcluster.py); a killed worker is replaced
     out = tmp_path / "out"
     slow = "sleep 0.4; " + PIPELINE
     proc = subprocess.Popen([str(BIN / "tarmap"), *map(str, shards), "-o", f"{out}/{{stem}}.tar", "-c", slow,
@@ -110,11 +69,12 @@ def test_dask_worker_killed_mid_run_nothing_lost_nothing_duplicated(cluster, sha
         assert record["status"] == "complete" and record["samples"] == 3
         assert record["bytes"] == len(expected[path.stem])
     # a task that finished on the killed worker, its result lost, is run again by Dask and finds itself complete
-    done = re.search(rb"tarmap: (\d+) tasks done, (\d+) skipped \(complete before\), 0 failed; 30 samples", stderr)
-    assert done and int(done[1]) + int(done[2]) == 10, stderr
+    summary = rf"tarmap: (\d+) tasks done, (\d+) skipped \(complete before\), 0 failed; {3 * SHARDS} samples"
+    done = re.search(summary.encode(), stderr)
+    assert done and int(done[1]) + int(done[2]) == SHARDS, stderr
 
     again = run(["tarmap", *map(str, shards), "-o", f"{out}/{{stem}}.tar", "-c", slow, "--dask", address, "-v"])
-    assert again.returncode == 0 and b"0 tasks done, 10 skipped" in again.stderr
+    assert again.returncode == 0 and f"0 tasks done, {SHARDS} skipped".encode() in again.stderr
 
 
 def test_dask_local_cluster_and_a_permanent_failure(shards, expected, tmp_path):
@@ -134,8 +94,7 @@ def test_dask_local_cluster_and_a_permanent_failure(shards, expected, tmp_path):
 
 def test_dask_unreachable_scheduler_is_one_error(shards, tmp_path):
     result = run(["tarmap", str(shards[0]), "-o", f"{tmp_path}/{{index}}.tar", "-c", "cat", "--dask",
-                  f"tcp://127.0.0.1:{free_port()}"], timeout=120, env={**tool_env(), "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"})
+                  f"tcp://127.0.0.1:{free_port()}"], timeout=120, env={**tool_env(), "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "1s"})
     assert result.returncode == 1
     lines = result.stderr.decode().splitlines()
     assert lines[-1].startswith("tarmap: error: --dask tcp://127.0.0.1:") and "cannot connect" in lines[-1], lines
-    assert sys.executable  # the suite's interpreter runs the workers (same venv)

@@ -23,11 +23,11 @@ PIPELINE = "sleep 0.2; tarproc -c 'rm sample.json' -o -"
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> list[Path]:
     root = tmp_path_factory.mktemp("k8s-in")
-    return [Path(write_shard(str(root / f"in-{i:02d}.tar"), 3, seed=i)) for i in range(6)]
+    return [Path(write_shard(str(root / f"in-{i:02d}.tar"), 3, seed=i)) for i in range(4)]
 
 
 def manifest(shards, out: Path, *extra) -> dict:
-    args = ["tarmap", str(shards[0].parent / "in-{00..05}.tar"), "-o", f"{out}/{{stem}}.tar", "-c", PIPELINE,
+    args = ["tarmap", str(shards[0].parent / "in-{00..03}.tar"), "-o", f"{out}/{{stem}}.tar", "-c", PIPELINE,
             "--k8s-job", "ppm-0", "--image", "registry.example/tarproc:1", "--parallelism", "2",
             "--backoff-limit-per-index", "4", "--cpu", "2", "--memory", "4Gi", "--env", "AWS_ENDPOINT_URL",
             "--env", "AWS_REGION=eu-west-1", "--env-from-secret", "s3-credentials", "--timeout", "600", *extra]
@@ -47,7 +47,7 @@ def test_manifest_is_a_valid_indexed_job(shards, tmp_path):
     assert isinstance(job, V1Job)
     assert job.api_version == "batch/v1" and job.kind == "Job" and job.metadata.name == "ppm-0"
     spec = job.spec
-    assert spec.completion_mode == "Indexed" and spec.completions == 6 and spec.parallelism == 2
+    assert spec.completion_mode == "Indexed" and spec.completions == 4 and spec.parallelism == 2
     assert spec.backoff_limit_per_index == 4
     rules = spec.pod_failure_policy.rules
     assert rules[0].action == "FailIndex"

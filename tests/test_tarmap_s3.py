@@ -16,7 +16,6 @@ import pytest
 
 from conftest import BIN, run, tool_env
 from makeshards import write_shard
-from s3server import s3_server  # noqa: F401  (the fixture)
 
 PIPELINE = "tarproc -c 'rm sample.json' -o -"
 #: s3fs's smallest block (the S3 minimum part size): an upload of more is multipart
@@ -30,7 +29,7 @@ def shards(tmp_path_factory) -> list[Path]:
 
 
 @pytest.fixture
-def s3(s3_server):  # noqa: F811 - the fixture imported above
+def s3(s3_server):
     s3_server.reset()
     fs = s3_server.fs()
     fs.mkdir("inputs")

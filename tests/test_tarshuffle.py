@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections import Counter
@@ -55,7 +54,7 @@ def reference(inputs, tmp_path_factory) -> list[bytes]:
 
 def test_twenty_shards_to_seven(inputs, reference, tmp_path):
     out = tmp_path / "a"
-    result = shuffle(inputs, out, "--shards", str(N), "--seed", "7", "-j", "1", "-v")
+    result = shuffle(inputs, out, "--shards", str(N), "--seed", "7", "-j", "3", "-v")
     assert shard_bytes(out) == reference  # same seed, other -j: same bytes
     assert contents(outputs(out)) == contents(inputs)  # every sample once, every field's bytes intact
     flat = [k for p in outputs(out) for k in keys(p)]
@@ -107,9 +106,8 @@ def wait_for(predicate, timeout=60, what="condition"):
 def test_sigterm_in_either_phase_then_rerun(inputs, reference, tmp_path, phase):
     out = tmp_path / "out"
     staging = out / "tarshuffle-staging"
-    argv = [str(BIN / "tarshuffle"), *inputs, "-o", f"{out}/train-%04d.tar", "--shards", str(N), "--seed", "7",
-            "-j", "1"]
-    proc = subprocess.Popen(argv, env=tool_env(), stderr=subprocess.PIPE)
+    argv = [str(BIN / "tarshuffle"), *inputs, "-o", f"{out}/train-%04d.tar", "--shards", str(N), "--seed", "7"]
+    proc = subprocess.Popen(argv + ["-j", "1"], env=tool_env(), stderr=subprocess.PIPE)
     if phase == "map":
         wait_for(lambda: staging.exists() and len(list(staging.glob("*.tarmap.json"))) >= 2, what="map records")
     else:
@@ -120,7 +118,7 @@ def test_sigterm_in_either_phase_then_rerun(inputs, reference, tmp_path, phase):
     done = sorted(out.glob("train-*.tar"))
     assert len(done) < N  # it was stopped mid-way...
     assert staging.exists() and not list(out.rglob("*.partial*"))  # ...with no attempt file left
-    result = run(argv + ["-v"])
+    result = run(argv + ["-j", "2", "-v"])  # the re-run may use another -j
     assert result.returncode == 0, result.stderr.decode()
     text = result.stderr.decode()
     assert "skipped" in text and ("map: " in text)
@@ -224,50 +222,8 @@ def test_usage_errors(inputs, tmp_path):
 
 
 # ------------------------------------------------------------------ Dask
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    """A scheduler and two single-threaded workers on 127.0.0.1 (no nanny: a killed worker stays dead)."""
-    pytest.importorskip("distributed", reason="dask.distributed (the [dask] extra) is not installed")
-    dask = str(BIN / "dask")
-    if not os.path.exists(dask):
-        pytest.skip("the `dask` command of distributed is not installed")
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    logs = open(tmp_path / "cluster.log", "wb")
-    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-                              env=tool_env(), stdout=logs, stderr=logs, start_new_session=True)]
-    from distributed import Client
-
-    try:
-        for _ in range(2):
-            procs.append(subprocess.Popen([dask, "worker", address, "--host", "127.0.0.1", "--nthreads", "1",
-                                           "--no-nanny", "--no-dashboard"], env=tool_env(), stdout=logs,
-                                          stderr=logs, start_new_session=True))
-        client = Client(address, timeout=60)
-        client.wait_for_workers(2, timeout=60)
-        client.close()
-        yield address, procs[1:]
-    finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        logs.close()
-
-
-def test_dask_worker_killed_mid_phase_same_bytes(cluster, inputs, reference, tmp_path):
-    address, workers = cluster
+def test_dask_worker_killed_mid_phase_same_bytes(dask_cluster, inputs, reference, tmp_path):
+    address, workers = dask_cluster  # the session's cluster (tests/daskcluster.py); a killed worker is replaced
     out = tmp_path / "out"
     staging = out / "tarshuffle-staging"
     proc = subprocess.Popen([str(BIN / "tarshuffle"), *inputs, "-o", f"{out}/train-%04d.tar", "--shards", str(N),
@@ -284,10 +240,7 @@ def test_dask_worker_killed_mid_phase_same_bytes(cluster, inputs, reference, tmp
 
 
 # ------------------------------------------------------------------ S3
-from s3server import s3_server  # noqa: E402,F401  (the fixture: moto on 127.0.0.1)
-
-
-def test_s3_outputs_and_staging_read_by_range_requests(s3_server, inputs, tmp_path):  # noqa: F811
+def test_s3_outputs_and_staging_read_by_range_requests(s3_server, inputs, tmp_path):
     s3_server.reset()
     fs = s3_server.fs()
     fs.mkdir("shuf")

@@ -41,10 +41,12 @@ A pipeline that exits 3 (bad input data) fails its task at once; any other
 failure (exit status, signal, --timeout, an incomplete stream, I/O) is
 retried --retries times with backoff (1 s, 2 s, 4 s ...).
 
-Where tasks run: -j N local tasks at once (default: the number of CPUs);
---dask tcp://HOST:8786 or --dask local:N (Client.submit/as_completed; a
-worker that dies has its tasks re-run); --index I runs task I only (--index
-env: from JOB_COMPLETION_INDEX or SLURM_ARRAY_TASK_ID); --k8s-job NAME
+Where tasks run: -j N local tasks at once (default: the number of CPUs), in
+threads of this process: each task's work is done by its pipeline's own
+processes, the thread streams and verifies their output; --dask
+tcp://HOST:8786 or --dask local:N (Client.submit/as_completed; a worker that
+dies has its tasks re-run); --index I runs task I only (--index env: from
+JOB_COMPLETION_INDEX, else SLURM_ARRAY_TASK_ID); --k8s-job NAME
 --image IMAGE prints a Kubernetes Indexed Job (YAML) whose pods run this
 command with --index env (podFailurePolicy: FailIndex on exit status 3).
 
