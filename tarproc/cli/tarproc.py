@@ -180,7 +180,7 @@ def tarproc(
                     _flush_held(tool, held, tool.verbose)
                     if log_file is not None:
                         log_file.write(result.log)
-                    elif not tool.quiet:
+                    elif result.log and not tool.quiet:
                         with tool.stderr():
                             print_log(result.log)
                 if keep and result.directory:

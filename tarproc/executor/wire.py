@@ -109,11 +109,11 @@ def unpack_results(skeleton, lengths, raw: memoryview, inputs: dict | None = Non
         log = bytes(raw[pos[0] : pos[0] + n])
         pos[0] += n
         pos[1] += 1
-        result = Result(**dict(zip(_FIELDS, fields)))
-        result.log = log
-        source = inputs[result.index] if inputs else None
-        result.outputs = [_rebuild(entries, raw, lengths, pos, True, source) for entries in outputs]
-        results.append(result)
+        index, key, status, failed, reason, warnings, directory, attempts, action = fields  # _FIELDS
+        source = inputs[index] if inputs else None
+        outputs = [_rebuild(entries, raw, lengths, pos, True, source) for entries in outputs]
+        # positional, in the dataclass's field order (cheaper than keywords, once per sample)
+        results.append(Result(index, key, outputs, status, failed, reason, log, warnings, directory, attempts, action))
     return results
 
 
