@@ -61,11 +61,14 @@ def spawn(
 
 
 def resolve(program: str) -> str | None:
-    """The path :func:`spawn` would run for ``program`` (searched in
-    ``PATH`` now, as ``execvp(3)`` would), or None when there is none (the
-    spawn then fails as it would have)."""
+    """The path :func:`spawn` would run for a bare ``program`` name
+    (searched in ``PATH`` now, as ``execvp(3)`` would), or None: for a name
+    with a ``/`` (run as given, relative to the child's ``cwd``), or one not
+    found (the spawn then fails as it would have)."""
     import shutil
 
+    if "/" in program:
+        return None
     return shutil.which(program)
 
 

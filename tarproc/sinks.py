@@ -108,10 +108,8 @@ class TarSink:
     def write(self, sample: Sample) -> None:
         """Write a sample's fields as members ``key.field``, in dict order
         (meta entries starting with ``__`` are not written)."""
-        add = self.writer.add
         try:
-            for name, data in sample_members(sample):
-                add(name, data)
+            self.writer.add_all(sample_members(sample))
         except OSError as exc:
             self._write_failed(exc)
         self.samples += 1

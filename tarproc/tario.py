@@ -30,6 +30,7 @@ MAX_RECORD = 1 << 20
 READ_CHUNK = 1 << 24
 
 ZERO_BLOCK = bytes(BLOCK)
+_ZEROS = ZERO_BLOCK  # padding is a slice of it
 _CHK_UNSIGNED = struct.Struct("148B8x356B")
 _CHK_SIGNED = struct.Struct("148b8x356b")
 
@@ -593,6 +594,35 @@ class TarWriter:
                 write(bytes(pad))
             self.bytes_written += len(header) + len(data) + pad
         self.members_written += 1
+
+    def add_all(self, members) -> None:
+        """Write ``(name, data)`` members, the same bytes as :meth:`add` for
+        each, the small ones gathered into one write (a sample's members,
+        typically). The counters count what was written."""
+        mode, mtime = self.mode, self.mtime
+        write = self.stream.write
+        parts: list = []
+        size = count = 0
+        for name, data in members:
+            n = len(data)
+            if n >= 65536:
+                if parts:
+                    write(b"".join(parts))
+                    self.bytes_written += size
+                    self.members_written += count
+                    parts = []
+                    size = count = 0
+                self.add(name, data)
+                continue
+            header = member_header(name, n, mode, mtime)
+            pad = -n % BLOCK
+            parts += (header, data, _ZEROS[:pad])
+            size += len(header) + n + pad
+            count += 1
+        if parts:
+            write(b"".join(parts))
+            self.bytes_written += size
+            self.members_written += count
 
     def finish(self) -> None:
         """Write the end-of-archive marker (two zero blocks)."""

@@ -429,3 +429,17 @@ def test_webdataset_reads_what_we_write(tmp_path):
         assert {k: v for k, v in theirs.items() if not k.startswith("__")} == {
             k: v for k, v in mine.items() if not k.startswith("__")
         }
+
+
+def test_add_all_writes_the_same_bytes_as_add_one_by_one():
+    # a sample's members gathered into one write: small, empty, exactly one
+    # block, the 64 KiB threshold on both sides, a pax long name
+    members = [("k.a", b"x" * 10), ("k.empty", b""), ("k.block", b"b" * 512), ("k.big", bytes(range(256)) * 256),
+               ("k.under", b"u" * 65535), ("k.tail", b"t" * 513), ("d" * 300 + "/k.long", b"long name")]
+    one, together = io.BytesIO(), io.BytesIO()
+    w1, w2 = TarWriter(one, mtime=7, mode=0o644), TarWriter(together, mtime=7, mode=0o644)
+    for name, data in members:
+        w1.add(name, data)
+    w2.add_all(iter(members))
+    assert together.getvalue() == one.getvalue()
+    assert (w2.bytes_written, w2.members_written) == (w1.bytes_written, w1.members_written) == (len(one.getvalue()), 7)

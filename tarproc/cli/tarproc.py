@@ -181,7 +181,7 @@ def tarproc(
                     _flush_held(tool, held, tool.verbose)
                     if log_file is not None:
                         log_file.write(result.log)
-                    elif not tool.quiet:
+                    elif result.log and not tool.quiet:
                         with tool.stderr():
                             print_log(result.log)
                 if keep and result.directory:
@@ -239,7 +239,10 @@ def _check_output_keys(result, written: KeyLedger) -> bool:
 
     :raises DuplicateKeyError:
     """
-    keys = [out["__key__"] for out in result.outputs]
+    outputs = result.outputs
+    if len(outputs) == 1 and written.first_source(outputs[0]["__key__"]) is None:
+        return False  # the usual case: one output, a new key
+    keys = [out["__key__"] for out in outputs]
     for i, key in enumerate(keys):
         first = written.first_source(key)
         again = str(result.outputs[i].get("__source__", "-"))

@@ -21,6 +21,9 @@ HEADER = struct.Struct("<QQ")
 #: at most this many buffers per writev(2) (IOV_MAX is 1024 on Linux)
 IOV_BATCH = 512
 _RAW = None  # marks a value sent in the raw part
+#: value types sent as a reference to the input's value when equal to it
+#: (fields, and the key and source of an output that keeps them)
+_SHARED = (bytes, str)
 
 
 def _flatten(sample: dict, lengths: list, buffers: list, source: dict | None = None) -> list:
@@ -29,7 +32,7 @@ def _flatten(sample: dict, lengths: list, buffers: list, source: dict | None = N
     bytes equal to ``source``'s field of that name (not sent at all)."""
     entries = []
     for name, value in sample.items():
-        if source is not None and type(value) is bytes and name in source and source[name] == value:
+        if source is not None and type(value) in _SHARED and name in source and source[name] == value:
             entries.append((name,))
         elif isinstance(value, (bytes, bytearray, memoryview)):
             buffers.append(value)
@@ -85,7 +88,8 @@ _FIELDS = ("index", "key", "status", "failed", "reason", "warnings", "directory"
 def pack_results(results: list, inputs: dict | None = None) -> list:
     """A task's answer: ``[Result, ...]``. With ``inputs`` (index -> the
     input sample the worker got), an output field whose bytes equal the
-    input's field of the same name is sent as a reference to it: a command
+    input's field of the same name is sent as a reference to it (and so
+    are ``__key__`` and ``__source__`` when they are the input's): a command
     that leaves most fields alone costs the parent no copy of them."""
     lengths: list = []
     buffers: list = []
@@ -109,11 +113,11 @@ def unpack_results(skeleton, lengths, raw: memoryview, inputs: dict | None = Non
         log = bytes(raw[pos[0] : pos[0] + n])
         pos[0] += n
         pos[1] += 1
-        result = Result(**dict(zip(_FIELDS, fields)))
-        result.log = log
-        source = inputs[result.index] if inputs else None
-        result.outputs = [_rebuild(entries, raw, lengths, pos, True, source) for entries in outputs]
-        results.append(result)
+        index, key, status, failed, reason, warnings, directory, attempts, action = fields  # _FIELDS
+        source = inputs[index] if inputs else None
+        outputs = [_rebuild(entries, raw, lengths, pos, True, source) for entries in outputs]
+        # positional, in the dataclass's field order (cheaper than keywords, once per sample)
+        results.append(Result(index, key, outputs, status, failed, reason, log, warnings, directory, attempts, action))
     return results
 
 
@@ -258,7 +262,17 @@ class Writer:
         self.queue: list = []
 
     def put(self, buffers: list) -> None:
-        self.queue.extend(b if isinstance(b, bytes) else memoryview(b).cast("B") for b in buffers)
+        views = [b if type(b) is bytes else memoryview(b).cast("B") for b in buffers]
+        if not self.queue and len(views) <= IOV_BATCH:
+            # the usual case: the pipe takes the whole message at once
+            try:
+                n = os.writev(self.fd, views)
+            except BlockingIOError:
+                n = 0
+            if n == sum(len(v) if type(v) is bytes else v.nbytes for v in views):
+                return
+            _consume(views, views[:], n)
+        self.queue.extend(views)
         self.flush()
 
     def flush(self) -> None:
