@@ -124,11 +124,12 @@ named KEY.__FIELD (KEY.__source__, as the original tarproc writes) are read
 as the samples' meta entries and reported in one line."""
 
 
-def make_app(help: str, examples: str) -> typer.Typer:
+def make_app(help: str, examples: str, exit_status: str = EXIT_STATUS) -> typer.Typer:
     """A single-command typer app with plain (non-rich) help, ``-h``, shell
     completion (``--install-completion``, ``--show-completion``), and an
-    epilog holding ``examples`` and the exit status."""
-    epilog = "\b\nExamples:\n" + examples.rstrip() + "\n\n\b\nExit status:\n" + EXIT_STATUS
+    epilog holding ``examples`` and the exit status (:data:`EXIT_STATUS`, or
+    the tool's own table: tarmap and tarshuffle count tasks)."""
+    epilog = "\b\nExamples:\n" + examples.rstrip() + "\n\n\b\nExit status:\n" + exit_status
     app = typer.Typer(
         add_completion=True,
         pretty_exceptions_enable=False,
