@@ -29,8 +29,14 @@ How a tool declares its options (``tarproc/cli/<tool>.py``)::
   parameter with the same name as a shared one replaces it (tarpcat's ``-p``
   with its own default, lines2tar's text INPUT).
 - ``options=`` adds options a few tools share (name -> :class:`Shared`;
-  tarcats and tarpcat share ``tarcats.CATS``); sizes use
+  tarcats and tarpcat share ``tarcats.CATS``, tarmap and tarshuffle the
+  task engine's :data:`tarproc.cli.engine.ENGINE`; ``own_first=True`` lists
+  the tool's own options before them); sizes use
   :func:`size_option` (an ``int`` of bytes, coreutils units).
+- URLs: ``read`` and ``write`` include ``--storage-option``; its value as
+  fsspec ``storage_options`` is ``tool.storage_options``, which
+  :meth:`Tool.read` and :meth:`Tool.open_output` pass on (a tool opening
+  inputs or outputs itself passes it too).
 - Messages: :meth:`Tool.warn`, :meth:`Tool.info` (``-v`` level),
   :meth:`Tool.error` and :meth:`Tool.say` print on stderr above a progress
   bar; write a command's own output inside ``with tool.stderr():``.
