@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,11 +61,22 @@ def test_every_tool_takes_it():
 
 
 @pytest.mark.parametrize("tool", TOOLS)
-def test_a_bad_item_is_a_one_line_usage_error_in_every_tool(tool):
-    result = run([tool, "--storage-option", "novalue"])
-    lines = result.stderr.decode().splitlines()
-    assert result.returncode == 2, result.stderr
+def test_a_bad_item_is_a_one_line_usage_error_in_every_tool(tool, monkeypatch, capsys):
+    """Each tool's console-script entry point (main), in this process."""
+    monkeypatch.setattr(sys, "argv", [tool, "--storage-option", "novalue"])
+    with pytest.raises(SystemExit) as status:
+        importlib.import_module(f"tarproc.cli.{tool}").main()
+    lines = capsys.readouterr().err.splitlines()
+    assert status.value.code == 2, lines
     assert len(lines) == 1 and lines[0].startswith(f"{tool}: error: ") and "'novalue': expected KEY=VALUE" in lines[0]
+
+
+def test_a_bad_item_from_the_shell(tmp_path):
+    result = run(["tarsplit", "--storage-option", "a=1", "--storage-option", "a.b=2", "-n", "1", "-o", str(tmp_path)],
+                 input=b"")
+    assert result.returncode == 2
+    assert result.stderr.decode().splitlines() == ["tarsplit: error: --storage-option 'a.b=2': a is a value, not a"
+                                                   " group of options"]
 
 
 # ------------------------------------------------------------------ S3 (moto)

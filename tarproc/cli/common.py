@@ -29,8 +29,14 @@ How a tool declares its options (``tarproc/cli/<tool>.py``)::
   parameter with the same name as a shared one replaces it (tarpcat's ``-p``
   with its own default, lines2tar's text INPUT).
 - ``options=`` adds options a few tools share (name -> :class:`Shared`;
-  tarcats and tarpcat share ``tarcats.CATS``); sizes use
+  tarcats and tarpcat share ``tarcats.CATS``, tarmap and tarshuffle the
+  task engine's :data:`tarproc.cli.engine.ENGINE`; ``own_first=True`` lists
+  the tool's own options before them); sizes use
   :func:`size_option` (an ``int`` of bytes, coreutils units).
+- URLs: ``read`` and ``write`` include ``--storage-option``; its value as
+  fsspec ``storage_options`` is ``tool.storage_options``, which
+  :meth:`Tool.read` and :meth:`Tool.open_output` pass on (a tool opening
+  inputs or outputs itself passes it too).
 - Messages: :meth:`Tool.warn`, :meth:`Tool.info` (``-v`` level),
   :meth:`Tool.error` and :meth:`Tool.say` print on stderr above a progress
   bar; write a command's own output inside ``with tool.stderr():``.
@@ -124,11 +130,12 @@ named KEY.__FIELD (KEY.__source__, as the original tarproc writes) are read
 as the samples' meta entries and reported in one line."""
 
 
-def make_app(help: str, examples: str) -> typer.Typer:
+def make_app(help: str, examples: str, exit_status: str = EXIT_STATUS) -> typer.Typer:
     """A single-command typer app with plain (non-rich) help, ``-h``, shell
     completion (``--install-completion``, ``--show-completion``), and an
-    epilog holding ``examples`` and the exit status."""
-    epilog = "\b\nExamples:\n" + examples.rstrip() + "\n\n\b\nExit status:\n" + EXIT_STATUS
+    epilog holding ``examples`` and the exit status (:data:`EXIT_STATUS`, or
+    the tool's own table: tarmap and tarshuffle count tasks)."""
+    epilog = "\b\nExamples:\n" + examples.rstrip() + "\n\n\b\nExit status:\n" + exit_status
     app = typer.Typer(
         add_completion=True,
         pretty_exceptions_enable=False,

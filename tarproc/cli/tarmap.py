@@ -73,9 +73,7 @@ EXIT_STATUS_NOTE = """\
 130  interrupted by SIGINT; 143 by SIGTERM (running pipelines killed, no
      complete-looking output left, completed tasks keep their records)."""
 
-app = make_app(HELP, EXAMPLES)
-# tarmap's statuses differ from a filter's: replace the shared table
-app.info.epilog = app.info.epilog.split("\n\n\b\nExit status:\n")[0] + "\n\n\b\nExit status:\n" + EXIT_STATUS_NOTE
+app = make_app(HELP, EXAMPLES, EXIT_STATUS_NOTE)  # tarmap's statuses differ from a filter's
 
 @command(app, shared=engine.ENGINE_SHARED, options=engine.ENGINE, own_first=True)
 def tarmap(

@@ -78,8 +78,7 @@ EXIT_STATUS_NOTE = """\
 130  interrupted by SIGINT; 143 by SIGTERM (running tasks killed, no
      complete-looking output left, completed tasks keep their records)."""
 
-app = make_app(HELP, EXAMPLES)
-app.info.epilog = app.info.epilog.split("\n\n\b\nExit status:\n")[0] + "\n\n\b\nExit status:\n" + EXIT_STATUS_NOTE
+app = make_app(HELP, EXAMPLES, EXIT_STATUS_NOTE)
 
 #: what tarshuffle adds to a library error about a rule its options change
 HINTS = {"duplicate_key": "use tarshuffle --rekey '{shard}/{key}' (or tarcats --rekey '{shard}/{key}' before)"}
