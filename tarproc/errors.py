@@ -41,7 +41,11 @@ class ExitStatus(enum.IntEnum):
 class TarprocError(Exception):
     """Base class of every error the library raises on purpose.
 
-    ``str(error)`` is a one-line message meant for a user.
+    ``str(error)`` is a one-line message meant for a user, about the data
+    or the values given, never naming a command-line option: ``topic=``
+    (``UsageError(message, topic="output_pattern")``) names the rule or value
+    the error is about, and the tool adds its option as a hint
+    (``Tool.run(hints)``).
     """
 
     exit_status: int = ExitStatus.ERROR
@@ -49,6 +53,11 @@ class TarprocError(Exception):
     #: command line can add how to change it (the library's message speaks of
     #: the data, not of options)
     topic: str | None = None
+
+    def __init__(self, *args, topic: str | None = None):
+        super().__init__(*args)
+        if topic is not None:
+            self.topic = topic
 
 
 class DataError(TarprocError):

@@ -57,16 +57,18 @@ def job_manifest(
     :raises UsageError: a bad name, count or variable
     """
     if not _NAME.match(name) or len(name) > 63:
-        raise UsageError(f"--k8s-job {name!r}: a Job name is lowercase letters, digits and '-' (at most 63)")
+        raise UsageError(f"Job name {name!r}: a Job name is lowercase letters, digits and '-' (at most 63)",
+                         topic="job_name")
     if completions < 1:
-        raise UsageError("--k8s-job: there are no tasks")
+        raise UsageError(f"a Job of {completions} tasks: there is nothing to run")
     environ = os.environ if environ is None else environ
     variables = []
     for item in env:
         key, sep, value = item.partition("=")
         if not sep:
             if key not in environ:
-                raise UsageError(f"--env {key}: not set in this environment (or give NAME=VALUE)")
+                raise UsageError(f"variable {key} for the pods: not set in this environment (or give NAME=VALUE)",
+                                 topic="job_env")
             value = environ[key]
         variables.append({"name": key, "value": value})
     container: dict = {"name": CONTAINER, "image": image, "command": list(command)}

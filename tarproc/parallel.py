@@ -128,7 +128,7 @@ class ParallelReader:
         storage_options: dict | None = None,
     ):
         if "-" in specs:
-            raise UsageError("stdin ('-') cannot be read by parallel workers: use -p 1")
+            raise UsageError("stdin ('-') cannot be read by parallel workers: read it in this process")
         self.specs = list(specs)
         self.processes = max(1, min(processes, len(self.specs)))
         self.warn = warn

@@ -46,11 +46,14 @@ class RunSummary:
     :ivar results: one result per item that finished, in finishing order
     :ivar not_run: items never started because a stopping rule fired
     :ivar stopped: why the run stopped early ("" when it did not)
+    :ivar stopped_topic: the rule that stopped it (``max_errors``,
+        ``halt_after``), so a tool can name its option
     """
 
     results: list = dataclasses.field(default_factory=list)
     not_run: list = dataclasses.field(default_factory=list)
     stopped: str = ""
+    stopped_topic: str | None = None
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.results if r.status == status)
@@ -65,7 +68,7 @@ class LocalPool:
 
     def __init__(self, jobs: int):
         if jobs < 1:
-            raise UsageError("-j must be at least 1")
+            raise UsageError(f"a local pool runs at least 1 task at once, not {jobs}")
         self.jobs = jobs
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="tarmap")
 
@@ -103,16 +106,16 @@ class DaskPool:
         try:
             from distributed import Client, LocalCluster
         except ImportError:
-            raise SourceError("--dask needs dask.distributed (pip install 'tarproc[dask]')") from None
+            raise SourceError("Dask needs dask.distributed (pip install 'tarproc[dask]')") from None
         self.cluster = None
         try:
             if address.startswith("local:"):
                 try:
                     n = int(address[6:])
                 except ValueError:
-                    raise UsageError(f"--dask {address!r}: expected local:N with N a number") from None
+                    raise UsageError(f"Dask address {address!r}: expected local:N with N a number", topic="dask") from None
                 if n < 1:
-                    raise UsageError("--dask local:N needs N >= 1")
+                    raise UsageError(f"Dask address {address!r}: local:N needs N >= 1", topic="dask")
                 self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                             host="127.0.0.1", dashboard_address=None)
                 self.client = Client(self.cluster)
@@ -122,7 +125,7 @@ class DaskPool:
         except (OSError, TimeoutError) as exc:
             if self.cluster is not None:
                 self.cluster.close()
-            raise SourceError(f"--dask {address}: cannot connect: {exc}") from None
+            raise SourceError(f"Dask scheduler {address}: cannot connect: {exc}", topic="dask") from None
         from distributed import as_completed
 
         self._done = as_completed()
@@ -222,9 +225,10 @@ def run_all(
                 if summary.stopped:
                     continue
                 if max_errors is not None and failures > max_errors:
-                    summary.stopped = f"more than {max_errors} tasks failed (--max-errors)"
+                    summary.stopped, summary.stopped_topic = f"more than {max_errors} tasks failed", "max_errors"
                 elif halt_after and failures == ran == halt_after:
-                    summary.stopped = f"the first {halt_after} tasks to finish all failed (--halt-after)"
+                    summary.stopped = f"the first {halt_after} tasks to finish all failed"
+                    summary.stopped_topic = "halt_after"
             if summary.stopped:
                 summary.not_run.extend(reversed(queue))
                 queue.clear()

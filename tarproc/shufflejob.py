@@ -119,7 +119,8 @@ class ShuffleJob:
             raise UsageError("no inputs")
         names = [self.output(j) for j in range(min(self.partitions, 2))]
         if self.partitions > 1 and names[0] == names[1]:
-            raise UsageError(f"-o {self.pattern!r} gives every shard the same name: use %04d or {{shard:04d}}")
+            raise UsageError(f"output pattern {self.pattern!r} gives every shard the same name: use %04d or {{shard:04d}}",
+                             topic="output_pattern")
 
     # -------------------------------------------------------- names
     def output(self, j: int) -> str:
@@ -436,7 +437,8 @@ def run_one(job: ShuffleJob, phase: str, index: int, options: tasks.TaskOptions,
     """
     task_list_len = len(job.inputs) if phase == "map" else job.partitions
     if not 0 <= index < task_list_len:
-        raise UsageError(f"--index {index}: the {phase} phase has {task_list_len} tasks (0..{task_list_len - 1})")
+        raise UsageError(f"task {index}: the {phase} phase has {task_list_len} tasks (0..{task_list_len - 1})",
+                         topic="task_index")
     if phase == "reduce":
         job = job.with_fingerprint(options.storage_options)
         task = job.reduce_task(index)

@@ -197,10 +197,11 @@ def check_pattern(pattern: str) -> None:
     try:
         parsed = list(string.Formatter().parse(pattern))
     except ValueError as exc:
-        raise UsageError(f"-o {pattern!r}: {exc}") from None
+        raise UsageError(f"output pattern {pattern!r}: {exc}", topic="output_pattern") from None
     for _, field, _, _ in parsed:
         if field is not None and field not in _FIELDS:
-            raise UsageError(f"-o {pattern!r}: unknown field {{{field}}} (use {{index}}, {{index:04d}}, {{basename}}, {{stem}})")
+            raise UsageError(f"output pattern {pattern!r}: unknown field {{{field}}}"
+                             " (use {index}, {index:04d}, {basename}, {stem})", topic="output_pattern")
 
 
 def output_name(pattern: str, index: int, spec: str) -> str:
@@ -210,7 +211,7 @@ def output_name(pattern: str, index: int, spec: str) -> str:
     try:
         return pattern.format(index=index, basename=name, stem=stem(name))
     except (ValueError, KeyError, IndexError) as exc:
-        raise UsageError(f"-o {pattern!r}: {exc}") from None
+        raise UsageError(f"output pattern {pattern!r}: {exc}", topic="output_pattern") from None
 
 
 def make_tasks(inputs: Iterable[str], pattern: str, pipeline: str, records_dir: str | None = None) -> list[Task]:
@@ -225,13 +226,13 @@ def make_tasks(inputs: Iterable[str], pattern: str, pipeline: str, records_dir: 
     seen: dict[str, int] = {}
     for index, spec in enumerate(inputs):
         if spec == "-":
-            raise UsageError("tarmap reads its inputs itself: '-' (stdin) is not an input (use -T - for a list)")
+            raise UsageError("'-' (stdin) is not an input of a task: each task reads its input itself", topic="stdin_input")
         output = output_name(pattern, index, spec)
         key = output if is_url(output) else os.path.abspath(local_path(output))
         if key in seen:
             raise UsageError(
-                f"-o {pattern!r} maps tasks {seen[key]} and {index} to the same output {output!r}"
-                " (use {index}, {basename} or {stem})"
+                f"output pattern {pattern!r} maps tasks {seen[key]} and {index} to the same output {output!r}"
+                " (use {index}, {basename} or {stem})", topic="output_pattern"
             )
         seen[key] = index
         tasks.append(Task(index, spec, output, pipeline, records.record_path(output, index, records_dir)))

@@ -170,8 +170,9 @@ def test_error_policy_retries_then_decides():
     assert attempts == [1, 2, 3] and result.action == "keep" and result.attempts == 3
     policy.observe(result)
     policy.observe(result)
-    with pytest.raises(CommandError, match=r"the first 3 samples all failed \(--halt-after 3\): cmd: exit status 1: boom"):
+    with pytest.raises(CommandError, match=r"the first 3 samples all failed: cmd: exit status 1: boom") as info:
         policy.observe(result, "cmd")
+    assert info.value.topic == "halt_after"
 
 
 def test_worker_dead_before_it_is_sent_a_sample_is_an_error_not_a_closed_pipe():

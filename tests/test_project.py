@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,95 @@ def test_bin_launchers_run_each_tool(tool):
     out = subprocess.run([sys.executable, str(REPO / "bin" / tool), "--version"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(f"{tool} (tarproc) ")
+
+
+# ------------------------------------------- library messages speak of data
+
+#: a command-line option: ``-o``, ``--max-errors`` (not ``non-zero``, not ``'-'``)
+FLAG = re.compile(r"(?<![\w}-])--?[a-zA-Z][\w-]*")
+#: an option inside a whole command to run, ``tarsort {} -o OUT``: the remedy
+#: names another tool, so its options are part of the data-level advice
+COMMAND = re.compile(rf"\b(?:{'|'.join(TOOLS)})\b [^;()]*$")
+
+
+def _text(node: ast.AST) -> str | None:
+    """The message a string expression makes, ``{}`` for each value put in."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        return "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        left, right = _text(node.left), _text(node.right)
+        return None if left is None and right is None else (left or "{}") + (right or "{}")
+    return None
+
+
+def raised_messages(source: str) -> list[tuple[int, str]]:
+    """(line, message) of every ``raise Error(message)`` in ``source``, a
+    message built in a variable first included; and of every
+    ``x.stopped = message`` (a run's reason to stop, printed by the tool)."""
+    tree = ast.parse(source)
+    found = []
+    for func in ast.walk(tree):
+        if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Module)):
+            continue
+        built: dict[str, list[ast.AST]] = {}
+        for node in ast.walk(func):
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                built.setdefault(node.targets[0].id, []).append(node.value)
+            elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
+                built.setdefault(node.target.id, []).append(node.value)
+        for node in ast.walk(func):
+            values: list[ast.AST] = []
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
+                for arg in node.exc.args:
+                    values += built.get(arg.id, []) if isinstance(arg, ast.Name) else [arg]
+            elif isinstance(node, ast.Assign):
+                for target in node.targets:
+                    if isinstance(target, ast.Attribute) and target.attr == "stopped":
+                        values.append(node.value)
+                    elif isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple):
+                        values += [v for t, v in zip(target.elts, node.value.elts)
+                                   if isinstance(t, ast.Attribute) and t.attr == "stopped"]
+            for value in values:
+                text = _text(value)
+                if text is not None:
+                    found.append((value.lineno, text))
+    return sorted(set(found))
+
+
+def flags_named(message: str) -> list[str]:
+    """The options ``message`` names other than inside a command to run."""
+    return [m.group() for m in FLAG.finditer(message) if not COMMAND.search(message[: m.start()])]
+
+
+def test_flag_finder_finds_flags_in_raised_messages():
+    source = '''
+def f(pattern, n):
+    if n:
+        raise UsageError(f"-o {pattern!r}: bad")
+    message = "more than " + str(n)
+    message += " (--max-errors)"
+    if pattern:
+        raise CommandError(message)
+    summary.stopped = f"the first {n} failed (--halt-after)"
+    raise SampleError(f"not grouped: group it with tarsort {pattern} -o OUT; use '-' or a non-zero count")
+'''
+    found = raised_messages(source)
+    assert [flags_named(text) for _, text in found] == [["-o"], [], ["--max-errors"], ["--halt-after"], []], found
+    assert found[-1][1] == "not grouped: group it with tarsort {} -o OUT; use '-' or a non-zero count"
+
+
+def test_library_messages_name_no_options():
+    """Issue 11: library errors speak of data, not of flags. A flag belongs
+    to the tool, which adds it as a hint to an error's ``topic``
+    (``Tool.run(hints)``, ``Tool.hinted``)."""
+    library = [p for p in (REPO / "tarproc").rglob("*.py") if "cli" not in p.relative_to(REPO / "tarproc").parts]
+    offenders, count = [], 0
+    for path in library:
+        for line, text in raised_messages(path.read_text()):
+            count += 1
+            if flags_named(text):
+                offenders.append(f"{path.relative_to(REPO)}:{line}: {text}")
+    assert count > 150, count  # the scan sees the library's messages
+    assert not offenders, "\n".join(offenders)

@@ -245,12 +245,12 @@ def test_halt_after_and_max_errors(shards, tmp_path):
     assert result.returncode == 1
     text = result.stderr.decode()
     assert text.count("failed: pipeline exited with status 1") == 3
-    assert "stopped: the first 3 tasks to finish all failed (--halt-after); 17 tasks not run" in text
+    assert "stopped, 17 tasks not run: the first 3 tasks to finish all failed; --halt-after K sets how many" in text
     # --max-errors 1: the second failure stops the run; successes before it do not halt it
     pipe = f'if [ "$TARMAP_INDEX" -ge 2 ]; then exit 1; fi; {PIPELINE}'
     result = tarmap(*shards, "-o", f"{out}/{{index}}.tar", "-c", pipe, "-j", "1", "--retries", "0", "--max-errors", "1")
     assert result.returncode == 1
-    assert "more than 1 tasks failed (--max-errors); 16 tasks not run" in result.stderr.decode()
+    assert "stopped, 16 tasks not run: more than 1 tasks failed; --max-errors N allows more" in result.stderr.decode()
     assert sorted(p.name for p in out.glob("*.tar")) == ["0.tar", "1.tar"]
     # --halt-after 0 never stops
     result = tarmap(*shards[:5], "-o", f"{out}/h{{index}}.tar", "-c", "exit 1", "-j", "2", "--retries", "0",
@@ -261,7 +261,9 @@ def test_halt_after_and_max_errors(shards, tmp_path):
 def test_usage_errors(shards, tmp_path):
     for args, message in [
         ([shards[0], shards[1], "-o", f"{tmp_path}/same.tar", "-c", "cat"], "maps tasks 0 and 1 to the same output"),
-        ([shards[0], "-o", f"{tmp_path}/{{name}}.tar", "-c", "cat"], "unknown field {name}"),
+        ([shards[0], "-", "-o", f"{tmp_path}/{{stem}}.tar", "-c", "cat"],
+         "'-' (stdin) is not an input of a task: each task reads its input itself; use -T - to read the list"),
+        ([shards[0], "-o", f"{tmp_path}/{{name}}.tar", "-c", "cat"], "unknown field {name} (use {index}, {index:04d}, {basename}, {stem}); given with -o"),
         ([shards[0], "-o", f"{tmp_path}/x.tar"], "missing -c PIPELINE"),
         ([shards[0], "-o", f"{tmp_path}/x.tar", "-c", "cat", "--index", "5"], "--index 5: there are 1 tasks"),
         ([shards[0], "-o", f"{tmp_path}/x.tar", "-c", "cat", "--index", "env"], "neither JOB_COMPLETION_INDEX"),

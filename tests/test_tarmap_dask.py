@@ -97,4 +97,5 @@ def test_dask_unreachable_scheduler_is_one_error(shards, tmp_path):
                   f"tcp://127.0.0.1:{free_port()}"], timeout=120, env={**tool_env(), "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "1s"})
     assert result.returncode == 1
     lines = result.stderr.decode().splitlines()
-    assert lines[-1].startswith("tarmap: error: --dask tcp://127.0.0.1:") and "cannot connect" in lines[-1], lines
+    assert lines[-1].startswith("tarmap: error: Dask scheduler tcp://127.0.0.1:") and "cannot connect" in lines[-1]
+    assert lines[-1].endswith("; given with --dask"), lines

@@ -70,9 +70,13 @@ def test_manifest_is_a_valid_indexed_job(shards, tmp_path):
 
 def test_bad_job_options_are_usage_errors(shards, tmp_path):
     base = ["tarmap", str(shards[0]), "-o", f"{tmp_path}/{{stem}}.tar", "-c", "cat"]
-    for extra, message in [(["--k8s-job", "Bad_Name", "--image", "x"], "Job name"),
+    for extra, message in [(["--k8s-job", "Bad_Name", "--image", "x"],
+                            "Job name 'Bad_Name': a Job name is lowercase letters, digits and '-' (at most 63);"
+                            " given with --k8s-job"),
                            (["--k8s-job", "ok"], "needs --image"),
-                           (["--k8s-job", "ok", "--image", "x", "--env", "TARMAP_NO_SUCH_VAR"], "not set")]:
+                           (["--k8s-job", "ok", "--image", "x", "--env", "TARMAP_NO_SUCH_VAR"],
+                            "variable TARMAP_NO_SUCH_VAR for the pods: not set in this environment (or give NAME=VALUE);"
+                            " given with --env")]:
         result = run(base + extra)
         assert result.returncode == 2 and message in result.stderr.decode(), result.stderr
 

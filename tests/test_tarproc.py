@@ -175,7 +175,7 @@ def test_errors_abort_leaves_no_partial(imagenet_shard, work, tmp_path):
     out = run(["tarproc", "-e", "abort", "-q", "-c", _fail_cmd(imagenet_shard), "-o", "out.tar", "--failed", "failed.tar",
                "-w", str(work), str(imagenet_shard)], cwd=tmp_path)
     assert out.returncode == 1
-    assert b"--errors abort" in out.stderr
+    assert b"; --errors abort stops at the first failure" in out.stderr
     assert not (tmp_path / "out.tar").exists()
     # the failed sample that stopped the run is saved in a finished archive
     assert keys_of((tmp_path / "failed.tar").read_bytes()) == shard_keys(imagenet_shard)[1:2]
@@ -205,7 +205,7 @@ def test_errors_ignore_keeps_sample(imagenet_shard, work):
 def test_max_errors(imagenet_shard, work):
     out = run(["tarproc", "-q", "-c", "exit 1", "--max-errors", "2", "-o", "-", "-w", str(work), str(imagenet_shard)])
     assert out.returncode == 1
-    assert b"3 samples failed, more than --max-errors 2" in out.stderr
+    assert b"3 samples failed, more than the 2 allowed; --max-errors N allows more" in out.stderr
 
 
 def test_timeout_kills_process_group(imagenet_shard, work):

@@ -178,7 +178,8 @@ def test_fail_fast_on_a_command_that_does_not_exist(imagenet_shard, work, mode):
     assert out.returncode == 1
     err = out.stderr.decode()
     assert err.count("\n") == 1, err  # one message, not one per sample
-    assert err.startswith("tarproc: error: the first 10 samples all failed (--halt-after 10): command 'no-such-command-xyz'")
+    assert err.startswith("tarproc: error: the first 10 samples all failed: command 'no-such-command-xyz'")
+    assert err.endswith("; --halt-after K sets how many (0: never)\n"), err
     assert "no-such-command-xyz: command not found" in err
     assert out.stdout == b""
 
@@ -199,7 +200,7 @@ def test_no_halt_once_a_sample_succeeded(imagenet_shard, work):
 def test_max_errors_beats_halt_after_when_it_comes_first(imagenet_shard, work):
     out = tarproc("--max-errors", "2", "-c", "exit 1", "-o", "-", imagenet_shard, work=work)
     assert out.returncode == 1
-    assert b"3 samples failed, more than --max-errors 2" in out.stderr
+    assert b"3 samples failed, more than the 2 allowed; --max-errors N allows more" in out.stderr
 
 
 # ------------------------------------------------------------------ --map
@@ -275,7 +276,7 @@ def test_map_module_reference(imagenet_shard, work, mapper, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--map", "nocolon"], "give PATH.py:NAME or MODULE:NAME"),
+        (["--map", "nocolon"], "function 'nocolon': give PATH.py:NAME or MODULE:NAME; given with --map"),
         (["--map", "/nonexistent/m.py:f"], "no such file"),
         (["--map", "{m}:missing"], "has no function 'missing'"),
         (["--map", "{m}:identity", "--persistent"], "--persistent applies to commands, not to --map"),

@@ -184,7 +184,7 @@ def test_phase_and_index_run_one_task(inputs, tmp_path):
     assert final.returncode == 0 and "map phase not needed" in final.stderr.decode()
     assert not (out / "tarshuffle-staging").exists()
     bad = run([str(BIN / "tarshuffle"), *common, "--phase", "map", "--index", "3"])
-    assert bad.returncode == 2 and "the map phase has 3 tasks" in bad.stderr.decode()
+    assert bad.returncode == 2 and "task 3: the map phase has 3 tasks (0..2); given with --index" in bad.stderr.decode()
 
 
 def test_k8s_jobs(inputs, tmp_path):

@@ -71,6 +71,18 @@ ENGINE: dict[str, Shared] = {
     "env_from_secret": _opt(Optional[list[str]], None, "--env-from-secret", metavar="SECRET",
                             help="--k8s-job: Secret whose keys become variables (credentials belong here)."),
 }
+#: what an engine tool adds to a library error (or a stopped run) about a
+#: value one of these options gives (``Tool.run(hints)``, ``Tool.hinted``)
+HINTS = {
+    "output_pattern": "given with -o",
+    "stdin_input": "use -T - to read the list of inputs from stdin",
+    "task_index": "given with --index",
+    "dask": "given with --dask",
+    "job_name": "given with --k8s-job",
+    "job_env": "given with --env",
+    "max_errors": "--max-errors N allows more",
+    "halt_after": "--halt-after K sets how many (0: never)",
+}
 #: the options of :data:`tarproc.cli.common.SHARED` every engine tool takes
 ENGINE_SHARED = "storage_options"
 

@@ -101,7 +101,7 @@ def tarmap(
     summary: Annotated[bool, typer.Option("--summary", help="Print each task's state from its record and totals; run nothing.")] = False,
 ) -> None:
     a = tool.args
-    with tool.run():
+    with tool.run(engine.HINTS):
         if output is None:
             raise UsageError("missing -o PATTERN (e.g. -o 'out/{stem}.tar')")
         if pipeline is None:
@@ -192,7 +192,7 @@ def tarmap(
             bar.close()
             tasks.reset_cancel()
         if run.stopped:
-            tool.error(f"stopped: {run.stopped}; {len(run.not_run)} tasks not run")
+            tool.error(f"stopped, {len(run.not_run)} tasks not run: {tool.hinted(run.stopped, run.stopped_topic)}")
         _report(tool, run.results)
         _finish(tool, run.results, task_list, manifest, shard_index, failed_list, options)
         failed = run.failed

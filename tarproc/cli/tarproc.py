@@ -19,6 +19,14 @@ from ..sinks import PARTIAL, open_sink
 from ..sources import local_path
 from .common import REPEATED_KEYS, Tool, command, make_app, refuse_terminal, run_app
 
+#: what tarproc adds to a library error about a rule its options change
+HINTS = {
+    "abort": "--errors abort stops at the first failure",
+    "max_errors": "--max-errors N allows more",
+    "halt_after": "--halt-after K sets how many (0: never)",
+    "map_function": "given with --map",
+}
+
 HELP = """Run a shell command on every sample of tar shards and re-pack the results.
 
 Each sample is extracted into a fresh directory as BASE.EXT files (sample.jpg,
@@ -92,7 +100,7 @@ def tarproc(
     command_output: Annotated[Optional[str], typer.Option("-O", "--command-output", metavar="FILE", help="Append the commands' output to FILE instead of stderr.")] = None,
     working_dir: Annotated[Optional[str], typer.Option("--working_dir", "--working-dir", hidden=True)] = None,
 ) -> None:
-    with tool.run():
+    with tool.run(HINTS):
         if timeout is not None and timeout <= 0:
             raise UsageError("--timeout must be more than 0 seconds")
         if (cmd is not None) + (script is not None) + (map_function is not None) != 1:
@@ -199,7 +207,7 @@ def tarproc(
             if failed_sink is not None:
                 failed_sink.close()
         except BaseException as exc:
-            if not (isinstance(exc, CommandError) and "--halt-after" in str(exc)):
+            if not (isinstance(exc, CommandError) and exc.topic == "halt_after"):
                 _flush_held(tool, held, tool.verbose)
             if sink is not None:
                 sink.abort()

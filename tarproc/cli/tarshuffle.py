@@ -118,7 +118,7 @@ def tarshuffle(
     ] = None,
 ) -> None:
     a = tool.args
-    with tool.run(HINTS):
+    with tool.run({**engine.HINTS, **HINTS}):
         if output is None:
             raise UsageError("missing -o PATTERN (e.g. -o 'out/train-%04d.tar')")
         if (shards is None) == (maxcount is None):
@@ -201,7 +201,8 @@ def tarshuffle(
                 continue
             run = outcome.summary
             if run.stopped:
-                tool.error(f"{outcome.phase} phase stopped: {run.stopped}; {len(run.not_run)} tasks not run")
+                tool.error(f"{outcome.phase} phase stopped, {len(run.not_run)} tasks not run:"
+                           f" {tool.hinted(run.stopped, run.stopped_topic)}")
             done, skipped = run.count("complete"), run.count("skipped")
             samples = sum(r.record.get("samples", 0) for r in run.results if r.record)
             size = sum(r.record.get("bytes", 0) for r in run.results if r.record)

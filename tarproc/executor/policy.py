@@ -114,16 +114,16 @@ class ErrorPolicy:
         if self.first_failure is None:
             self.first_failure = result
         if result.action == ABORT:
-            raise CommandError(f"sample {result.key!r} failed: {result.reason} (--errors abort)")
+            raise CommandError(f"sample {result.key!r} failed: {result.reason}", topic="abort")
         if self.max_errors is not None and self.failed > self.max_errors:
-            raise CommandError(f"{self.failed} samples failed, more than --max-errors {self.max_errors}")
+            raise CommandError(f"{self.failed} samples failed, more than the {self.max_errors} allowed", topic="max_errors")
         if self.halt_after and not self.ok and self.failed >= self.halt_after:
             first = self.first_failure
-            message = f"the first {self.failed} samples all failed (--halt-after {self.halt_after}): {what}: {first.reason}"
+            message = f"the first {self.failed} samples all failed: {what}: {first.reason}"
             tail = [line for line in first.log.decode("utf-8", "replace").splitlines() if line.strip()][-3:]
             if tail:
                 message += ": " + " | ".join(tail)
-            raise CommandError(message)
+            raise CommandError(message, topic="halt_after")
 
 
 def decide(handler, result) -> str:

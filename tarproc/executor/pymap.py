@@ -32,11 +32,11 @@ def load_function(ref: str) -> Callable:
     """
     where, sep, name = ref.rpartition(":")
     if not sep or not where or not name:
-        raise UsageError(f"--map {ref!r}: give PATH.py:NAME or MODULE:NAME")
+        raise UsageError(f"function {ref!r}: give PATH.py:NAME or MODULE:NAME", topic="map_function")
     try:
         if where.endswith(".py") or os.sep in where:
             if not os.path.isfile(where):
-                raise UsageError(f"--map {ref!r}: no such file {where!r}")
+                raise UsageError(f"function {ref!r}: no such file {where!r}", topic="map_function")
             spec = importlib.util.spec_from_file_location(f"tarproc_map_{abs(hash(where)):x}", where)
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
@@ -45,10 +45,10 @@ def load_function(ref: str) -> Callable:
     except UsageError:
         raise
     except Exception as exc:  # noqa: BLE001 - the user's module: any error is theirs to see
-        raise UsageError(f"--map {ref!r}: cannot import {where!r}: {type(exc).__name__}: {exc}") from None
+        raise UsageError(f"function {ref!r}: cannot import {where!r}: {type(exc).__name__}: {exc}", topic="map_function") from None
     fn = getattr(module, name, None)
     if not callable(fn):
-        raise UsageError(f"--map {ref!r}: {where!r} has no function {name!r}")
+        raise UsageError(f"function {ref!r}: {where!r} has no function {name!r}", topic="map_function")
     return fn
 
 
