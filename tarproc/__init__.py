@@ -10,6 +10,8 @@ thin. A sample is a ``dict`` in the WebDataset layout: ``"__key__"`` (str),
 ...         sink.write(sample)
 """
 
+import importlib
+
 from .errors import (
     ArchiveError,
     CommandError,
@@ -22,10 +24,24 @@ from .errors import (
     TruncatedError,
     UsageError,
 )
-from .samples import group_samples, split_name
-from .sinks import TarSink, open_sink
-from .sources import expand_inputs, iter_samples, iter_source_samples, open_source
-from .tario import Member, TarReader, TarWriter, iter_members
+
+#: the rest of the public API -> its module, imported on first use (PEP 562
+#: ``__getattr__``): ``import tarproc.errors`` or a tool that needs no sink
+#: does not pay for the whole library at start
+_LAZY = {
+    "group_samples": "samples",
+    "split_name": "samples",
+    "TarSink": "sinks",
+    "open_sink": "sinks",
+    "expand_inputs": "sources",
+    "iter_samples": "sources",
+    "iter_source_samples": "sources",
+    "open_source": "sources",
+    "Member": "tario",
+    "TarReader": "tario",
+    "TarWriter": "tario",
+    "iter_members": "tario",
+}
 
 __version__ = "0.1.0"
 
@@ -53,3 +69,15 @@ __all__ = [
     "open_source",
     "split_name",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

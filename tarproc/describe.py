@@ -22,10 +22,22 @@ from collections.abc import Iterable
 from .errors import TarprocError, Warn
 from .samples import Sample
 
-try:  # optional: image sizes and contact sheets
-    from PIL import Image as _PILImage
-except ImportError:  # pragma: no cover - Pillow is installed in the test env
-    _PILImage = None
+_NOT_LOADED = object()
+#: ``PIL.Image`` (optional: image sizes and contact sheets), None without
+#: Pillow; imported by :func:`_pillow` on first use, not at start (15-40 ms
+#: that ``tarshow --help`` and every tar2json would pay)
+_PILImage = _NOT_LOADED
+
+
+def _pillow():
+    """``PIL.Image``, or None when Pillow is not installed."""
+    global _PILImage
+    if _PILImage is _NOT_LOADED:
+        try:
+            from PIL import Image as _PILImage
+        except ImportError:  # pragma: no cover - Pillow is installed in the test env
+            _PILImage = None
+    return _PILImage
 
 #: (magic prefix, offset, name) for binary formats without a size to report
 _MAGIC: tuple[tuple[bytes, int, str], ...] = (
@@ -139,9 +151,10 @@ def image_size(data: bytes) -> tuple[int, int, str] | None:
     PNG and GIF headers (``mode`` is ``""``). Returns None when the size
     cannot be read.
     """
-    if _PILImage is not None:
+    pil = _pillow()
+    if pil is not None:
         try:
-            with _PILImage.open(io.BytesIO(data)) as image:
+            with pil.open(io.BytesIO(data)) as image:
                 return image.width, image.height, image.mode
         except Exception:  # noqa: BLE001 - Pillow raises many types on bad data
             return None
@@ -401,9 +414,10 @@ def require_pillow(what: str = "contact sheets"):
 
     :raises TarprocError: Pillow is not installed
     """
-    if _PILImage is None:
+    pil = _pillow()
+    if pil is None:
         raise TarprocError(f"{what} need Pillow: pip install 'tarproc[images]'")
-    return _PILImage
+    return pil
 
 
 def pick_image_field(sample: Sample, field: str | None = None) -> str | None:

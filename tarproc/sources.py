@@ -12,15 +12,12 @@ detected from magic bytes (:mod:`tarproc.compress`).
 from __future__ import annotations
 
 import contextlib
-import http.client
 import os
 import signal
 import stat
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from typing import BinaryIO
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
@@ -253,6 +250,11 @@ class HTTPStream:
         time.sleep(self.delay * (1 << (self.attempts - 1)))
 
     def _connect(self) -> None:
+        # imported here, not at the top: http.client, urllib.request, ssl and email cost every tool ~20 ms at start
+        import http.client
+        import urllib.error
+        import urllib.request
+
         from . import __version__
 
         request = urllib.request.Request(
@@ -280,6 +282,8 @@ class HTTPStream:
         return int(value) if value is not None and value.isdigit() else None
 
     def read(self, n: int = -1) -> bytes:
+        import http.client  # loaded by _connect already: only a lookup
+
         while True:
             try:
                 data = self.response.read(n) if n is not None and n >= 0 else self.response.read()

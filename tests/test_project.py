@@ -1,11 +1,15 @@
-"""Project-wide checks: library never imports the CLI framework, man pages
-are current, every tool has help with examples and --version."""
+"""Project-wide checks: library never imports the CLI framework, library
+messages name no options, tools start without the modules of one path,
+man pages are current, every tool has help with examples and --version."""
 
 from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -177,3 +181,18 @@ def test_library_messages_name_no_options():
                 offenders.append(f"{path.relative_to(REPO)}:{line}: {text}")
     assert count > 150, count  # the scan sees the library's messages
     assert not offenders, "\n".join(offenders)
+
+
+#: modules only one path needs (http inputs, images, object stores, Dask,
+#: Job YAML): no tool imports them at start, whatever its options
+LAZY_MODULES = ["http.client", "urllib.request", "ssl", "PIL.Image", "fsspec", "yaml", "distributed", "multiprocess"]
+
+
+def test_tools_start_without_the_modules_of_one_path():
+    installed = [m for m in LAZY_MODULES if importlib.util.find_spec(m.split(".")[0]) is not None]
+    assert {"http.client", "ssl", "PIL.Image"} <= set(installed)  # so their absence below means something
+    code = (f"import sys\nfor t in {EXISTING_TOOLS!r}: __import__('tarproc.cli.' + t)\n"
+            f"print(' '.join(m for m in {installed!r} if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [], f"imported at start: {proc.stdout}"
