@@ -222,8 +222,8 @@ def run_all(
                     ran += 1
                 if not result.ok:
                     failures += 1
-                if summary.stopped:
-                    continue
+                if summary.stopped or not queue:
+                    continue  # stopped already, or nothing left to keep from starting
                 if max_errors is not None and failures > max_errors:
                     summary.stopped, summary.stopped_topic = f"more than {max_errors} tasks failed", "max_errors"
                 elif halt_after and failures == ran == halt_after:

@@ -482,6 +482,7 @@ def run_attempt(task: Task, attempt: int, options: TaskOptions) -> dict:
             hashing = _Hashing(out)
             compression = compression_for_name(task.output)
             writer = compressing_writer(hashing, compression)
+            tee = None
             try:
                 stream = decompressing_reader(proc.stdout, f"{label} output")
                 tee = _Tee(stream, writer)
@@ -503,7 +504,8 @@ def run_attempt(task: Task, attempt: int, options: TaskOptions) -> dict:
                     procs.kill_group(proc.pid)
                     status = proc.wait()
                 if status != 0 and not procs.died_of_sigpipe(status):
-                    raise pipeline_failure(status, str(exc)) from None
+                    # a failed pipeline that wrote nothing is explained by its status alone
+                    raise pipeline_failure(status, str(exc) if tee is not None and tee.bytes else "") from None
                 raise TaskFailure(f"the pipeline's output is not a complete tar stream: {exc}{tail()}") from None
             status = proc.wait()
             if status != 0:

@@ -256,6 +256,13 @@ def test_halt_after_and_max_errors(shards, tmp_path):
     result = tarmap(*shards[:5], "-o", f"{out}/h{{index}}.tar", "-c", "exit 1", "-j", "2", "--retries", "0",
                     "--halt-after", "0")
     assert b"5 of 5 tasks failed" in result.stderr
+    # when the failures that meet a limit are the last tasks, nothing is left to stop
+    result = tarmap(*shards[:3], "-o", f"{out}/e{{index}}.tar", "-c", "exit 1", "-j", "1", "--retries", "0")
+    lines = result.stderr.decode().splitlines()
+    assert result.returncode == 1
+    # a failed pipeline that wrote nothing is explained by its status alone
+    assert lines == [f"tarmap: error: task {i} ({shards[i]}) failed: pipeline exited with status 1" for i in range(3)] + [
+        "tarmap: error: 3 of 3 tasks failed: 0, 1, 2"]
 
 
 def test_usage_errors(shards, tmp_path):
