@@ -35,8 +35,19 @@ def manifest(shards, out: Path, *extra) -> dict:
     env["AWS_ENDPOINT_URL"] = "http://minio.example:9000"
     result = run(args, env=env)
     assert result.returncode == 0, result.stderr
-    assert result.stderr == b""
+    # local inputs and outputs: every pod must mount them (here, the tests' tmp dirs stand for a shared volume)
+    warning = "is a local path: every pod must mount it (a shared volume), or use an object-store URL"
+    assert result.stderr.decode().splitlines() == [
+        f"tarmap: warning: input {str(shards[0].parent / 'in-{00..03}.tar')!r} {warning}",
+        f"tarmap: warning: output {f'{out}/{{stem}}.tar'!r} {warning}"]
     return yaml.safe_load(result.stdout)
+
+
+def test_object_store_paths_give_no_pod_warning():
+    result = run(["tarmap", "s3://bucket/in-{00..03}.tar", "-o", "s3://bucket/out/{stem}.tar", "-c", "cat",
+                  "--records", "s3://bucket/records", "--k8s-job", "j", "--image", "i"])
+    assert result.returncode == 0 and result.stderr == b"", result.stderr
+    assert yaml.safe_load(result.stdout)["spec"]["completions"] == 4
 
 
 def test_manifest_is_a_valid_indexed_job(shards, tmp_path):

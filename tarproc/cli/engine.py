@@ -18,6 +18,7 @@ import typer
 from .. import k8s, schedule, tasks
 from ..errors import UsageError
 from ..sources import expand_inputs
+from ..storage import is_url
 from ..stages import read_filelist
 from .common import Shared, Tool
 
@@ -182,6 +183,24 @@ def pod_argv(tool: Tool, name: str) -> list[str]:
                       " can read the Job: put credentials in a Secret and use --env-from-secret", problem=False)
         argv += ["--storage-option", item]
     return argv
+
+
+def warn_pod_paths(tool: Tool, *paths: tuple[str, str | None]) -> None:
+    """Warn, once per ``(what, path)``, for the inputs (INPUT..., ``-T``
+    files) and the given paths that are local: each pod sees its own file
+    system, so a local output or staging area is lost with the pod unless
+    every pod mounts it (a shared volume); an object-store URL needs no
+    volume. A warning, not an error: the path may be such a volume."""
+    a = tool.args
+    local_inputs = [spec for spec in a.inputs or [] if not is_url(spec) and not spec.startswith(("pipe:", "|"))]
+    listed = [("-T file list", path) for path in a.input_list or [] if path != "-"]
+    if local_inputs:
+        more = f" (and {len(local_inputs) - 1} more)" if len(local_inputs) > 1 else ""
+        listed.insert(0, ("input", local_inputs[0] + more))
+    for what, path in [*listed, *paths]:
+        if path is not None and not is_url(path):
+            tool.warn(f"{what} {path!r} is a local path: every pod must mount it (a shared volume), or use an"
+                      " object-store URL", problem=False)
 
 
 def job_manifest(tool: Tool, name: str, argv: list[str], completions: int) -> dict:

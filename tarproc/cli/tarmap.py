@@ -113,6 +113,7 @@ def tarmap(
                                     quiet=tool.quiet)
 
         if a.k8s_job is not None:
+            engine.warn_pod_paths(tool, ("output", output), ("records", a.records_dir))
             argv = engine.pod_argv(tool, "tarmap") + ["-o", output, "-c", pipeline, "--index", "env"]
             sys.stdout.write(k8s.to_yaml(engine.job_manifest(tool, a.k8s_job, argv, len(task_list))))
             return

@@ -228,6 +228,8 @@ def _name(phase: str, result) -> str:
 def _print_jobs(tool: Tool, job) -> None:
     """The two Indexed Jobs: NAME-map (one pod per input) and NAME-reduce
     (one pod per output shard), as one YAML stream."""
+    # the reduce pods read what the map pods staged: a local staging area works only on a shared volume
+    engine.warn_pod_paths(tool, ("output", job.pattern), ("staging", job.staging), ("records", tool.args.records_dir))
     argv = engine.pod_argv(tool, "tarshuffle")
     argv += ["-o", job.pattern, "--shards", str(job.partitions), "--seed", job.seed, "--staging", job.staging,
              "--buffer-size", str(job.buffer_size)]
