@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 
 from .errors import ExitStatus, UsageError
 
+#: the container's name when the command's program gives none (see :func:`job_manifest`)
 CONTAINER = "tarmap"
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -44,7 +45,9 @@ def job_manifest(
     """The Job manifest as a dict (``batch/v1`` ``Job``).
 
     :param name: the Job's name (a DNS-1123 label, at most 63 characters)
-    :param command: the container's command (argv), run once per index
+    :param command: the container's command (argv), run once per index;
+        its program's name (``tarmap``, ``tarshuffle``) names the container
+        and the ``app.kubernetes.io/name`` label
     :param completions: number of tasks (indexes ``0 .. completions-1``)
     :param parallelism: pods at once (default: all)
     :param cpu, memory: the container's resource requests and limits
@@ -71,7 +74,9 @@ def job_manifest(
                                  topic="job_env")
             value = environ[key]
         variables.append({"name": key, "value": value})
-    container: dict = {"name": CONTAINER, "image": image, "command": list(command)}
+    program = os.path.basename(command[0]) if command else ""
+    program = program if _NAME.match(program) else CONTAINER
+    container: dict = {"name": program, "image": image, "command": list(command)}
     if variables:
         container["env"] = variables
     if env_from_secrets:
@@ -87,19 +92,19 @@ def job_manifest(
         "podFailurePolicy": {
             "rules": [
                 {"action": "FailIndex",
-                 "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [int(ExitStatus.DATA)]}},
+                 "onExitCodes": {"containerName": program, "operator": "In", "values": [int(ExitStatus.DATA)]}},
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
             ]
         },
         "template": {
-            "metadata": {"labels": {"app.kubernetes.io/name": "tarmap", "tarmap/job": name}},
+            "metadata": {"labels": {"app.kubernetes.io/name": program, "tarmap/job": name}},
             "spec": {"restartPolicy": "Never", "containers": [container]},
         },
     }
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "tarmap"}},
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": program}},
         "spec": spec,
     }
 

@@ -380,6 +380,11 @@ def test_index_env_from_slurm_and_kubernetes(shards, tmp_path):
     env["SLURM_ARRAY_TASK_ID"] = "3"
     result = run(argv, env=env)
     assert result.returncode == 2 and b"--index 3: there are 3 tasks" in result.stderr
+    env["SLURM_ARRAY_TASK_ID"] = "x"  # a bad value is named with the variable it came from
+    result = run(argv, env=env)
+    assert result.returncode == 2
+    assert result.stderr.decode().startswith("tarmap: error: --index env: SLURM_ARRAY_TASK_ID 'x': expected a number")
+    assert result.stderr.count(b"\n") == 1
 
 
 def test_force_redoes_complete_tasks(shards, tmp_path):

@@ -202,6 +202,11 @@ def test_k8s_jobs(inputs, tmp_path):
         assert "--shards" in command and command[command.index("--shards") + 1] == "6"  # counted once, here
         assert "s3://b/tarshuffle-staging" in command
         assert doc["spec"]["completionMode"] == "Indexed"
+        # named after its program; exit status 3 fails the index in that container
+        assert doc["spec"]["template"]["spec"]["containers"][0]["name"] == "tarshuffle"
+        assert doc["metadata"]["labels"]["app.kubernetes.io/name"] == "tarshuffle"
+        rule = doc["spec"]["podFailurePolicy"]["rules"][0]
+        assert rule["action"] == "FailIndex" and rule["onExitCodes"]["containerName"] == "tarshuffle"
     try:
         from kubernetes.client import ApiClient, V1Job
     except ImportError:

@@ -127,19 +127,20 @@ def check_engine(tool: Tool, *more: tuple[str, object]) -> None:
 
 def task_index(value: str) -> int:
     """``--index I`` or ``--index env``. :raises UsageError:"""
+    label, expected = "--index", "a number or 'env'"
     if value == "env":
         for name in ("JOB_COMPLETION_INDEX", "SLURM_ARRAY_TASK_ID"):
             if os.environ.get(name, "") != "":
-                value = os.environ[name]
+                label, expected, value = f"--index env: {name}", "a number", os.environ[name]
                 break
         else:
             raise UsageError("--index env: neither JOB_COMPLETION_INDEX nor SLURM_ARRAY_TASK_ID is set")
     try:
         index = int(value)
     except ValueError:
-        raise UsageError(f"--index {value!r}: expected a number or 'env'") from None
+        raise UsageError(f"{label} {value!r}: expected {expected}") from None
     if index < 0:
-        raise UsageError(f"--index {index}: must be >= 0")
+        raise UsageError(f"{label} {index}: must be >= 0")
     return index
 
 
