@@ -29,8 +29,9 @@ MAX_RECORD = 1 << 20
 #: never allocates more than the stream actually holds
 READ_CHUNK = 1 << 24
 
-ZERO_BLOCK = bytes(BLOCK)
-_ZEROS = ZERO_BLOCK  # padding is a slice of it
+ZERO_BLOCK = bytes(BLOCK)  # padding is a slice of it
+#: members smaller than this (bytes) are written in one piece with their header and padding
+SMALL_MEMBER = 1 << 16
 _CHK_UNSIGNED = struct.Struct("148B8x356B")
 _CHK_SIGNED = struct.Struct("148b8x356b")
 
@@ -583,15 +584,15 @@ class TarWriter:
         header = member_header(name, len(data), self.mode, self.mtime)
         pad = -len(data) % BLOCK
         write = self.stream.write
-        if len(data) < 65536:
-            chunk = header + data + bytes(pad)
+        if len(data) < SMALL_MEMBER:
+            chunk = header + data + ZERO_BLOCK[:pad]
             write(chunk)
             self.bytes_written += len(chunk)
         else:
             write(header)
             write(data)
             if pad:
-                write(bytes(pad))
+                write(ZERO_BLOCK[:pad])
             self.bytes_written += len(header) + len(data) + pad
         self.members_written += 1
 
@@ -605,7 +606,7 @@ class TarWriter:
         size = count = 0
         for name, data in members:
             n = len(data)
-            if n >= 65536:
+            if n >= SMALL_MEMBER:
                 if parts:
                     write(b"".join(parts))
                     self.bytes_written += size
@@ -616,7 +617,7 @@ class TarWriter:
                 continue
             header = member_header(name, n, mode, mtime)
             pad = -n % BLOCK
-            parts += (header, data, _ZEROS[:pad])
+            parts += (header, data, ZERO_BLOCK[:pad])
             size += len(header) + n + pad
             count += 1
         if parts:
