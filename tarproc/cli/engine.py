@@ -17,8 +17,7 @@ import typer
 
 from .. import k8s, schedule, tasks
 from ..errors import UsageError
-from ..sources import expand_inputs
-from ..storage import is_url
+from ..sources import expand_inputs, input_kind
 from ..stages import read_filelist
 from .common import Shared, Tool
 
@@ -193,13 +192,13 @@ def warn_pod_paths(tool: Tool, *paths: tuple[str, str | None]) -> None:
     every pod mounts it (a shared volume); an object-store URL needs no
     volume. A warning, not an error: the path may be such a volume."""
     a = tool.args
-    local_inputs = [spec for spec in a.inputs or [] if not is_url(spec) and not spec.startswith(("pipe:", "|"))]
-    listed = [("-T file list", path) for path in a.input_list or [] if path != "-"]
+    local_inputs = [spec for spec in a.inputs or [] if input_kind(spec) == "file"]
+    listed = [("-T file list", path) for path in a.input_list or []]
     if local_inputs:
         more = f" (and {len(local_inputs) - 1} more)" if len(local_inputs) > 1 else ""
         listed.insert(0, ("input", local_inputs[0] + more))
     for what, path in [*listed, *paths]:
-        if path is not None and not is_url(path):
+        if path is not None and input_kind(path) == "file":
             tool.warn(f"{what} {path!r} is a local path: every pod must mount it (a shared volume), or use an"
                       " object-store URL", problem=False)
 
