@@ -216,15 +216,21 @@ ATTEMPT = PARTIAL + "."
 STALE_SECONDS = 3600
 
 
+def _host() -> str:
+    """This machine's name as attempt names carry it (no dots: they separate
+    the name's parts)."""
+    import socket
+
+    return socket.gethostname().replace(".", "_") or "host"
+
+
 def attempt_suffix() -> str:
     """A suffix unique to this attempt: ``.partial.<host>.<pid>.<token>``
     (two attempts of one task, even on two machines at once, never write the
     same file)."""
     import secrets
-    import socket
 
-    host = socket.gethostname().replace(".", "_") or "host"
-    return f"{ATTEMPT}{host}.{os.getpid()}.{secrets.token_hex(4)}"
+    return f"{ATTEMPT}{_host()}.{os.getpid()}.{secrets.token_hex(4)}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -248,12 +254,11 @@ def remove_stale_attempts(target: str, keep: str | None = None) -> list[str]:
     ``target``: those of this host whose process is gone (killed with -9) and
     those of any host untouched for :data:`STALE_SECONDS`; ``keep`` (our own
     attempt) is never removed. Returns the paths removed."""
-    import socket
     import time
 
     directory = os.path.dirname(os.path.abspath(target))
     prefix = os.path.basename(target) + ATTEMPT
-    host = socket.gethostname().replace(".", "_") or "host"
+    host = _host()
     removed = []
     try:
         names = os.listdir(directory)
@@ -301,13 +306,12 @@ def remove_stale_attempt_keys(directory: str, storage_options: dict | None = Non
     errors are ignored (this is cleanup). Returns the number removed."""
     if directory.startswith(("s3://", "s3a://")):
         return 0
-    import socket
     import time
 
     removed = 0
     try:
         fs, path = filesystem(directory, storage_options)
-        host = socket.gethostname().replace(".", "_") or "host"
+        host = _host()
         now = time.time()
         for info in fs.ls(path, detail=True):
             name = info.get("name", "")
