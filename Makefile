@@ -15,6 +15,8 @@ MANPAGES := $(patsubst man/%,$(MANDIR)/%,$(wildcard man/*.1))
 
 install: $(STAMP) $(MANPAGES)
 	@./.ci/debian-packages >/dev/null 2>&1 || true
+	@# byte-code, as a non-editable install has (none is written where PYTHONDONTWRITEBYTECODE is set)
+	@$(BIN)/python -m compileall -q tarproc >/dev/null
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)

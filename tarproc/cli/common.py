@@ -73,7 +73,6 @@ from types import SimpleNamespace
 from typing import Annotated, Any, NamedTuple, Optional
 from collections.abc import Iterable, Iterator
 
-import click
 import typer
 from typer.core import TyperArgument, TyperCommand
 from typer.exceptions import TyperException
@@ -104,8 +103,10 @@ class FamilyCommand(TyperCommand):
         super().__init__(*args, **kwargs)
         for param in self.params:
             if isinstance(param, TyperArgument):
+                shown = _usage_name(param)
+                param.get_usage_pieces = lambda ctx, shown=shown: [shown()]
                 param.display_type_rich = _no_type
-                param._usage_display_name = _usage_name(param)
+                param._usage_display_name = shown
 
 
 def _no_type(ctx) -> None:
@@ -171,7 +172,7 @@ def command(app: typer.Typer, shared: str = "", options: dict[str, Shared] | Non
     return decorate
 
 
-def _version_callback(ctx: click.Context, value: bool) -> None:
+def _version_callback(ctx: typer.Context, value: bool) -> None:
     if value:
         typer.echo(f"{ctx.info_name} (tarproc) {__version__}")
         raise typer.Exit()
