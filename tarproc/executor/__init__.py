@@ -5,7 +5,8 @@ Seams, one module each:
 - :mod:`.sandbox` prepares a sample's directory, executes the command
   (one process per sample, or a persistent shell per worker; one run per
   sample, or per batch of samples) and collects the outputs: the safety
-  rules live there;
+  rules live there; :mod:`.direct` runs a plain ``bash -c`` line's
+  programs without bash, with bash's meaning;
 - :mod:`.pymap` runs a Python function on samples, with no directory and
   no process;
 - :mod:`.schedule` hands self-contained work items to a job, in this

@@ -35,13 +35,14 @@ import os
 import select
 import shlex
 import shutil
+import signal
 import stat
 import subprocess
 from dataclasses import dataclass
 
 from .. import procs
 from ..samples import Sample, key_problem
-from . import guard
+from . import direct, guard
 from .results import Result, settle
 
 KEY_FILE = "__key__"
@@ -302,7 +303,8 @@ class LogFile:
 
 class Spawner:
     """Execute by spawning ``argv`` in the directory (a new process group
-    per run, via :mod:`tarproc.procs`)."""
+    per run, via :mod:`tarproc.procs`); a plain ``bash -c`` line runs its
+    programs without bash (:mod:`.direct`)."""
 
     def __init__(self, spec: CommandSpec):
         self.argv = spec.argv
@@ -312,11 +314,16 @@ class Spawner:
         self.timeout = spec.timeout
         self.log = LogFile(spec.root)
         self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self.plan = direct.plan(spec.argv)
+        self.root = spec.root
+        self.physical_root = os.path.realpath(spec.root)  # bash's $PWD is the physical directory
 
     def execute(self, directory: str) -> tuple[int | None, str, bytes]:
         """Run the command in ``directory``: ``(status, reason, log)``;
         ``reason`` is "" for a run that exited 0."""
         log_fd = self.log.reset()
+        if self.plan is not None:
+            return self._execute_plan(directory, log_fd)
         with guard.spawning():
             try:
                 proc = procs.spawn(self.argv, cwd=directory, stdin=self.devnull, stdout=log_fd, stderr=log_fd,
@@ -332,6 +339,41 @@ class Spawner:
                 status = proc.wait()
                 reason = f"timed out after {self.timeout:g} s"
         return status, reason or status_reason(status), self.log.read()
+
+    def _execute_plan(self, directory: str, log_fd: int) -> tuple[int | None, str, bytes]:
+        """:meth:`execute` by :meth:`.direct.Plan.run`: each program in a
+        process group of its own, killed when it exits; ``timeout`` for all
+        of them together."""
+        deadline = None if self.timeout is None else _now() + self.timeout
+        timed_out = False
+
+        def spawn(argv, executable, env):
+            with guard.spawning():
+                return procs.spawn(argv, cwd=directory, stdin=self.devnull, stdout=log_fd, stderr=log_fd,
+                                   executable=executable, env=env)
+
+        def wait(proc):
+            nonlocal timed_out
+            with guard.running(proc.pid):
+                try:
+                    return proc.wait(timeout=None if deadline is None else max(0.0, deadline - _now()))
+                except subprocess.TimeoutExpired:
+                    procs.kill_group(proc.pid)
+                    proc.wait()
+                    timed_out = True
+                    return None
+
+        if directory.startswith(self.root + "/"):
+            physical = self.physical_root + directory[len(self.root):]
+        else:
+            physical = os.path.realpath(directory)
+        try:
+            status = self.plan.run(physical, spawn, wait, log_fd)
+        except OSError as exc:
+            return None, f"cannot run {self.argv[0]!r}: {exc.strerror}", self.log.read()
+        if timed_out:
+            return -signal.SIGKILL, f"timed out after {self.timeout:g} s", self.log.read()
+        return status, status_reason(status), self.log.read()
 
     def close(self) -> None:
         self.log.close()
