@@ -45,6 +45,8 @@ from .. import procs
 _TOKEN = re.compile(r"(&&)|([;\n])|([ \t]+)|([A-Za-z0-9_./:,+%@=-]+)|(.)", re.S)
 #: environment variables that make bash read a file or change its options at start
 SHELL_ENV = ("BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS")
+#: seconds bash may take to say what the programs are (else the line is bash's)
+RESOLVE_TIMEOUT = 30.0
 
 
 def plain_lists(text: str) -> list[list[tuple[int, list[str]]]] | None:
@@ -106,12 +108,17 @@ def resolve(shell: str, programs: list[str]) -> dict[str, str] | None:
     unknown one nothing).
     """
     try:
-        out = subprocess.run([shell, "-c", 'command -v -- "$@"', shell, *programs], stdin=subprocess.DEVNULL,
-                             capture_output=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
+        proc = procs.spawn([shell, "-c", 'command -v -- "$@"', shell, *programs],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    except OSError:
         return None
-    paths = out.stdout.decode("utf-8", "surrogateescape").splitlines()
-    if out.returncode != 0 or len(paths) != len(programs):
+    try:
+        stdout, _ = proc.communicate(timeout=RESOLVE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        procs.stop(proc)
+        return None
+    paths = stdout.decode("utf-8", "surrogateescape").splitlines()
+    if proc.returncode != 0 or len(paths) != len(programs):
         return None
     found = {}
     for name, path in zip(programs, paths):
@@ -163,7 +170,7 @@ class Plan:
                     proc = spawn(words, path, env)
                 except OSError:
                     # bash's own status and message (a vanished program, a script without #!)
-                    proc = spawn([self.shell, "-c", " ".join(words)], None, None)
+                    proc = spawn(procs.shell_argv(" ".join(words), self.shell), None, None)
                 status = wait(proc)
                 if status is None:
                     return None
