@@ -13,7 +13,8 @@ list[Result]`` and ``stop()`` (see :class:`tarproc.executor.CommandJob`).
 :func:`run_pool` runs ``parallel`` worker processes of its own
 (:mod:`multiprocess` ``fork`` processes, each with a task pipe and a result
 pipe of its own); samples and results cross them as raw buffers
-(:mod:`.wire`). The parent never blocks on one worker: it writes tasks and
+(:mod:`.wire`), a task's bytes through memory the worker shares with the
+parent (:class:`.wire.Arena`) when they fit. The parent never blocks on one worker: it writes tasks and
 reads results as the pipes allow (``selectors``). A worker that dies is an
 error naming it (its samples are lost), never a hang: the end of its result
 pipe says so at once, and the parent stops the other workers itself.
@@ -79,7 +80,7 @@ def run_serial(job, samples: Iterable[Sample]) -> Iterator[tuple[Sample, object]
 # ------------------------------------------------------------------ pool
 
 
-def _worker_main(job, task_fd: int, result_fd: int, inherited: list[int]) -> None:
+def _worker_main(job, task_fd: int, result_fd: int, inherited: list[int], arena: wire.Arena) -> None:
     """A worker: read tasks until end of file, answer each with its results."""
     for fd in inherited:  # the parent's ends of other workers' pipes
         try:
@@ -91,7 +92,7 @@ def _worker_main(job, task_fd: int, result_fd: int, inherited: list[int]) -> Non
     try:
         job.start()
         while True:
-            message = wire.receive(task_fd)
+            message = wire.receive(task_fd, arena)
             if message is None:
                 return
             item = wire.unpack_items(*message)
@@ -114,8 +115,9 @@ class _Worker:
                 fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_SIZE)
             except OSError:
                 pass  # the default size works, with more system calls
+        self.arena = wire.Arena()  # before the fork: the worker shares its pages
         self.process = context.Process(
-            target=_worker_main, args=(job, task_r, result_w, inherited + [task_w, result_r]),
+            target=_worker_main, args=(job, task_r, result_w, inherited + [task_w, result_r], self.arena),
             daemon=True, name="tarproc-worker",
         )
         try:
@@ -129,6 +131,7 @@ class _Worker:
         self.writer = wire.Writer(task_w)
         self.reader = wire.Reader(result_r)
         self.pending: collections.deque = collections.deque()  # work items sent, not answered
+        self.in_arena: collections.deque = collections.deque()  # for each: are its bytes in the arena
 
     @property
     def pid(self) -> int:
@@ -164,6 +167,7 @@ def _stop_workers(workers: list[_Worker], clean: bool) -> None:
             os.close(w.result_fd)
         except OSError:
             pass
+        w.arena.close()
 
 
 def run_pool(job, samples: Iterable[Sample], parallel: int, ordered: bool = True,
@@ -223,8 +227,10 @@ def run_pool(job, samples: Iterable[Sample], parallel: int, ordered: bool = True
                     inputs[index] = sample
                 outstanding += len(item)
                 worker.pending.append(item)
+                buffers, in_arena = wire.pack_items(item, worker.arena)
+                worker.in_arena.append(in_arena)
                 try:
-                    worker.writer.put(wire.pack_items(item))
+                    worker.writer.put(buffers)
                 except BrokenPipeError:  # not our stdout: the worker is gone
                     raise worker.died() from None
                 if worker.writer.pending and worker not in writing:
@@ -250,6 +256,8 @@ def run_pool(job, samples: Iterable[Sample], parallel: int, ordered: bool = True
                     if skeleton and skeleton[0] == "crash":
                         raise TarprocError(f"worker process {worker.pid} crashed:\n{skeleton[1]}")
                     worker.pending.popleft()
+                    if worker.in_arena.popleft():
+                        worker.arena.release()  # the worker is done with that task's bytes
                     for result in wire.unpack_results(skeleton, lengths, raw, inputs):
                         if ordered:
                             done[result.index] = result
