@@ -33,7 +33,9 @@ def bin_dir(tmp_path):
     _program(d, "parentname", 'tr -d "\\n" < /proc/$PPID/comm > sample.parent\n')
     _program(d, "killme", 'kill -"$1" $$\n')
     _program(d, "fails", 'exit "$1"\n')
-    _program(d, "noshebang", 'echo "run by a shell" > sample.nsb\n', shebang=False)
+    _program(d, "noshebang", 'echo "run by a shell at SHLVL $SHLVL" > sample.nsb\n', shebang=False)
+    # a background child that outlives it: bash keeps it until the line ends
+    _program(d, "bgwriter", '(sleep 0.3; echo late > sample.bg) &\nexit 0\n')
     return d
 
 
@@ -57,25 +59,37 @@ def _same(a, b):
 
 # ------------------------------------------------------------ the parser
 
+A, B, C = ["a"], ["b"], ["c"]
 
-@pytest.mark.parametrize("text, lists", [
-    ("convert sample.jpg sample.ppm; rm sample.jpg", [[(1, ["convert", "sample.jpg", "sample.ppm"])], [(1, ["rm", "sample.jpg"])]]),
-    ("a && b; c", [[(1, ["a"]), (1, ["b"])], [(1, ["c"])]]),
-    ("a &&\n  b", [[(1, ["a"]), (2, ["b"])]]),
-    ("\n\na x=1 -f\n\nb;\n", [[(3, ["a", "x=1", "-f"])], [(5, ["b"])]]),
-    ("a; b;", [[(1, ["a"])], [(1, ["b"])]]),
-    ("/usr/bin/md5sum sample.jpg", [[(1, ["/usr/bin/md5sum", "sample.jpg"])]]),
+
+@pytest.mark.parametrize("text, lists, execd", [
+    ("convert sample.jpg sample.ppm; rm sample.jpg",
+     [[(1, ["convert", "sample.jpg", "sample.ppm"])], [(1, ["rm", "sample.jpg"])]], (1, ["rm", "sample.jpg"])),
+    ("a && b; c", [[(1, A), (1, B)], [(1, C)]], (1, C)),
+    ("a; b && c", [[(1, A)], [(1, B), (1, C)]], None),  # bash forks c: the last top-level part is not simple
+    ("a && b && c", [[(1, A), (1, B), (1, C)]], (1, C)),
+    ("a &&\n  b", [[(2, A), (2, B)]], (2, B)),  # bash reports the line where the command ends
+    ("a &&\n\n b", [[(3, A), (3, B)]], (3, B)),
+    ("\n\na x=1 -f\n\nb;\n", [[(3, ["a", "x=1", "-f"])], [(5, B)]], (5, B)),
+    ("a; b;", [[(1, A)], [(1, B)]], (1, B)),
+    ("a\n", [[(1, A)]], (1, A)),
+    ("a \t", [[(1, A)]], (1, A)),
+    ("a\n\n", [[(1, A)]], None),  # bash forks a command that more text follows
+    ("a\n ", [[(1, A)]], None),
+    ("a;\n\n", [[(1, A)]], None),
+    ("a\nb && c", [[(1, A)], [(2, B), (2, C)]], (2, C)),
+    ("/usr/bin/md5sum sample.jpg", [[(1, ["/usr/bin/md5sum", "sample.jpg"])]], (1, ["/usr/bin/md5sum", "sample.jpg"])),
 ])
-def test_plain_lines_are_parsed(text, lists):
-    assert direct.plain_lists(text) == lists
+def test_plain_lines_are_parsed(text, lists, execd):
+    assert direct.parse(text) == (lists, execd)
 
 
 @pytest.mark.parametrize("text", [
-    "", "  ", "a;;b", "; a", "a &&", "a && && b", "a\n;b", "x=1 a", "a $x", 'a "b"', "a 'b'", "a # c",
+    "", "  ", "\n", "a;;b", "; a", "a &&", "a && && b", "a\n;b", "x=1 a", "a $x", 'a "b"', "a 'b'", "a # c",
     "a & b", "a | b", "a > b", "a < b", "a *.jpg", "a ~/x", "a {1,2}", "(a)", "a `b`", "a\\ b", "! a", "a\r",
 ])
 def test_other_lines_are_left_to_the_shell(text):
-    assert direct.plain_lists(text) is None
+    assert direct.parse(text) is None
 
 
 def test_only_programs_bash_runs_as_files(bin_dir):
@@ -111,6 +125,11 @@ def _members(data):
     "fails 3; /bin/ls", "/bin/ls; fails 3", "fails 4 && /bin/ls", "/bin/ls && fails 5 && /bin/ls",
     "killme 9", "killme 9; /bin/ls", "killme 15 && /bin/ls", "killme 11; /bin/ls", "killme 2; /bin/ls", "killme 13; fails 0",
     "noshebang; /bin/ls",  # ENOEXEC: bash runs it as a script
+    "/bin/true; /bin/true && killme 9", "/bin/true; /bin/true && printenv SHLVL",  # bash forks the last one here
+    "killme 9\n\n", "printenv SHLVL\n ",  # ... and here (text follows the last command)
+    "killme 9 &&\n/bin/true", "\nkillme 6;\n\nkillme 9 &&\n\n/bin/ls",  # line numbers in bash's messages
+    "killme 32; /bin/true",  # a signal without a name
+    "bgwriter; /bin/sleep 1",  # what a program leaves running lives until the line ends
     "cp sample.jpg sample.copy; rm sample.jpg sample.json",
 ])
 def test_same_bytes_status_and_messages_as_bash(imagenet_shard, bin_dir, tmp_path, line):
@@ -136,10 +155,38 @@ def _no_pid(line: bytes) -> bytes:
 
 def test_a_program_gone_after_the_start_gets_bashs_message(imagenet_shard, bin_dir):
     _program(bin_dir, "vanishing", "true\n")
-    line = f"/bin/rm -f {bin_dir}/vanishing; vanishing"
+    line = f"/bin/true\n/bin/rm -f {bin_dir}/vanishing; vanishing"
     fast = run(["tarproc", "-c", line, "--count", "1", "-o", "/dev/null", str(imagenet_shard)], env=tool_env(str(bin_dir)))
     assert fast.returncode == 1
-    assert b"exit status 127" in fast.stderr and b"bash: line 1: vanishing: command not found" in fast.stderr
+    assert b"exit status 127" in fast.stderr and b"bash: line 2: vanishing: command not found" in fast.stderr
+
+
+@pytest.mark.parametrize("env", [
+    {"BASH_FUNC_helper%%": "() {  true\n}"}, {"BASH_XTRACEFD": "5"}, {"PPID": "1"}, {"IFS": ":"}, {"POSIXLY_CORRECT": "1"},
+    {"SHLVL": "-5"}, {"SHLVL": "999"}, {"SHLVL": "1_0"}, {"OLDPWD": "bin"}, {"PATH": "."}, {"PATH": ""},
+])
+def test_what_bash_would_read_or_rewrite_sends_the_line_to_bash(imagenet_shard, bin_dir, env):
+    env = dict(env)
+    if "PATH" in env:
+        env["PATH"] = f"{bin_dir}:{env['PATH']}:" + tool_env()["PATH"]
+    fast, shell = _both(["-c", "parentname; /bin/ls", "--count", "1", "-o", "-"], imagenet_shard, bin_dir, env_extra=env)
+    assert fast.returncode == shell.returncode == 0, fast.stderr
+    assert dict(_members(fast.stdout))["n01440764_10000.parent"] == b"bash"
+
+
+def test_programs_are_resolved_by_bash_whatever_their_directory_is_called(imagenet_shard, bin_dir, tmp_path):
+    # a directory name with characters str.splitlines() would split at: bash's answer is NUL-separated
+    odd = tmp_path / "q\x1cr\u2028s"
+    odd.mkdir()
+    _program(odd, "md5sum", "echo fake > sample.md5\n")
+    env = {"PATH": f"{odd}:" + tool_env(str(bin_dir))["PATH"]}
+    fast, shell = _both(["-c", "/bin/true; no-such-program-x; md5sum sample.cls", "--count", "1", "-o", "-"],
+                        imagenet_shard, bin_dir, env_extra=env)
+    assert fast.returncode == shell.returncode  # bash runs the line: a program is missing
+    env["PATH"] = f"{odd}:" + tool_env(str(bin_dir))["PATH"]
+    fast, shell = _both(["-c", "/bin/true; md5sum sample.cls", "--count", "1", "-o", "-"], imagenet_shard, bin_dir, env_extra=env)
+    _same(fast, shell)
+    assert dict(_members(fast.stdout))["n01440764_10000.md5"] == b"fake\n"
 
 
 def test_timeout_covers_the_whole_line(imagenet_shard, bin_dir):

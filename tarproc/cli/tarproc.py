@@ -42,9 +42,10 @@ command in a subshell of one long-lived shell per worker; --batch N runs it
 once per N samples in a directory of sample directories 000000/, 000001/...;
 --map runs a Python function sample -> dict | list | None instead.
 
-A command of plain words joined by ';' or '&&' (no quotes, $, globs,
-redirections or pipes) whose programs bash finds as files runs without a
-bash per sample, with bash's meaning, as GNU make runs such a line; give
+A command of plain words joined by ';', '&&' or newlines (no quotes, $,
+globs, redirections or pipes) whose programs bash finds as files runs
+without a bash per sample, with bash 5.2's meaning (status, environment,
+messages; as GNU make runs a line without shell syntax itself); give
 --shell with bash's path (--shell /bin/bash) to start bash every time.
 
 A failed sample (non-zero exit, --timeout) is run again up to --retries N

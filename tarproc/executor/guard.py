@@ -29,7 +29,7 @@ class _State:
     one state: each worker has its own copy after fork)."""
 
     spawning = False
-    pgid: int | None = None
+    pgids: list[int] = []  # the process groups of the running sample's commands
     pending: int | None = None
     in_worker = False
 
@@ -46,8 +46,9 @@ def _on_signal(signum, frame) -> None:
     if _State.spawning:
         _State.pending = signum
         return
-    if _State.pgid is not None:
-        kill_group(_State.pgid)
+    if _State.pgids:
+        for pgid in _State.pgids:
+            kill_group(pgid)
         _State.pending = signum
         return
     _raise_for(signum)
@@ -68,7 +69,7 @@ def enter_worker() -> None:
     """Make this (forked) process a pool worker: SIGINT ignored (the parent
     coordinates Ctrl-C), SIGTERM kills the running command, then exits 143."""
     _State.in_worker = True
-    _State.pgid = None
+    _State.pgids = []
     _State.pending = None
     _State.spawning = False
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -93,18 +94,52 @@ def spawning() -> Iterator[None]:
         _State.spawning = False
 
 
+def adopt(pgid: int) -> None:
+    """Inside :func:`spawning`, as soon as the new command's process group
+    is known: from then on a signal kills it (no moment between the spawn
+    and :func:`running` or :func:`running_all` where it would not)."""
+    if pgid not in _State.pgids:
+        _State.pgids.append(pgid)
+
+
 @contextlib.contextmanager
 def running(pgid: int) -> Iterator[None]:
     """While the command whose process group is ``pgid`` runs: a signal
     kills the group (also one that arrived while it was spawned); on the
     way out the group is killed (background children of the command), then
     a pending signal is raised."""
-    _State.pgid = pgid
+    adopt(pgid)
     try:
         if _State.pending is not None:
             kill_group(pgid)
         yield
     finally:
         kill_group(pgid)
-        _State.pgid = None
+        _State.pgids.remove(pgid)
     check_pending()
+
+
+@contextlib.contextmanager
+def running_all() -> Iterator[None]:
+    """While a sample's commands run one after another, each in a process
+    group of its own (:func:`adopt` each one): a signal kills them all; on
+    the way out every group adopted since is killed (what the commands left
+    running lives as long as the sample, as in one shell's group), then a
+    pending signal is raised. :func:`check_pending` between commands stops
+    at a signal."""
+    start = len(_State.pgids)
+    try:
+        yield
+    finally:
+        for pgid in _State.pgids[start:]:
+            kill_group(pgid)
+        del _State.pgids[start:]
+    check_pending()
+
+
+def forget(pgid: int) -> None:
+    """Within :func:`running_all`: the group of a command that has exited
+    and left nothing running (``killpg(pgid, 0)`` found none) is not
+    killed at the end (its number may be reused meanwhile)."""
+    if pgid in _State.pgids:
+        _State.pgids.remove(pgid)

@@ -330,6 +330,7 @@ class Spawner:
                                    executable=self.executable)
             except OSError as exc:
                 return None, f"cannot run {self.argv[0]!r}: {exc.strerror}", b""
+            guard.adopt(proc.pid)
         reason = ""
         with guard.running(proc.pid):
             try:
@@ -349,26 +350,37 @@ class Spawner:
 
         def spawn(argv, executable, env):
             with guard.spawning():
-                return procs.spawn(argv, cwd=directory, stdin=self.devnull, stdout=log_fd, stderr=log_fd,
+                proc = procs.spawn(argv, cwd=directory, stdin=self.devnull, stdout=log_fd, stderr=log_fd,
                                    executable=executable, env=env)
+                guard.adopt(proc.pid)
+            return proc
 
         def wait(proc):
             nonlocal timed_out
-            with guard.running(proc.pid):
-                try:
-                    return proc.wait(timeout=None if deadline is None else max(0.0, deadline - _now()))
-                except subprocess.TimeoutExpired:
-                    procs.kill_group(proc.pid)
-                    proc.wait()
-                    timed_out = True
-                    return None
+            guard.check_pending()  # a signal while it was spawned
+            try:
+                status = proc.wait(timeout=None if deadline is None else max(0.0, deadline - _now()))
+            except subprocess.TimeoutExpired:
+                procs.kill_group(proc.pid)
+                proc.wait()
+                timed_out = True
+                return None
+            guard.check_pending()  # a signal killed it: stop here
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                guard.forget(proc.pid)  # it left nothing running
+            except PermissionError:
+                pass
+            return status
 
         if directory.startswith(self.root + "/"):
             physical = self.physical_root + directory[len(self.root):]
         else:
             physical = os.path.realpath(directory)
         try:
-            status = self.plan.run(physical, spawn, wait, log_fd)
+            with guard.running_all():
+                status = self.plan.run(physical, spawn, wait, log_fd)
         except OSError as exc:
             return None, f"cannot run {self.argv[0]!r}: {exc.strerror}", self.log.read()
         if timed_out:
@@ -466,6 +478,8 @@ class PersistentShell:
                 pid_line = self._line(None)
             except BrokenPipeError:
                 pid_line = b""
+            if pid_line.strip().isdigit():
+                guard.adopt(int(pid_line))
         if not pid_line:
             self._lost()
             return None, "the persistent shell exited", self.log.read()
