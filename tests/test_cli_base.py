@@ -65,3 +65,22 @@ def test_every_tool_takes_its_shared_options_from_the_one_table(tool):
 def test_groups_expand_in_table_order():
     assert shared_names("write read") == ["inputs", "strict", "lowercase_fields", "compress", "mtime", "storage_options",
                                           *ALWAYS]
+
+
+def test_ctrl_c_while_a_tool_starts_ends_it_quietly():
+    """SIGINT's default action from the package's import until run_app takes
+    over (a KeyboardInterrupt traceback otherwise); a program that imports
+    the package keeps Python's handler."""
+    import subprocess
+    import sys
+
+    probe = "import signal, sys; sys.argv[0] = {!r}; import tarproc.cli; print(signal.getsignal(signal.SIGINT) is signal.SIG_DFL)"
+    tool = subprocess.run([sys.executable, "-c", probe.format("/x/bin/tarproc")], capture_output=True, text=True)
+    other = subprocess.run([sys.executable, "-c", probe.format("myscript.py")], capture_output=True, text=True)
+    assert (tool.stdout, other.stdout) == ("True\n", "False\n"), (tool.stderr, other.stderr)
+    # once the tool runs, Ctrl-C is its own again: exit 130 with the temporary files removed
+    run_ = subprocess.run([sys.executable, "-c", "import signal, sys; sys.argv = ['tarsplit', '--help']\n"
+                           "from tarproc.cli.tarsplit import main\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+                           "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"],
+                          capture_output=True, text=True)
+    assert run_.stdout.endswith("True\n"), run_.stderr
