@@ -278,6 +278,41 @@ def test_wire_writer_resumes_partial_writes_on_a_full_pipe():
     assert bytes(got) == expected
 
 
+def test_wire_put_message_takes_the_size_from_the_header_and_resumes_partial_writes():
+    """put_message (the scheduler's call): a message larger than the pipe
+    arrives whole and in order, and decodes to the sample sent."""
+    import select
+
+    from tarproc.executor import wire
+
+    sample = {"__key__": "k", "__source__": "s", "jpg": os.urandom(300_000), "cls": b"7"}
+    buffers, in_arena = wire.pack_items([(4, sample)])
+    assert not in_arena
+    expected = b"".join(bytes(b) for b in buffers)
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    got = bytearray()
+    try:
+        writer = wire.Writer(w)
+        writer.put_message(buffers)
+        assert writer.pending  # a 64 KiB pipe took part of it
+        while writer.pending:
+            select.select([r], [], [])
+            got.extend(os.read(r, 5000))
+            writer.flush()
+        os.close(w)
+        while chunk := os.read(r, 65536):
+            got.extend(chunk)
+    finally:
+        os.close(r)
+    assert bytes(got) == expected
+    skeleton_size, raw_size = wire.HEADER.unpack_from(got)
+    head = wire.HEADER.size
+    skeleton, lengths = wire.pickle.loads(got[head : head + skeleton_size])
+    raw = memoryview(bytes(got[head + skeleton_size :]))
+    assert wire.unpack_items(skeleton, lengths, raw, copy=True) == [(4, sample)]
+
+
 def test_shell_found_once_keeps_its_name_and_a_missing_one_fails_each_sample(tmp_path):
     # the shell's path is looked up once per executor (no PATH search per
     # sample), yet the command still sees the name it was given as $0

@@ -230,7 +230,7 @@ def run_pool(job, samples: Iterable[Sample], parallel: int, ordered: bool = True
                 buffers, in_arena = wire.pack_items(item, worker.arena)
                 worker.in_arena.append(in_arena)
                 try:
-                    worker.writer.put(buffers)
+                    worker.writer.put_message(buffers)
                 except BrokenPipeError:  # not our stdout: the worker is gone
                     raise worker.died() from None
                 if worker.writer.pending and worker not in writing:

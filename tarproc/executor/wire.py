@@ -347,19 +347,32 @@ class Writer:
         self.fd = fd
         self.queue: list = []
 
-    def put(self, buffers: list) -> None:
-        views = [b if type(b) is bytes else memoryview(b).cast("B") for b in buffers]
-        if not self.queue and len(views) <= IOV_BATCH:
+    def put(self, buffers: list, size: int | None = None) -> None:
+        """Queue ``buffers`` (any bytes-like objects) and write what the pipe
+        takes now; ``size``: their total length in bytes when known
+        (:meth:`put_message`)."""
+        if not self.queue and len(buffers) <= IOV_BATCH:
             # the usual case: the pipe takes the whole message at once
             try:
-                n = os.writev(self.fd, views)
+                n = os.writev(self.fd, buffers)
             except BlockingIOError:
                 n = 0
-            if n == sum(len(v) if type(v) is bytes else v.nbytes for v in views):
+            if size is None:
+                size = sum(len(b) if type(b) is bytes else memoryview(b).nbytes for b in buffers)
+            if n == size:
                 return
+            views = [b if type(b) is bytes else memoryview(b).cast("B") for b in buffers]
             _consume(views, views[:], n)
+        else:
+            views = [b if type(b) is bytes else memoryview(b).cast("B") for b in buffers]
         self.queue.extend(views)
         self.flush()
+
+    def put_message(self, buffers: list) -> None:
+        """:meth:`put` for one message of :func:`pack`, whose size its header
+        gives (no pass over the buffers)."""
+        skeleton_size, raw_size = HEADER.unpack(buffers[0])
+        self.put(buffers, HEADER.size + skeleton_size + raw_size)
 
     def flush(self) -> None:
         """Write what the pipe takes now; what is left stays queued."""
