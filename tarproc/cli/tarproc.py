@@ -178,8 +178,14 @@ def tarproc(
                 stats["retries"] += result.attempts - 1
                 for message in result.warnings:
                     tool.warn(message)
-                if sink is not None and _check_output_keys(result, written):
-                    result.action = policy.final(result)
+                # the usual case, one output with a new key, is checked here
+                # once; the sink loop below then need not look it up again
+                outputs = result.outputs
+                fresh = False
+                if sink is not None:
+                    fresh = len(outputs) == 1 and written.first_source(outputs[0]["__key__"]) is None
+                    if not fresh and _check_output_keys(result, written):
+                        result.action = policy.final(result)
                 if result.failed:
                     stats["failed"] += 1
                     if halt_after and stats["failed"] == stats["in"] <= halt_after:
@@ -192,7 +198,8 @@ def tarproc(
                     if result.action != KEEP:
                         continue
                 else:
-                    _flush_held(tool, held, tool.verbose)
+                    if held:
+                        _flush_held(tool, held, tool.verbose)
                     if log_file is not None:
                         log_file.write(result.log)
                     elif result.log and not tool.quiet:
@@ -201,7 +208,13 @@ def tarproc(
                 if keep and result.directory:
                     tool.info(f"kept {result.directory}", 2)
                 if sink is not None:
-                    for out in result.outputs:
+                    if fresh:
+                        out = outputs[0]
+                        written.add(out["__key__"], str(out.get("__source__", "-")))
+                        sink.write(out)
+                        stats["out"] += 1
+                        continue
+                    for out in outputs:
                         if written.first_source(out["__key__"]) is not None:
                             continue  # reported as a failure above (--errors ignore: still left out)
                         written.add(out["__key__"], str(out.get("__source__", "-")))
@@ -255,7 +268,7 @@ def _check_output_keys(result, written: KeyLedger) -> bool:
     """
     outputs = result.outputs
     if len(outputs) == 1 and written.first_source(outputs[0]["__key__"]) is None:
-        return False  # the usual case: one output, a new key
+        return False  # the usual case: one output, a new key (the CLI loop checks it first)
     keys = [out["__key__"] for out in outputs]
     for i, key in enumerate(keys):
         first = written.first_source(key)
