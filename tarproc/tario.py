@@ -128,10 +128,11 @@ def _decode(name: bytes) -> str:
 def _byte_sum(block: bytes) -> int:
     """Sum of the bytes of a 512-byte block with the checksum field read as
     spaces. Adler-32's first half is 1 + the byte sum mod 65521 (RFC 1950),
-    exact for 256 bytes (at most 65280), so two calls give the exact sum in
-    a fraction of the time of ``sum(block)``."""
-    block = block[:148] + b"        " + block[156:]
-    return (_adler32(block[:256]) & 0xFFFF) + (_adler32(block[256:]) & 0xFFFF) - 2
+    exact for up to 256 bytes (at most 65280), so three calls on the parts
+    around the checksum field (148, 228 and 128 bytes; no copy of the block
+    with spaces put in) plus the 8 spaces give the exact sum in a fraction of
+    the time of ``sum(block)``."""
+    return (_adler32(block[:148]) & 0xFFFF) + (_adler32(block[156:384]) & 0xFFFF) + (_adler32(block[384:512]) & 0xFFFF) + 253
 
 
 def _checksum_fast(header: bytes) -> bool:
