@@ -12,6 +12,7 @@ the output name (``.gz``/``.tgz``, ``.bz2``, ``.xz``, ``.zst``) unless given.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import signal
@@ -96,9 +97,21 @@ class TarSink:
                     raise OutputError(f"{target}: cannot create: no such directory {directory!r}") from None
                 raise OutputError(f"{target}: cannot create: {exc.strerror}") from None
         self._stream = compressing_writer(self._raw, compression)
-        self.writer = TarWriter(self._stream, mtime=mtime, mode=mode)
+        self.writer = TarWriter(self._stream, mtime=mtime, mode=mode, fd=self._gather_fd())
         self.samples = 0
         self.closed = False
+
+    def _gather_fd(self) -> int | None:
+        """The fd under an uncompressed buffered output (a file, a device,
+        stdout, a ``pipe:`` command's stdin), for the tar writer's gathered
+        writes; None for anything else (compression, an object store, a
+        stdout that is not a file descriptor)."""
+        if self._stream is not self._raw or not isinstance(self._raw, io.BufferedWriter):
+            return None
+        try:
+            return self._raw.fileno()
+        except (OSError, ValueError):
+            return None
 
     @property
     def bytes_written(self) -> int:

@@ -23,11 +23,11 @@ import os
 import pickle
 import struct
 
+from .. import iov
 from .results import Result
 
 HEADER = struct.Struct("<QQ")
-#: at most this many buffers per writev(2) (IOV_MAX is 1024 on Linux)
-IOV_BATCH = 512
+IOV_BATCH = iov.IOV_BATCH
 _RAW = None  # marks a value sent in the raw part
 #: value types sent as a reference to the input's value when equal to it
 #: (fields, and the key and source of an output that keeps them)
@@ -139,30 +139,13 @@ def unpack_results(skeleton, lengths, raw: memoryview, inputs: dict | None = Non
     return results
 
 
-def _consume(views: list, batch: list, n: int) -> int:
-    """Remove from the front of ``views`` the ``n`` bytes that ``writev``
-    wrote of ``batch`` (``views[:len(batch)]``); a buffer written in part
-    stays as the view of its rest. Returns how many buffers were written whole."""
-    done = 0
-    for b in batch:
-        size = len(b)
-        if n >= size:
-            n -= size
-            done += 1
-        else:
-            views[done] = memoryview(b)[n:]
-            break
-    del views[:done]
-    return done
+_consume = iov.consume
 
 
 def send(fd: int, buffers: list) -> None:
     """Write one message to a blocking ``fd`` (``writev``, resumed after a
-    partial write)."""
-    views = [memoryview(b).cast("B") if not isinstance(b, bytes) else b for b in buffers]
-    while views:
-        batch = views[:IOV_BATCH]
-        _consume(views, batch, os.writev(fd, batch))
+    partial write: :func:`tarproc.iov.write_all`)."""
+    iov.write_all(fd, buffers)
 
 
 def _read_exact(fd: int, buf: bytearray | memoryview) -> bool:
