@@ -313,6 +313,31 @@ def test_wire_put_message_takes_the_size_from_the_header_and_resumes_partial_wri
     assert wire.unpack_items(skeleton, lengths, raw, copy=True) == [(4, sample)]
 
 
+def test_wire_results_of_unchanged_and_changed_outputs_round_trip_in_their_own_order():
+    """pack_results/unpack_results: an output whose every value is the
+    input's (sent as its names only), one in another field order, one with
+    a new field and a changed one, and an empty one all come back equal,
+    fields in the output's order, values as bytes."""
+    from tarproc.executor import wire
+    from tarproc.executor.results import Result
+
+    inp = {"__key__": "k", "__source__": "s", "jpg": os.urandom(5000), "cls": b"3"}
+    same = dict(inp)
+    reordered = {"__key__": "k", "__source__": "s", "cls": bytes(inp["cls"]), "jpg": bytes(inp["jpg"])}
+    changed = {"__key__": "k2", "__source__": "s", "jpg": inp["jpg"], "cls": b"4", "txt": b"new"}
+    outputs = [same, reordered, changed, {}]
+    buffers = wire.pack_results([Result(7, "k", outputs, 0, log=b"out\n")], {7: inp})
+    data = b"".join(bytes(b) for b in buffers)
+    skeleton_size, _ = wire.HEADER.unpack_from(data)
+    head = wire.HEADER.size
+    skeleton, lengths = wire.pickle.loads(data[head : head + skeleton_size])
+    assert skeleton[0][1][0] == ("__key__", "__source__", "jpg", "cls")  # names only
+    (result,) = wire.unpack_results(skeleton, lengths, memoryview(data[head + skeleton_size :]), {7: inp})
+    assert result.outputs == outputs and result.log == b"out\n" and result.index == 7
+    assert [list(out) for out in result.outputs] == [list(out) for out in outputs]
+    assert all(type(v) is bytes for out in result.outputs for k, v in out.items() if not k.startswith("__"))
+
+
 def test_shell_found_once_keeps_its_name_and_a_missing_one_fails_each_sample(tmp_path):
     # the shell's path is looked up once per executor (no PATH search per
     # sample), yet the command still sees the name it was given as $0

@@ -37,21 +37,30 @@ _SHARED = (bytes, str)
 def _flatten(sample: dict, lengths: list, buffers: list, source: dict | None = None) -> list:
     """The entries of ``sample`` for a skeleton: ``(name, value)`` for a value
     sent inline, ``(name, None)`` for bytes in the raw part, ``(name,)`` for
-    bytes equal to ``source``'s field of that name (not sent at all)."""
+    bytes equal to ``source``'s field of that name (not sent at all). A
+    sample whose every value is ``source``'s is a tuple of its names instead
+    (the usual output of a command that leaves the fields alone)."""
     entries = []
+    shared = 0
     for name, value in sample.items():
         if source is not None and type(value) in _SHARED and name in source and source[name] == value:
             entries.append((name,))
+            shared += 1
         elif isinstance(value, (bytes, bytearray, memoryview)):
             buffers.append(value)
             lengths.append(len(value) if type(value) is not memoryview else value.nbytes)
             entries.append((name, _RAW))
         else:
             entries.append((name, value))
+    if shared and shared == len(entries):
+        return tuple(sample)
     return entries
 
 
-def _rebuild(entries: list, raw: memoryview, lengths: list, pos: list, copy: bool, source: dict | None = None) -> dict:
+def _rebuild(entries: list | tuple, raw: memoryview, lengths: list, pos: list, copy: bool,
+             source: dict | None = None) -> dict:
+    if entries.__class__ is tuple:  # names only: every value is source's
+        return dict(zip(entries, map(source.__getitem__, entries)))
     sample = {}
     offset, i = pos
     for entry in entries:
@@ -128,12 +137,18 @@ def unpack_results(skeleton, lengths, raw: memoryview, inputs: dict | None = Non
     results = []
     for fields, outputs in skeleton:
         n = lengths[pos[1]]
-        log = bytes(raw[pos[0] : pos[0] + n])
+        log = bytes(raw[pos[0] : pos[0] + n]) if n else b""
         pos[0] += n
         pos[1] += 1
         index, key, status, failed, reason, warnings, directory, attempts, action = fields  # _FIELDS
-        source = inputs[index] if inputs else None
-        outputs = [_rebuild(entries, raw, lengths, pos, True, source) for entries in outputs]
+        if inputs:
+            source = inputs[index]
+            get = source.__getitem__
+            # an output of names only (every value the input's) is rebuilt here, without a call
+            outputs = [dict(zip(entries, map(get, entries))) if entries.__class__ is tuple
+                       else _rebuild(entries, raw, lengths, pos, True, source) for entries in outputs]
+        else:
+            outputs = [_rebuild(entries, raw, lengths, pos, True) for entries in outputs]
         # positional, in the dataclass's field order (cheaper than keywords, once per sample)
         results.append(Result(index, key, outputs, status, failed, reason, log, warnings, directory, attempts, action))
     return results
