@@ -201,6 +201,8 @@ def run_pool(job, samples: Iterable[Sample], parallel: int, ordered: bool = True
         next_index = 0
         outstanding = 0  # samples taken from the input and not yet yielded
         writing: set = set()
+        limit = max(window, chunk)
+        queues = [w.pending for w in workers]  # aligned with workers: the least loaded is found without a call per worker
         while True:
             # hand back what is ready
             if ordered:
@@ -215,10 +217,12 @@ def run_pool(job, samples: Iterable[Sample], parallel: int, ordered: bool = True
                     outstanding -= 1
                     yield inputs.pop(index), result
             # hand out work while the window and a worker's queue allow
-            while not exhausted and outstanding + chunk <= max(window, chunk):
-                worker = min(workers, key=lambda w: len(w.pending))
-                if len(worker.pending) >= PER_WORKER:
+            while not exhausted and outstanding + chunk <= limit:
+                loads = list(map(len, queues))
+                least = min(loads)
+                if least >= PER_WORKER:
                     break
+                worker = workers[loads.index(least)]  # the first of the least loaded, as min() gave
                 item = next(items, None)
                 if item is None:
                     exhausted = True
@@ -233,7 +237,7 @@ def run_pool(job, samples: Iterable[Sample], parallel: int, ordered: bool = True
                     worker.writer.put_message(buffers)
                 except BrokenPipeError:  # not our stdout: the worker is gone
                     raise worker.died() from None
-                if worker.writer.pending and worker not in writing:
+                if worker.writer.queue and worker not in writing:  # .pending, without the property call
                     selector.register(worker.task_fd, selectors.EVENT_WRITE, worker)
                     writing.add(worker)
             if exhausted and outstanding == 0:
