@@ -523,6 +523,11 @@ def _pax_record(key: str, value: bytes) -> bytes:
     return str(length).encode() + body
 
 
+def _fits_ustar(mode: int, mtime: int) -> bool:
+    """Whether ``mode`` and ``mtime`` fit their ustar header fields."""
+    return 0 <= mtime <= _MAX_OCTAL_SIZE and 0 <= mode <= 0o7777777
+
+
 def member_header(name: str, size: int, mode: int = 0o444, mtime: int = 0) -> bytes:
     """The header block(s) for a regular-file member.
 
@@ -539,7 +544,7 @@ def member_header(name: str, size: int, mode: int = 0o444, mtime: int = 0) -> by
     :raises UsageError: ``mtime`` or ``mode`` does not fit its ustar field
         (0 to 8**11 - 1 seconds, 0 to 0o7777777)
     """
-    if not (0 <= mtime <= _MAX_OCTAL_SIZE and 0 <= mode <= 0o7777777):
+    if not _fits_ustar(mode, mtime):
         raise UsageError(
             f"mtime {mtime} or mode {mode:o} out of range: ustar headers hold"
             f" mtime 0..{_MAX_OCTAL_SIZE} seconds and mode 0..7777777 (octal)"
@@ -615,6 +620,7 @@ class TarWriter:
         :data:`GATHER_MIN` bytes on, with ``fd``). The counters count what
         was written."""
         mode, mtime = self.mode, self.mtime
+        plain = _fits_ustar(mode, mtime)  # once for all the members (else member_header raises)
         write = self.stream.write
         parts: list = []
         size = count = 0
@@ -629,7 +635,12 @@ class TarWriter:
                     size = count = 0
                 self.add(name, data)
                 continue
-            header = member_header(name, n, mode, mtime)
+            raw = name.encode("utf-8", "surrogateescape")
+            # member_header's usual case (a name of at most 100 bytes; n is small), without its call
+            if plain and len(raw) <= 100:
+                header = _header(raw, n, mode, mtime, b"0")
+            else:
+                header = member_header(name, n, mode, mtime)
             pad = -n % BLOCK
             parts += (header, data, ZERO_BLOCK[:pad])
             size += len(header) + n + pad

@@ -403,6 +403,11 @@ def test_writer_headers():
         member_header("a", 1, mtime=-1)
     with pytest.raises(UsageError):
         TarWriter(io.BytesIO(), mtime=8**11).add("a.txt", b"")
+    for bad in (TarWriter(io.BytesIO(), mtime=8**11), TarWriter(io.BytesIO(), mode=0o10000000)):
+        with pytest.raises(UsageError, match="out of range"):  # add_all's fast path checks it too
+            bad.add_all([("a.txt", b"x")])
+        assert bad.stream.getvalue() == b"" and bad.bytes_written == 0
+        bad.add_all([])  # nothing to write: nothing to refuse
     end = io.BytesIO()
     writer = TarWriter(end)
     writer.add("a.txt", b"x")
