@@ -338,6 +338,29 @@ def test_wire_results_of_unchanged_and_changed_outputs_round_trip_in_their_own_o
     assert all(type(v) is bytes for out in result.outputs for k, v in out.items() if not k.startswith("__"))
 
 
+def test_wire_a_none_value_is_not_taken_for_bytes_of_the_raw_part():
+    """A value None (a --map output, a library caller's sample) crosses the
+    wire as None, and the bytes after it stay with their own fields."""
+    from tarproc.executor import wire
+    from tarproc.executor.results import Result
+
+    sample = {"__key__": "k", "__source__": "s", "a": None, "b": b"xyz", "c": None, "d": b"", "e": 0}
+    buffers, _ = wire.pack_items([(3, sample)])
+    data = b"".join(bytes(b) for b in buffers)
+    skeleton_size, _ = wire.HEADER.unpack_from(data)
+    head = wire.HEADER.size
+    skeleton, lengths = wire.pickle.loads(data[head : head + skeleton_size])
+    raw = memoryview(data[head + skeleton_size :])
+    assert wire.unpack_items(skeleton, lengths, raw, copy=True) == [(3, sample)]
+    inp = {"__key__": "k", "__source__": "s", "b": b"xyz"}
+    result = Result(3, "k", [sample], 0)
+    data = b"".join(bytes(b) for b in wire.pack_results([result], {3: inp}))
+    skeleton_size, _ = wire.HEADER.unpack_from(data)
+    skeleton, lengths = wire.pickle.loads(data[head : head + skeleton_size])
+    (back,) = wire.unpack_results(skeleton, lengths, memoryview(data[head + skeleton_size :]), {3: inp})
+    assert back.outputs == [sample] and list(back.outputs[0]) == list(sample)
+
+
 def test_shell_found_once_keeps_its_name_and_a_missing_one_fails_each_sample(tmp_path):
     # the shell's path is looked up once per executor (no PATH search per
     # sample), yet the command still sees the name it was given as $0

@@ -36,7 +36,8 @@ _SHARED = (bytes, str)
 
 def _flatten(sample: dict, lengths: list, buffers: list, source: dict | None = None) -> list:
     """The entries of ``sample`` for a skeleton: ``(name, value)`` for a value
-    sent inline, ``(name, None)`` for bytes in the raw part, ``(name,)`` for
+    sent inline (``(name, None, None)`` for None, which the raw marker would
+    take for bytes), ``(name, None)`` for bytes in the raw part, ``(name,)`` for
     bytes equal to ``source``'s field of that name (not sent at all). A
     sample whose every value is ``source``'s is a tuple of its names instead
     (the usual output of a command that leaves the fields alone)."""
@@ -50,6 +51,8 @@ def _flatten(sample: dict, lengths: list, buffers: list, source: dict | None = N
             buffers.append(value)
             lengths.append(len(value) if type(value) is not memoryview else value.nbytes)
             entries.append((name, _RAW))
+        elif value is _RAW:
+            entries.append((name, None, None))
         else:
             entries.append((name, value))
     if shared and shared == len(entries):
@@ -64,8 +67,12 @@ def _rebuild(entries: list | tuple, raw: memoryview, lengths: list, pos: list, c
     sample = {}
     offset, i = pos
     for entry in entries:
-        if len(entry) == 1:
+        size = len(entry)
+        if size == 1:
             sample[entry[0]] = source[entry[0]]
+            continue
+        if size == 3:  # an inline None
+            sample[entry[0]] = None
             continue
         name, value = entry
         if value is _RAW:
