@@ -15,7 +15,7 @@ list[Result]`` and ``stop()`` (see :class:`tarproc.executor.CommandJob`).
 pipe of its own); samples and results cross them as raw buffers
 (:mod:`.wire`), a task's bytes through memory the worker shares with the
 parent (:class:`.wire.Arena`) when they fit. The parent never blocks on one worker: it writes tasks and
-reads results as the pipes allow (``selectors``). A worker that dies is an
+reads results as the pipes allow (``poll(2)``). A worker that dies is an
 error naming it (its samples are lost), never a hang: the end of its result
 pipe says so at once, and the parent stops the other workers itself.
 """
@@ -27,7 +27,7 @@ import fcntl
 import gc
 import itertools
 import os
-import selectors
+import select
 import signal
 import traceback
 from collections.abc import Iterable, Iterator
@@ -184,7 +184,8 @@ def run_pool(job, samples: Iterable[Sample], parallel: int, ordered: bool = True
     window = window or PER_WORKER * parallel * chunk
     context = multiprocess.get_context("fork")
     workers: list[_Worker] = []
-    selector = selectors.DefaultSelector()
+    poller = select.poll()  # level-triggered, as wire.Reader needs
+    by_fd: dict[int, _Worker] = {}  # result and task fds -> their worker
     clean = False
     try:
         inherited: list[int] = []
@@ -192,7 +193,8 @@ def run_pool(job, samples: Iterable[Sample], parallel: int, ordered: bool = True
             worker = _Worker(context, job, inherited)
             workers.append(worker)
             inherited += [worker.task_fd, worker.result_fd]
-            selector.register(worker.result_fd, selectors.EVENT_READ, worker)
+            poller.register(worker.result_fd, select.POLLIN)
+            by_fd[worker.result_fd] = worker
         items = work_items(samples, chunk)
         exhausted = False
         inputs: dict[int, Sample] = {}
@@ -238,19 +240,21 @@ def run_pool(job, samples: Iterable[Sample], parallel: int, ordered: bool = True
                 except BrokenPipeError:  # not our stdout: the worker is gone
                     raise worker.died() from None
                 if worker.writer.queue and worker not in writing:  # .pending, without the property call
-                    selector.register(worker.task_fd, selectors.EVENT_WRITE, worker)
+                    poller.register(worker.task_fd, select.POLLOUT)
+                    by_fd[worker.task_fd] = worker
                     writing.add(worker)
             if exhausted and outstanding == 0:
                 break
-            for key, events in selector.select():
-                worker = key.data
-                if events & selectors.EVENT_WRITE:
+            for fd, _ in poller.poll():
+                worker = by_fd[fd]
+                if fd == worker.task_fd:  # writable (or the worker is gone: flush says so)
                     try:
                         worker.writer.flush()
                     except BrokenPipeError:
                         raise worker.died() from None
                     if not worker.writer.pending:
-                        selector.unregister(worker.task_fd)
+                        poller.unregister(worker.task_fd)
+                        del by_fd[worker.task_fd]
                         writing.discard(worker)
                     continue
                 messages = worker.reader.read()
@@ -269,5 +273,4 @@ def run_pool(job, samples: Iterable[Sample], parallel: int, ordered: bool = True
                             finished.append((result.index, result))
         clean = True
     finally:
-        selector.close()
         _stop_workers(workers, clean)

@@ -294,7 +294,7 @@ class Reader:
         None once the writer is gone (end of file; a message it had begun
         is lost with it). Reads until a read comes back short (so at most
         one read per message in the usual case), not until ``EAGAIN``:
-        the fd must be watched level-triggered (``selectors``' default)."""
+        the fd must be watched level-triggered (``poll(2)``, ``selectors``' default)."""
         if self.eof:
             return None
         messages = []
