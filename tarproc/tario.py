@@ -583,7 +583,9 @@ class TarWriter:
         ``stream`` is a buffered writer of it with nothing in between (no
         compression): :meth:`add_all` then writes a sample of
         :data:`GATHER_MIN` bytes or more with one ``writev(2)`` after
-        flushing ``stream`` (the same bytes, in the same order)
+        flushing ``stream`` (the same bytes, in the same order), as long as
+        :attr:`stream` is still that stream (a caller may wrap it, e.g. to
+        hash what is written: then every byte goes through the wrapper)
     """
 
     def __init__(self, stream: BinaryIO, mtime: int = 0, mode: int = 0o444, fd: int | None = None):
@@ -591,6 +593,7 @@ class TarWriter:
         self.mtime = mtime
         self.mode = mode
         self.fd = fd
+        self._fd_stream = stream  # the stream fd belongs to
         #: bytes written so far
         self.bytes_written = 0
         self.members_written = 0
@@ -646,7 +649,7 @@ class TarWriter:
             size += len(header) + n + pad
             count += 1
         if parts:
-            if size >= GATHER_MIN and self.fd is not None:
+            if size >= GATHER_MIN and self.fd is not None and self.stream is self._fd_stream:
                 self.stream.flush()  # what is buffered goes first
                 write_all(self.fd, parts, size)
             else:

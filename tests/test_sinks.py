@@ -278,3 +278,29 @@ def test_write_all_resumes_partial_writes(monkeypatch):
         os.close(r)
     assert bytes(got) == b"".join(bytes(b) for b in buffers)
     assert len(calls) > len(buffers)  # every buffer took more than one call
+
+
+def test_a_wrapped_writer_stream_sees_every_byte(tmp_path):
+    """A caller that wraps sink.writer.stream (tarsplit hashes what it
+    writes) gets every byte through the wrapper: the gathered writev is only
+    for the stream the fd belongs to."""
+    seen = bytearray()
+
+    class Tee:
+        def __init__(self, stream):
+            self.stream = stream
+
+        def write(self, data):
+            seen.extend(data)
+            return self.stream.write(data)
+
+        def flush(self):
+            self.stream.flush()
+
+    out = tmp_path / "out.tar"
+    sink = TarSink(str(out))
+    sink.writer.stream = Tee(sink.writer.stream)
+    for sample in _mixed_samples():
+        sink.write(sample)
+    sink.close()
+    assert bytes(seen) == out.read_bytes()[: len(seen)] and len(seen) == len(out.read_bytes())
