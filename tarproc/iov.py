@@ -31,6 +31,12 @@ def consume(views: list, batch: list, n: int) -> int:
     return done
 
 
+def byte_views(buffers: list) -> list:
+    """``buffers`` as bytes objects or byte-format memoryviews (what
+    :func:`consume` slices)."""
+    return [b if type(b) is bytes else memoryview(b).cast("B") for b in buffers]
+
+
 def write_all(fd: int, buffers: list, size: int | None = None) -> None:
     """Write ``buffers`` (bytes-like objects) to a blocking ``fd`` in order,
     ``IOV_BATCH`` at a time, resuming after a partial write.
@@ -43,10 +49,10 @@ def write_all(fd: int, buffers: list, size: int | None = None) -> None:
         n = os.writev(fd, buffers)
         if n == size:
             return
-        views = [b if type(b) is bytes else memoryview(b).cast("B") for b in buffers]
+        views = byte_views(buffers)
         consume(views, views[:], n)
     else:
-        views = [b if type(b) is bytes else memoryview(b).cast("B") for b in buffers]
+        views = byte_views(buffers)
     while views:
         batch = views[:IOV_BATCH]
         consume(views, batch, os.writev(fd, batch))

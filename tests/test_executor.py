@@ -254,18 +254,29 @@ def test_wire_writer_resumes_partial_writes_on_a_full_pipe():
     """The parent's non-blocking Writer: a pipe full after part of a buffer
     (64 KiB pipe, 5000-byte reads) leaves the rest queued; every byte arrives
     once, in order."""
+
+
+    buffers = [os.urandom(n) for n in (10, 200_000, 1, 70_000, 3)] + [bytearray(os.urandom(300_000))]
+    expected = b"".join(bytes(b) for b in buffers)
+    assert _through_a_small_pipe(lambda writer: writer.put(buffers)) == expected
+
+
+def _through_a_small_pipe(put, partly: bool = False) -> bytes:
+    """What a non-blocking wire.Writer delivers through a default-size pipe
+    read 5000 bytes at a time (``put(writer)`` queues the message; with
+    ``partly``, the pipe must have taken only part of it at first)."""
     import select
 
     from tarproc.executor import wire
 
-    buffers = [os.urandom(n) for n in (10, 200_000, 1, 70_000, 3)] + [bytearray(os.urandom(300_000))]
-    expected = b"".join(bytes(b) for b in buffers)
     r, w = os.pipe()
     os.set_blocking(w, False)
     got = bytearray()
     try:
         writer = wire.Writer(w)
-        writer.put(buffers)
+        put(writer)
+        if partly:
+            assert writer.pending  # a 64 KiB pipe took part of it
         while writer.pending:
             select.select([r], [], [])
             got.extend(os.read(r, 5000))
@@ -275,13 +286,12 @@ def test_wire_writer_resumes_partial_writes_on_a_full_pipe():
             got.extend(chunk)
     finally:
         os.close(r)
-    assert bytes(got) == expected
+    return bytes(got)
 
 
 def test_wire_put_message_takes_the_size_from_the_header_and_resumes_partial_writes():
     """put_message (the scheduler's call): a message larger than the pipe
     arrives whole and in order, and decodes to the sample sent."""
-    import select
 
     from tarproc.executor import wire
 
@@ -289,23 +299,8 @@ def test_wire_put_message_takes_the_size_from_the_header_and_resumes_partial_wri
     buffers, in_arena = wire.pack_items([(4, sample)])
     assert not in_arena
     expected = b"".join(bytes(b) for b in buffers)
-    r, w = os.pipe()
-    os.set_blocking(w, False)
-    got = bytearray()
-    try:
-        writer = wire.Writer(w)
-        writer.put_message(buffers)
-        assert writer.pending  # a 64 KiB pipe took part of it
-        while writer.pending:
-            select.select([r], [], [])
-            got.extend(os.read(r, 5000))
-            writer.flush()
-        os.close(w)
-        while chunk := os.read(r, 65536):
-            got.extend(chunk)
-    finally:
-        os.close(r)
-    assert bytes(got) == expected
+    got = _through_a_small_pipe(lambda writer: writer.put_message(buffers), partly=True)
+    assert got == expected
     skeleton_size, raw_size = wire.HEADER.unpack_from(got)
     head = wire.HEADER.size
     skeleton, lengths = wire.pickle.loads(got[head : head + skeleton_size])

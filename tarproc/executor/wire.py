@@ -366,10 +366,10 @@ class Writer:
                 size = sum(len(b) if type(b) is bytes else memoryview(b).nbytes for b in buffers)
             if n == size:
                 return
-            views = [b if type(b) is bytes else memoryview(b).cast("B") for b in buffers]
+            views = iov.byte_views(buffers)
             _consume(views, views[:], n)
         else:
-            views = [b if type(b) is bytes else memoryview(b).cast("B") for b in buffers]
+            views = iov.byte_views(buffers)
         self.queue.extend(views)
         self.flush()
 
