@@ -262,8 +262,12 @@ class Arena:
         self.live.popleft()
 
     def close(self) -> None:
-        self.view.release()
-        self.map.close()
+        """Unmap the parent's side (the worker's goes with it)."""
+        try:
+            self.view.release()
+            self.map.close()
+        except BufferError:
+            pass  # a view of it is still alive (an error on the way): unmapped when that goes
 
 
 class Reader:
