@@ -51,6 +51,9 @@ def _worker(specs: Sequence[str], out, strict: bool, chunk_bytes: int, chunk_sam
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles ^C and kills us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    from .executor import guard
+
+    guard.release_signals()  # held since the fork
 
     def warn(message: str) -> None:
         out.put(("w", message))
@@ -151,8 +154,11 @@ class ParallelReader:
     def _start(self) -> None:
         if not self._started:
             self._started = True
-            for proc in self._procs:
-                proc.start()
+            from .executor import guard
+
+            with guard.held_while_forking():  # a signal meanwhile acts once all are started
+                for proc in self._procs:
+                    proc.start()
 
     def _get(self, w: int):
         q = self._queues[w]

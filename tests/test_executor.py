@@ -366,3 +366,26 @@ def test_shell_found_once_keeps_its_name_and_a_missing_one_fails_each_sample(tmp
     result = run_sample(missing, next(make_samples(1)), 1)
     assert result.failed and result.reason == "cannot run 'no-such-shell-here': No such file or directory"
     assert os.listdir(spec.root) == []
+
+
+def test_signals_wait_while_workers_are_forked():
+    """A SIGTERM (or Ctrl-C) while workers are forked acts once the block
+    ends, not inside Python's at-fork hooks, where its exception would be
+    lost and the run would finish as if never interrupted."""
+    import signal
+    import time
+
+    from tarproc.executor import guard
+
+    hits = []
+    old = signal.signal(signal.SIGTERM, lambda signum, frame: hits.append(signum))
+    try:
+        with guard.held_while_forking():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            assert hits == []
+        time.sleep(0.01)
+        assert hits == [signal.SIGTERM]
+        assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    finally:
+        signal.signal(signal.SIGTERM, old)

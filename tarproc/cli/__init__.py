@@ -21,8 +21,8 @@ def _quiet_interrupt_at_start() -> None:
     import signal
     import sys
 
-    if sys.argv and os.path.basename(sys.argv[0]) in TOOLS:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if sys.argv and os.path.basename(sys.argv[0]) in TOOLS and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # an inherited ignore (a background job of a script) stays
 
 
 _quiet_interrupt_at_start()

@@ -777,7 +777,8 @@ def _one_of(choices: list[str]) -> str:
 def run_app(app: typer.Typer, name: str) -> None:
     """Console-script entry point: run ``app`` as ``name``; exits with the
     command's status. A usage error is one line on stderr, exit status 2."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # KeyboardInterrupt from here on (see tarproc.cli)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_DFL:  # set by tarproc.cli; an inherited ignore stays
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # KeyboardInterrupt from here on
     try:
         status = app(prog_name=name, standalone_mode=False)
     except TyperException as exc:  # click's UsageError and friends (typer vendors click)

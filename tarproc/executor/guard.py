@@ -75,6 +75,49 @@ def enter_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    release_signals()  # held since the fork (held_while_forking): a SIGTERM meanwhile acts now
+
+
+#: the signals held while processes are forked
+HELD = frozenset({signal.SIGINT, signal.SIGTERM})
+
+
+@contextlib.contextmanager
+def held_while_forking() -> Iterator[None]:
+    """Around forking worker processes: SIGINT and SIGTERM are blocked
+    (``pthread_sigmask(2)``, POSIX.1-2017) and delivered when the block
+    ends. A handler that raised inside Python's at-fork hooks would be lost
+    (an exception there is only printed): the run would go on as if never
+    interrupted. A forked worker starts with them blocked too, until it has
+    its own handlers (:func:`release_signals`). A signal another thread
+    takes meanwhile is held by a stand-in handler and raised again here
+    at the end."""
+    pending: list[int] = []
+
+    def hold(signum, frame):  # another thread took it: this thread's handler acts afterwards
+        pending.append(signum)
+
+    handlers = {}
+    try:
+        for signum in HELD:
+            handlers[signum] = signal.signal(signum, hold)
+    except ValueError:  # not the main thread: the block alone
+        pass
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
+    try:
+        yield
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if pending:
+            signal.raise_signal(pending[0])
+
+
+def release_signals() -> None:
+    """In a forked worker, once its handlers are in place: let the signals
+    :func:`held_while_forking` blocked through (a pending one acts now)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD)
 
 
 def check_pending() -> None:

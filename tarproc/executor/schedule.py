@@ -189,12 +189,13 @@ def run_pool(job, samples: Iterable[Sample], parallel: int, ordered: bool = True
     clean = False
     try:
         inherited: list[int] = []
-        for _ in range(parallel):
-            worker = _Worker(context, job, inherited)
-            workers.append(worker)
-            inherited += [worker.task_fd, worker.result_fd]
-            poller.register(worker.result_fd, select.POLLIN)
-            by_fd[worker.result_fd] = worker
+        with guard.held_while_forking():  # a Ctrl-C or SIGTERM meanwhile acts once all are started
+            for _ in range(parallel):
+                worker = _Worker(context, job, inherited)
+                workers.append(worker)
+                inherited += [worker.task_fd, worker.result_fd]
+                poller.register(worker.result_fd, select.POLLIN)
+                by_fd[worker.result_fd] = worker
         items = work_items(samples, chunk)
         exhausted = False
         inputs: dict[int, Sample] = {}
