@@ -130,6 +130,32 @@ class Interrupted(BaseException):
     """Raised in the main process when SIGTERM arrives (SIGINT raises
     :class:`KeyboardInterrupt`); the CLI exits with 143."""
 
+    #: the signal that interrupted this process, once a handler has raised
+    #: for it (:func:`raise_interrupted`): an exception raised while a
+    #: finaliser (``__del__``) runs is only printed by Python, so an output
+    #: checks this before it is committed (:func:`check_interrupted`)
+    received: int | None = None
+
     def __init__(self, signum: int = 15):
         super().__init__(signum)
         self.signum = signum
+
+
+def raise_interrupted(signum: int) -> None:
+    """What a handler of SIGINT or SIGTERM raises in the main process
+    (:class:`KeyboardInterrupt`, :class:`Interrupted`), recorded first.
+
+    :raises KeyboardInterrupt: for SIGINT
+    :raises Interrupted: for any other signal
+    """
+    Interrupted.received = signum
+    if signum == 2:  # SIGINT
+        raise KeyboardInterrupt
+    raise Interrupted(signum)
+
+
+def check_interrupted() -> None:
+    """Raise again for a signal whose exception was lost (see
+    :attr:`Interrupted.received`); nothing when none came."""
+    if Interrupted.received is not None:
+        raise_interrupted(Interrupted.received)

@@ -23,7 +23,7 @@ from typing import BinaryIO, NoReturn
 
 from . import procs
 from .compress import compressing_writer, compression_for_name, output_compression
-from .errors import OutputError
+from .errors import OutputError, check_interrupted
 from .samples import Sample, sample_members
 from .storage import filesystem, is_url, local_path
 from .tario import TarWriter
@@ -151,6 +151,7 @@ class TarSink:
         """
         if self.closed:
             return
+        check_interrupted()  # a signal whose exception a finaliser swallowed: never commit the output
         self.closed = True
         try:
             self.writer.finish()

@@ -80,7 +80,7 @@ from typer.exceptions import TyperException
 from .. import __version__
 from ..compress import COMPRESSIONS
 from ..sizes import SIZE_HELP, parse_size
-from ..errors import ExitStatus, Interrupted, TarprocError, UsageError
+from ..errors import ExitStatus, Interrupted, TarprocError, UsageError, raise_interrupted
 
 EXIT_STATUS = """\
 0    success.
@@ -703,7 +703,7 @@ def _describe_sample(sample) -> str:
 
 
 def _raise_interrupted(signum, frame):
-    raise Interrupted(signum)
+    raise_interrupted(signum)
 
 
 def _silence_stdout() -> None:
@@ -778,7 +778,7 @@ def run_app(app: typer.Typer, name: str) -> None:
     """Console-script entry point: run ``app`` as ``name``; exits with the
     command's status. A usage error is one line on stderr, exit status 2."""
     if signal.getsignal(signal.SIGINT) is signal.SIG_DFL:  # set by tarproc.cli; an inherited ignore stays
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # KeyboardInterrupt from here on
+        signal.signal(signal.SIGINT, _raise_interrupted)  # KeyboardInterrupt from here on, recorded
     try:
         status = app(prog_name=name, standalone_mode=False)
     except TyperException as exc:  # click's UsageError and friends (typer vendors click)

@@ -20,7 +20,7 @@ import contextlib
 import signal
 from collections.abc import Iterator
 
-from ..errors import Interrupted
+from ..errors import raise_interrupted
 from ..procs import kill_group
 
 
@@ -32,14 +32,16 @@ class _State:
     pgids: list[int] = []  # the process groups of the running sample's commands
     pending: int | None = None
     in_worker = False
+    exiting = False  # a worker's SystemExit is on its way
 
 
 def _raise_for(signum: int):
     if _State.in_worker:
+        if _State.exiting:
+            return  # a second SIGTERM (to the group, then from the parent) while the first unwinds
+        _State.exiting = True
         raise SystemExit(128 + signum)
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    raise Interrupted(signum)
+    raise_interrupted(signum)
 
 
 def _on_signal(signum, frame) -> None:
@@ -69,6 +71,7 @@ def enter_worker() -> None:
     """Make this (forked) process a pool worker: SIGINT ignored (the parent
     coordinates Ctrl-C), SIGTERM kills the running command, then exits 143."""
     _State.in_worker = True
+    _State.exiting = False
     _State.pgids = []
     _State.pending = None
     _State.spawning = False
