@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import enum
+import signal
 
 
 #: the warning callback every library function takes: called with one line
@@ -149,7 +150,7 @@ def raise_interrupted(signum: int) -> None:
     :raises Interrupted: for any other signal
     """
     Interrupted.received = signum
-    if signum == 2:  # SIGINT
+    if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise Interrupted(signum)
 

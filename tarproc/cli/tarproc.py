@@ -263,12 +263,12 @@ def _check_output_keys(result, written: KeyLedger) -> bool:
     result whose output key was already written from its own input (or
     repeats within its outputs): a key that comes back makes the output
     ungrouped, or repeats a field, and readers would reject the whole shard.
+    Called for every result but the usual one (one output with a new key),
+    which the CLI loop lets through itself.
 
     :raises DuplicateKeyError:
     """
     outputs = result.outputs
-    if len(outputs) == 1 and written.first_source(outputs[0]["__key__"]) is None:
-        return False  # the usual case: one output, a new key (the CLI loop checks it first)
     keys = [out["__key__"] for out in outputs]
     for i, key in enumerate(keys):
         first = written.first_source(key)

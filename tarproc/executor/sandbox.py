@@ -343,8 +343,8 @@ class Spawner:
 
     def _execute_plan(self, directory: str, log_fd: int) -> tuple[int | None, str, bytes]:
         """:meth:`execute` by :meth:`.direct.Plan.run`: each program in a
-        process group of its own, killed when it exits; ``timeout`` for all
-        of them together."""
+        process group of its own, all of them killed when the line ends
+        (:func:`.guard.running_all`); ``timeout`` for all of them together."""
         deadline = None if self.timeout is None else _now() + self.timeout
         timed_out = False
 

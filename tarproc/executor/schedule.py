@@ -130,8 +130,8 @@ class _Worker:
         self.task_fd, self.result_fd = task_w, result_r
         self.writer = wire.Writer(task_w)
         self.reader = wire.Reader(result_r)
-        self.pending: collections.deque = collections.deque()  # work items sent, not answered
-        self.in_arena: collections.deque = collections.deque()  # for each: are its bytes in the arena
+        # one entry per work item sent and not yet answered: whether its bytes are in the arena
+        self.pending: collections.deque = collections.deque()
 
     @property
     def pid(self) -> int:
@@ -233,9 +233,8 @@ def run_pool(job, samples: Iterable[Sample], parallel: int, ordered: bool = True
                 for index, sample in item:
                     inputs[index] = sample
                 outstanding += len(item)
-                worker.pending.append(item)
                 buffers, in_arena = wire.pack_items(item, worker.arena)
-                worker.in_arena.append(in_arena)
+                worker.pending.append(in_arena)
                 try:
                     worker.writer.put_message(buffers)
                 except BrokenPipeError:  # not our stdout: the worker is gone
@@ -264,8 +263,7 @@ def run_pool(job, samples: Iterable[Sample], parallel: int, ordered: bool = True
                 for skeleton, lengths, raw in messages:
                     if skeleton and skeleton[0] == "crash":
                         raise TarprocError(f"worker process {worker.pid} crashed:\n{skeleton[1]}")
-                    worker.pending.popleft()
-                    if worker.in_arena.popleft():
+                    if worker.pending.popleft():
                         worker.arena.release()  # the worker is done with that task's bytes
                     for result in wire.unpack_results(skeleton, lengths, raw, inputs):
                         if ordered:

@@ -27,7 +27,6 @@ from .. import iov
 from .results import Result
 
 HEADER = struct.Struct("<QQ")
-IOV_BATCH = iov.IOV_BATCH
 _RAW = None  # marks a value sent in the raw part
 #: value types sent as a reference to the input's value when equal to it
 #: (fields, and the key and source of an output that keeps them)
@@ -87,8 +86,13 @@ def _rebuild(entries: list | tuple, raw: memoryview, lengths: list, pos: list, c
     return sample
 
 
-def pack(skeleton, lengths: list, buffers: list) -> list:
-    """The buffers of one message (for :func:`send` or a non-blocking writer)."""
+def pack(skeleton, lengths: list, buffers: list, offset: int | None = None) -> list:
+    """The buffers of one message (for :func:`send` or a non-blocking writer);
+    with ``offset``, the raw part is in the receiver's :class:`Arena` there
+    (``buffers`` is then ignored: the message has no raw part)."""
+    if offset is not None:
+        head = pickle.dumps((skeleton, lengths, offset), protocol=5)
+        return [HEADER.pack(len(head), 0), head]
     head = pickle.dumps((skeleton, lengths), protocol=5)
     return [HEADER.pack(len(head), sum(lengths)), head, *buffers]
 
@@ -106,8 +110,7 @@ def pack_items(items: list, arena: Arena | None = None) -> tuple[list, bool]:
     if arena is not None and buffers:
         offset = arena.put(buffers, sum(lengths))
         if offset is not None:
-            head = pickle.dumps((skeleton, lengths, offset), protocol=5)
-            return [HEADER.pack(len(head), 0), head], True
+            return pack(skeleton, lengths, buffers, offset), True
     return pack(skeleton, lengths, buffers), False
 
 
@@ -159,9 +162,6 @@ def unpack_results(skeleton, lengths, raw: memoryview, inputs: dict | None = Non
         # positional, in the dataclass's field order (cheaper than keywords, once per sample)
         results.append(Result(index, key, outputs, status, failed, reason, log, warnings, directory, attempts, action))
     return results
-
-
-_consume = iov.consume
 
 
 def send(fd: int, buffers: list) -> None:
@@ -360,7 +360,7 @@ class Writer:
         """Queue ``buffers`` (any bytes-like objects) and write what the pipe
         takes now; ``size``: their total length in bytes when known
         (:meth:`put_message`)."""
-        if not self.queue and len(buffers) <= IOV_BATCH:
+        if not self.queue and len(buffers) <= iov.IOV_BATCH:
             # the usual case: the pipe takes the whole message at once
             try:
                 n = os.writev(self.fd, buffers)
@@ -371,7 +371,7 @@ class Writer:
             if n == size:
                 return
             views = iov.byte_views(buffers)
-            _consume(views, views[:], n)
+            iov.consume(views, views[:], n)
         else:
             views = iov.byte_views(buffers)
         self.queue.extend(views)
@@ -387,12 +387,12 @@ class Writer:
         """Write what the pipe takes now; what is left stays queued."""
         queue = self.queue
         while queue:
-            batch = queue[:IOV_BATCH]
+            batch = queue[:iov.IOV_BATCH]
             try:
                 n = os.writev(self.fd, batch)
             except BlockingIOError:
                 return
-            if _consume(queue, batch, n) < len(batch):
+            if iov.consume(queue, batch, n) < len(batch):
                 return
 
     @property
