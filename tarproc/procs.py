@@ -136,6 +136,30 @@ def stop(proc: subprocess.Popen, grace: float = 0.0) -> int:
     return proc.wait()
 
 
+def host_name() -> str:
+    """This machine's name as the names of attempt files and run
+    directories carry it (no dots: they separate the name's parts)."""
+    import socket
+
+    return socket.gethostname().replace(".", "_") or "host"
+
+
+def pid_alive(pid: int) -> bool:
+    """True while process ``pid`` runs on this machine (a zombie, killed but
+    not yet reaped, counts as gone: Linux ``/proc/PID/stat`` state ``Z``)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
 #: ``prctl(2)`` option: the signal this process gets when its parent dies (Linux)
 _PR_SET_PDEATHSIG = 1
 #: seconds between two looks at the parent where ``prctl`` is missing

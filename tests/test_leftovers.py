@@ -5,11 +5,14 @@
   a tarproc in them removes its sample directories from ``$TMPDIR``;
 - tarshuffle on SIGTERM leaves no ``.partial`` file; its worker
   (``python -m tarproc.shuffle``) stops when tarshuffle is killed with
-  SIGKILL and writes no output.
+  SIGKILL and writes no output;
+- tarproc killed with SIGKILL leaves its ``tarproc-*`` directory; the next
+  run removes it (this host, PID gone) and keeps a live run's.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, tool_env
+from conftest import BIN, run, tool_env
 from makeshards import write_shard
 
 
@@ -114,3 +117,55 @@ def test_tarshuffle_worker_stops_when_tarshuffle_is_killed(shards, tmp_path):
     assert gone(str(tmp_path)) == ""  # the worker and its input command stopped: no parent PID 1 orphans
     time.sleep(3.5)  # past the moment the old worker wrote its output
     assert sorted(p.name for p in staging.iterdir()) == []  # no staged file, no partial one, no record
+
+
+# ----------------------------------------------------------------- tarproc
+def test_stale_tarproc_directory_of_a_killed_run_is_removed_a_live_one_kept(shards, tmp_path):
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = tool_env()
+    env["TMPDIR"] = str(tmpdir)
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen(["tarproc", "-c", f"sleep 30; : {tmp_path}", "-o", os.devnull, str(shards[0])],
+                                env=env, stderr=subprocess.DEVNULL)
+
+    killed = start()
+    wait_for(lambda: list(tmpdir.glob("tarproc-*/*")), "a sample directory")
+    stale = sample_dirs(tmpdir)
+    assert len(stale) == 1 and f".{killed.pid}." in stale[0]  # tarproc-<host>.<pid>.<random>
+    killed.kill()
+    killed.wait()
+    assert sample_dirs(tmpdir) == stale  # SIGKILL: no chance to clean up
+    live = start()  # the next run removes the dead run's directory...
+    try:
+        wait_for(lambda: [d for d in sample_dirs(tmpdir) if f".{live.pid}." in d], "the live run's directory")
+        ours = sample_dirs(tmpdir)
+        assert len(ours) == 1 and f".{live.pid}." in ours[0]
+        done = run(["tarproc", "-c", "true", "-o", str(tmp_path / "x.tar"), str(shards[1])], env=env)
+        assert done.returncode == 0, done.stderr
+        assert sample_dirs(tmpdir) == ours  # ...and a run beside a live one keeps the live one's
+    finally:
+        live.terminate()
+        live.wait(timeout=30)
+    assert sample_dirs(tmpdir) == []
+    # the killed run's sample commands ran in their own process groups: stop them
+    for line in processes(f"sleep 30; : {tmp_path}").splitlines():
+        os.kill(int(line.split()[0]), signal.SIGKILL)
+
+
+def test_only_this_hosts_dead_runs_directories_are_stale(tmp_path):
+    from tarproc.procs import host_name
+    from tarproc.tempdirs import make_run_dir, remove_stale_run_dirs
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # reaped: its PID names no process now
+    names = [f"tarproc-{host_name()}.{dead.pid}.abc", f"tarproc-otherhost.{dead.pid}.abc", "tarproc-k2j4x0ab",
+             f"tarproc-{host_name()}.{os.getpid()}.abc", f"tarsort-{host_name()}.{dead.pid}.abc"]
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "sample.jpg").write_bytes(b"x")
+    assert remove_stale_run_dirs("tarproc-", str(tmp_path)) == [str(tmp_path / names[0])]
+    made = make_run_dir("tarproc-", str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:] + [os.path.basename(made)])
+    assert os.path.basename(made).startswith(f"tarproc-{host_name()}.{os.getpid()}.")
