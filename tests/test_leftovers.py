@@ -24,11 +24,13 @@ from conftest import BIN, run, tool_env
 from makeshards import write_shard
 
 
-def wait_for(predicate, what: str, seconds: float = 60.0) -> None:
+def wait_for(predicate, what: str, seconds: float = 60.0, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + seconds
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"exited {proc.returncode} before {what}: {proc.stderr.read().decode()}")
         time.sleep(0.02)
 
 
@@ -56,7 +58,7 @@ def shards(tmp_path_factory) -> list[Path]:
 
 
 # ------------------------------------------------------------------ tarmap
-@pytest.mark.parametrize("how,status", [("SIGTERM", 143), ("SIGINT", 130), ("timeout", 1)])
+@pytest.mark.parametrize("how,status", [("SIGTERM", 143), ("SIGINT", 130), ("timeout", 1), ("index-SIGTERM", 143)])
 def test_tarmap_stopped_leaves_no_sample_directories(shards, tmp_path, how, status):
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
@@ -67,11 +69,15 @@ def test_tarmap_stopped_leaves_no_sample_directories(shards, tmp_path, how, stat
     argv = ["tarmap", *map(str, shards), "-o", f"{out}/{{stem}}.tar", "-c", pipeline, "-j", "2", "--retries", "0"]
     if how == "timeout":
         argv += ["--timeout", "1"]
+    if how.startswith("index"):  # one task, run in tarmap's main thread (a pod's --index)
+        del argv[argv.index("-j"):argv.index("-j") + 2]
+        argv += ["--index", "1"]
     proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE)
-    # both pipelines' tarproc have a sample directory with a running command
-    wait_for(lambda: len([d for d in tmpdir.glob("tarproc-*") if any(d.iterdir())]) == 2, "two sample directories")
+    # the pipelines' tarproc have a sample directory with a running command
+    running = 1 if how.startswith("index") else 2
+    wait_for(lambda: len([d for d in tmpdir.glob("tarproc-*") if any(d.iterdir())]) == running, "sample directories", proc=proc)
     if how != "timeout":
-        proc.send_signal(getattr(signal, how))
+        proc.send_signal(getattr(signal, how.removeprefix("index-")))
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == status, stderr.decode()
     if how == "timeout":
