@@ -97,7 +97,8 @@ class RetryPolicy:
     :ivar backoff: seconds before the first retry, doubled for each further
         one, at most :attr:`max_backoff`
     :ivar timeout: seconds an attempt may run before its pipeline's process
-        group is killed (a retryable failure); None: no limit
+        group is stopped (SIGTERM, :data:`tarproc.procs.TERM_GRACE` seconds,
+        SIGKILL; a retryable failure); None: no limit
     """
 
     retries: int = 2
