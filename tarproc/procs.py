@@ -14,10 +14,21 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
+import threading
+import time
 from collections.abc import Mapping, Sequence
 
 #: the shell every user command runs in (``bash -c CMD``, as the original tarproc)
 SHELL = "bash"
+#: seconds a command we stop early (an interrupted tarmap or tarshuffle, a
+#: task's ``--timeout``) gets between SIGTERM to its process group and
+#: SIGKILL: time for a tarproc in it to stop its own commands and remove its
+#: sample directories (it takes milliseconds; a command that ignores SIGTERM
+#: costs the whole grace)
+TERM_GRACE = 5.0
+#: seconds between two looks at a group that was sent SIGTERM
+_POLL = 0.02
 
 
 def shell_argv(command: str, shell: str = SHELL) -> list[str]:
@@ -86,21 +97,105 @@ def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
         pass
 
 
+def group_alive(pid: int) -> bool:
+    """True while the process group led by ``pid`` has a member
+    (``killpg(pid, 0)``; a member that is not ours to signal counts)."""
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def wait_group(proc: subprocess.Popen, deadline: float) -> bool:
+    """Wait until ``proc`` has exited (it is reaped) and its process group
+    is empty, or until ``deadline`` (:func:`time.monotonic` seconds).
+    Returns True when the group is gone. Sends no signal."""
+    while True:
+        if proc.poll() is not None and not group_alive(proc.pid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_POLL)
+
+
 def stop(proc: subprocess.Popen, grace: float = 0.0) -> int:
     """Stop ``proc`` and its whole group and reap it; returns its exit status.
 
     With ``grace`` > 0 the group gets SIGTERM first and ``grace`` seconds to
-    exit, then SIGKILL; with 0, SIGKILL at once. Children the command left in
-    its group are killed even when the command itself has already exited.
+    exit (every process of it, :func:`wait_group`), then SIGKILL; with 0,
+    SIGKILL at once. Children the command left in its group are killed even
+    when the command itself has already exited.
     """
-    if grace > 0 and proc.poll() is None:
+    if grace > 0 and (proc.poll() is None or group_alive(proc.pid)):
         kill_group(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
+        wait_group(proc, time.monotonic() + grace)
     kill_group(proc.pid, signal.SIGKILL)
     return proc.wait()
+
+
+def host_name() -> str:
+    """This machine's name as the names of attempt files and run
+    directories carry it (no dots: they separate the name's parts)."""
+    import socket
+
+    return socket.gethostname().replace(".", "_") or "host"
+
+
+def pid_alive(pid: int) -> bool:
+    """True while process ``pid`` runs on this machine (a zombie, killed but
+    not yet reaped, counts as gone: Linux ``/proc/PID/stat`` state ``Z``)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+#: ``prctl(2)`` option: the signal this process gets when its parent dies (Linux)
+_PR_SET_PDEATHSIG = 1
+#: seconds between two looks at the parent where ``prctl`` is missing
+_PARENT_POLL = 0.5
+
+
+def die_with_parent(parent: int, sig: int = signal.SIGTERM) -> None:
+    """Have ``sig`` sent to this process when ``parent`` (the PID that
+    started it) dies, so that a worker whose coordinator was killed with
+    SIGKILL stops instead of writing an output nobody records. Call it in
+    the child, early, from its main thread. On Linux this is
+    ``prctl(PR_SET_PDEATHSIG, sig)`` (the signal comes when the parent
+    *thread* that started the child ends: start the child from a thread that
+    waits for it); elsewhere a daemon thread looks at ``getppid()`` every
+    half second. A parent already gone when this is called (the child was
+    adopted) gets ``sig`` sent at once.
+    """
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent:
+        os.kill(os.getpid(), sig)
+        return
+    if not armed:
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(_PARENT_POLL)
+            os.kill(os.getpid(), sig)
+
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def describe_status(status: int) -> str:

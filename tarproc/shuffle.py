@@ -748,6 +748,9 @@ ENV_OUTPUT = "TARSHUFFLE_OUTPUT"
 #: fsspec storage options (JSON) for the URLs a worker opens: in its
 #: environment, not on its command line (they may hold credentials)
 ENV_STORAGE = "TARSHUFFLE_STORAGE_OPTIONS"
+#: the PID of the process that started the worker: the worker stops
+#: (as on SIGTERM) when that process dies (:func:`tarproc.procs.die_with_parent`)
+ENV_PARENT = "TARSHUFFLE_PARENT_PID"
 
 
 def staged_name(staging: str, index: int) -> str:
@@ -771,14 +774,17 @@ def worker_main(argv: list[str] | None = None) -> int:
     ``TARSHUFFLE_BUFFER_SIZE`` (bytes) and ``TARSHUFFLE_TMPDIR`` set the
     memory budget and the spill directory; ``TARSHUFFLE_STORAGE_OPTIONS``
     (a JSON object) the fsspec options of the URLs it opens. Returns the exit status: 0, 1, 3
-    for bad input data or a duplicate key (:class:`tarproc.errors.ExitStatus`).
+    for bad input data or a duplicate key (:class:`tarproc.errors.ExitStatus`),
+    143 on SIGTERM and 130 on SIGINT, after removing its partial output and
+    spill files. ``TARSHUFFLE_PARENT_PID``: the process that started it;
+    when that process dies the worker stops as on SIGTERM, so a killed
+    coordinator leaves no worker writing an output nobody records.
     """
     import argparse
     import sys
 
     from .compress import decompressing_reader
-    from .errors import ExitStatus
-
+    from .errors import ExitStatus, Interrupted
     parser = argparse.ArgumentParser(prog="python -m tarproc.shuffle", description="one tarshuffle task")
     sub = parser.add_subparsers(dest="phase", required=True)
     m = sub.add_parser("map")
@@ -839,6 +845,10 @@ def worker_main(argv: list[str] | None = None) -> int:
         return int(exc.exit_status)
     except BrokenPipeError:
         return int(ExitStatus.SIGPIPE)
+    except KeyboardInterrupt:
+        return int(ExitStatus.SIGINT)
+    except Interrupted:
+        return int(ExitStatus.SIGTERM)
     return 0
 
 
@@ -920,5 +930,25 @@ __all__ = [
 ]
 
 
+def _worker_program() -> int:
+    """``python -m tarproc.shuffle``: :func:`worker_main` as a program,
+    whose SIGTERM (tarshuffle stopping its task, the death of the process in
+    ``TARSHUFFLE_PARENT_PID``) unwinds, so that its partial output and spill
+    files are removed."""
+    import signal
+
+    from . import procs
+    from .errors import ExitStatus, Interrupted, raise_interrupted
+
+    signal.signal(signal.SIGTERM, lambda signum, frame: raise_interrupted(signum))
+    parent = os.environ.get(ENV_PARENT, "")
+    try:
+        if parent.isdigit():
+            procs.die_with_parent(int(parent))
+    except Interrupted:  # the parent was gone already
+        return int(ExitStatus.SIGTERM)
+    return worker_main()
+
+
 if __name__ == "__main__":
-    raise SystemExit(worker_main())
+    raise SystemExit(_worker_program())

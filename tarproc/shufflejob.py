@@ -48,7 +48,7 @@ import time
 from . import procs, records, schedule, tasks
 from .errors import ExitStatus, TarprocError, UsageError
 from .shards import ShardPattern
-from .shuffle import ENV_BUFFER, ENV_INPUT, ENV_OUTPUT, ENV_STORAGE, ENV_TMPDIR, join, staged_name
+from .shuffle import ENV_BUFFER, ENV_INPUT, ENV_OUTPUT, ENV_PARENT, ENV_STORAGE, ENV_TMPDIR, join, staged_name
 from .sinks import remove_stale_attempts
 from .sort import DEFAULT_BUFFER
 from .storage import filesystem, identity, is_url, local_path
@@ -251,20 +251,24 @@ def _topic(out: bytes) -> str | None:
     return topic if isinstance(topic, str) else None
 
 
-def run_attempt(task: tasks.Task, attempt: int, options: tasks.TaskOptions) -> dict:
+def run_attempt(task: tasks.Task, attempt: int, options: tasks.TaskOptions,
+                context: tasks.TaskContext | None = None) -> dict:
     """One attempt of a shuffle task: its worker (the task's pipeline, in
     its own process group) reads the input itself and writes the output
     atomically (``TARSHUFFLE_INPUT``/``TARSHUFFLE_OUTPUT``), printing its
     statistics; then the completion record (:mod:`tarproc.records`) is
     written. The worker's stderr is copied to ours unless ``quiet``.
 
-    Killed on ``timeout`` and by :func:`tarproc.tasks.cancel_all`, like a
-    tarmap pipeline.
+    Stopped on ``timeout`` and by :meth:`tarproc.tasks.TaskContext.cancel`
+    like a tarmap pipeline (SIGTERM, a grace, SIGKILL): the worker removes
+    its partial output and spill files on SIGTERM, and stops by itself when
+    this process dies (:func:`tarproc.shuffle.worker_main`).
 
     :raises tarproc.tasks.TaskFailure: the attempt failed (``permanent`` when
         the worker exited 3: bad input data, a duplicate key)
     """
-    if tasks._CANCELLED.is_set():
+    context = context or tasks.TaskContext()
+    if context.cancelled.is_set():
         raise tasks.TaskFailure("cancelled")
     started = time.time()
     clock = time.monotonic()
@@ -277,30 +281,35 @@ def run_attempt(task: tasks.Task, attempt: int, options: tasks.TaskOptions) -> d
         raise tasks.TaskFailure(f"{task.input}: no such input")
     env = dict(os.environ)
     env.update(options.env or {})
-    env.update({ENV_INPUT: task.input, ENV_OUTPUT: task.output})
+    env.update({ENV_INPUT: task.input, ENV_OUTPUT: task.output, ENV_PARENT: str(os.getpid())})
     if storage:  # the worker opens the URLs itself: in its environment, not on its command line
         env[ENV_STORAGE] = json.dumps(storage)
     try:
         proc = procs.spawn(worker_argv(task.pipeline), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     except OSError as exc:
         raise tasks.TaskFailure(f"cannot start the task: {exc.strerror}") from None
-    tasks._track(proc, True)
+    context.track(proc)
+    interrupted = False
     try:
         try:
             out, err = proc.communicate(timeout=options.policy.timeout)
         except subprocess.TimeoutExpired:
-            procs.kill_group(proc.pid)
+            context.kill(proc)
             proc.communicate()
-            raise tasks.TaskFailure(f"timed out after {options.policy.timeout:g} s (killed)") from None
+            raise tasks.TaskFailure(f"timed out after {options.policy.timeout:g} s (stopped)") from None
+    except BaseException as exc:
+        interrupted = not isinstance(exc, Exception)  # KeyboardInterrupt, Interrupted: --index mode
+        raise
     finally:
-        procs.stop(proc)
-        tasks._track(proc, False)
+        if interrupted:
+            context.terminate(proc)  # the grace to remove its partial output
+        context.stop(proc)
     lines = err.decode("utf-8", "replace").splitlines()
     if not options.quiet:
         for line in lines:
             if not line.startswith("tarshuffle: error: "):  # the error is the failure's message
-                tasks.line_writer(line)  # above a progress bar (tarproc.cli.common.Tool.say)
-    if tasks._CANCELLED.is_set():
+                context.line_writer(line)  # above a progress bar (tarproc.cli.common.Tool.say)
+    if context.cancelled.is_set():
         raise tasks.TaskFailure("cancelled")
     if proc.returncode != 0:
         errors = [line.removeprefix("tarshuffle: error: ") for line in lines if line.startswith("tarshuffle: error: ")]
@@ -333,10 +342,11 @@ def run_attempt(task: tasks.Task, attempt: int, options: tasks.TaskOptions) -> d
     return record
 
 
-def run_task(task: tasks.Task, options: tasks.TaskOptions, say=None) -> tasks.TaskResult:
+def run_task(task: tasks.Task, options: tasks.TaskOptions, say=None,
+             context: tasks.TaskContext | None = None) -> tasks.TaskResult:
     """:func:`tarproc.tasks.run_task` (skip when complete, retries, backoff)
     with :func:`run_attempt`; module-level, so Dask workers can run it."""
-    return tasks.run_task(task, options, say, attempt_fn=run_attempt)
+    return tasks.run_task(task, options, say, context, attempt_fn=run_attempt)
 
 
 def run_task_quiet(task: tasks.Task, options: tasks.TaskOptions) -> tasks.TaskResult:
@@ -379,6 +389,7 @@ def run(
     halt_after: int = 3,
     on_phase: Callable[[str, int], None] | None = None,
     on_result: Callable[[str, tasks.Task, tasks.TaskResult], None] | None = None,
+    context: tasks.TaskContext | None = None,
 ) -> list[PhaseOutcome]:
     """Run the shuffle: the map phase (skipped when every reduce task is
     complete already), then the reduce phase, each on a fresh pool from
@@ -391,10 +402,15 @@ def run(
         ``fn(task, options, *fn_args)``
     :param on_phase: called with (phase, number of tasks) when a phase starts
     :param on_result: called with (phase, task, result) as tasks finish
+    :param context: the run's :class:`tarproc.tasks.TaskContext`, cancelled
+        on an interrupt (None: a new one); local tasks get it through
+        ``fn_args`` (``(say, context)`` for :func:`run_task`; without ``fn``,
+        :func:`run_task` gets it)
     :returns: the outcome of each phase that was considered
-    :raises KeyboardInterrupt, Interrupted: running pipelines are killed
-        (:func:`tarproc.tasks.cancel_all`) first
+    :raises KeyboardInterrupt, Interrupted: running pipelines are stopped
+        (:meth:`tarproc.tasks.TaskContext.cancel`) first
     """
+    context = context or tasks.TaskContext()
     job = job.with_fingerprint(options.storage_options)
     outcomes = []
     reduce_list = job.reduce_tasks()
@@ -415,9 +431,10 @@ def run(
             return tasks.TaskResult(task.index, task.input, task.output, "failed",
                                     message=f"{type(exc).__name__}: {exc}")
 
-        summary = schedule.run_all(task_list, fn or run_task, (options, *fn_args), pool_factory(),
+        args = (options, *fn_args) if fn is not None else (options, None, context)  # noqa: E501
+        summary = schedule.run_all(task_list, fn or run_task, args, pool_factory(),
                                    max_errors=max_errors, halt_after=halt_after, on_result=result, on_error=error,
-                                   on_interrupt=tasks.cancel_all)
+                                   on_interrupt=context.cancel)
         outcome = PhaseOutcome(phase, task_list, summary)
         outcomes.append(outcome)
         if not outcome.ok:
@@ -427,7 +444,8 @@ def run(
     return outcomes
 
 
-def run_one(job: ShuffleJob, phase: str, index: int, options: tasks.TaskOptions, say=None) -> tasks.TaskResult:
+def run_one(job: ShuffleJob, phase: str, index: int, options: tasks.TaskOptions, say=None,
+            line_writer: Callable[[str], None] | None = None) -> tasks.TaskResult:
     """Run one task of one phase here (``--phase P --index I``: a Kubernetes
     pod, a Slurm array task), with retries. The last reduce task to complete
     does not remove the staging (it cannot know the others are done): run
@@ -444,11 +462,8 @@ def run_one(job: ShuffleJob, phase: str, index: int, options: tasks.TaskOptions,
         task = job.reduce_task(index)
     else:
         task = job.map_task(index)
-    try:
-        return run_task(task, options, say)
-    finally:
-        tasks.cancel_all()  # only kills something on an interrupt
-        tasks.reset_cancel()
+    with tasks.TaskContext(line_writer) as context:  # its exit stops what runs on an interrupt
+        return run_task(task, options, say, context)
 
 
 __all__ = ["NO_INPUT", "PhaseOutcome", "ShuffleJob", "all_complete", "default_staging", "inputs_fingerprint", "run",

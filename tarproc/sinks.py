@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import BinaryIO, NoReturn
 
 from . import procs
+from .procs import host_name, pid_alive
 from .compress import compressing_writer, compression_for_name, output_compression
 from .errors import OutputError, check_interrupted
 from .samples import Sample, sample_members
@@ -230,37 +231,13 @@ ATTEMPT = PARTIAL + "."
 STALE_SECONDS = 3600
 
 
-def _host() -> str:
-    """This machine's name as attempt names carry it (no dots: they separate
-    the name's parts)."""
-    import socket
-
-    return socket.gethostname().replace(".", "_") or "host"
-
-
 def attempt_suffix() -> str:
     """A suffix unique to this attempt: ``.partial.<host>.<pid>.<token>``
     (two attempts of one task, even on two machines at once, never write the
     same file)."""
     import secrets
 
-    return f"{ATTEMPT}{_host()}.{os.getpid()}.{secrets.token_hex(4)}"
-
-
-def _pid_alive(pid: int) -> bool:
-    """True while process ``pid`` runs (a zombie, killed but not yet reaped,
-    counts as gone: Linux ``/proc/PID/stat`` state ``Z``)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rpartition(b")")[2].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True
+    return f"{ATTEMPT}{host_name()}.{os.getpid()}.{secrets.token_hex(4)}"
 
 
 def remove_stale_attempts(target: str, keep: str | None = None) -> list[str]:
@@ -272,7 +249,7 @@ def remove_stale_attempts(target: str, keep: str | None = None) -> list[str]:
 
     directory = os.path.dirname(os.path.abspath(target))
     prefix = os.path.basename(target) + ATTEMPT
-    host = _host()
+    host = host_name()
     removed = []
     try:
         names = os.listdir(directory)
@@ -300,7 +277,7 @@ def _stale(suffix: str, host: str, mtime: Callable[[], float | None], now: float
     Unix seconds, None when unknown) for :data:`STALE_SECONDS`."""
     owner, _, rest = suffix.partition(".")
     pid = rest.partition(".")[0]
-    if owner == host and pid.isdigit() and not _pid_alive(int(pid)):
+    if owner == host and pid.isdigit() and not pid_alive(int(pid)):
         return True
     when = mtime()
     return when is not None and now - when > STALE_SECONDS
@@ -325,7 +302,7 @@ def remove_stale_attempt_keys(directory: str, storage_options: dict | None = Non
     removed = 0
     try:
         fs, path = filesystem(directory, storage_options)
-        host = _host()
+        host = host_name()
         now = time.time()
         for info in fs.ls(path, detail=True):
             name = info.get("name", "")

@@ -217,7 +217,8 @@ class HTTPStream:
     no range requests, so any server works (``python -m http.server``).
 
     Connection errors (refused, reset, timeout, a 5xx status, or a body cut
-    short) are retried up to ``retries`` times, with ``delay`` doubling,
+    short: the connection closed before Content-Length bytes came, which
+    :mod:`http.client` reports as a plain end of data) are retried up to ``retries`` times, with ``delay`` doubling,
     as long as no byte was passed on to the reader; after that a cut is a
     :class:`SourceError` naming the number of bytes read, since the reader
     has consumed a prefix that a new GET could not resume without a range
@@ -229,6 +230,7 @@ class HTTPStream:
     :param timeout: seconds without data before a read fails
     :raises SourceError: the URL cannot be fetched (4xx, or still failing
         after the retries), or the connection fails after data was passed on
+        (exit status 1, retryable: never a :class:`tarproc.errors.DataError`)
     """
 
     def __init__(
@@ -241,6 +243,7 @@ class HTTPStream:
         self.passed = 0  # bytes passed on to the reader
         self.attempts = 0
         self.response = None
+        self.expected: int | None = None  # Content-Length of the body, bytes
         self._connect()
 
     def _retry(self, why: str) -> None:
@@ -264,6 +267,7 @@ class HTTPStream:
             self.attempts += 1
             try:
                 self.response = urllib.request.urlopen(request, timeout=self.timeout)
+                self.expected = self.length
                 return
             except urllib.error.HTTPError as exc:
                 exc.close()
@@ -289,14 +293,16 @@ class HTTPStream:
                 data = self.response.read(n) if n is not None and n >= 0 else self.response.read()
             except (OSError, http.client.HTTPException) as exc:
                 why = f"connection failed after {self.passed} bytes: {exc or type(exc).__name__}"
-                if self.passed:
-                    raise SourceError(f"{self.url}: {why}") from None
-                self.close()
-                self._retry(why)
-                self._connect()
-                continue
-            self.passed += len(data)
-            return data
+            else:
+                if data or n == 0 or self.expected is None or self.passed >= self.expected:
+                    self.passed += len(data)
+                    return data
+                why = f"connection closed after {self.passed} of {self.expected} bytes"
+            if self.passed:
+                raise SourceError(f"{self.url}: {why}") from None
+            self.close()
+            self._retry(why)
+            self._connect()
 
     def close(self) -> None:
         if self.response is not None:
@@ -308,6 +314,29 @@ class HTTPStream:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def open_url(spec: str, storage_options: Mapping | None = None) -> BinaryIO:
+    """The one reader of a URL input in the family: its bytes as stored
+    (still compressed), read sequentially. ``http(s)://``: one GET
+    (:class:`HTTPStream`, any server, a short body is an error); any other
+    URL through fsspec (:func:`tarproc.storage.filesystem`), its read errors
+    a :class:`SourceError` (:class:`_StoreFile`). Close it when done.
+
+    :param storage_options: fsspec options for a URL other than http(s)
+    :raises SourceError: it cannot be opened (exit status 1); reads raise
+        it too when the connection fails
+    """
+    if spec.startswith(("http://", "https://")):
+        return HTTPStream(spec)
+    fs, path = filesystem(spec, storage_options)
+    try:
+        handle = fs.open(path, "rb")
+    except FileNotFoundError:
+        raise SourceError(f"{spec}: cannot open: no such object") from None
+    except Exception as exc:  # noqa: BLE001 - each store raises its own errors (botocore's are not OSError)
+        raise SourceError(f"{spec}: cannot open: {exc}") from None
+    return _StoreFile(handle, spec)
 
 
 @contextlib.contextmanager
@@ -342,21 +371,13 @@ def open_source(spec: str, on_read: Callable[[int], None] | None = None,
         finally:
             pipe.close(complete)
         return
-    if spec.startswith(("http://", "https://")):
-        with HTTPStream(spec) as handle:
-            _expect(on_read, spec, handle.length)
-            yield decompressing_reader(_counted(handle, on_read), spec)
-        return
     if input_kind(spec) == "url":
-        fs, path = filesystem(spec, storage_options)
+        handle = open_url(spec, storage_options)
         try:
-            handle = fs.open(path, "rb")
-        except FileNotFoundError:
-            raise SourceError(f"{spec}: cannot open: no such object") from None
-        except Exception as exc:  # noqa: BLE001 - each store raises its own errors (botocore's are not OSError)
-            raise SourceError(f"{spec}: cannot open: {exc}") from None
-        with handle:
-            yield decompressing_reader(_counted(_StoreFile(handle, spec), on_read), spec)
+            _expect(on_read, spec, handle.length if isinstance(handle, HTTPStream) else None)
+            yield decompressing_reader(_counted(handle, on_read), spec)
+        finally:
+            handle.close()
         return
     path = spec[7:] if spec.startswith("file://") else spec
     try:

@@ -120,16 +120,57 @@ def filesystem(url: str, storage_options: Mapping | None = None):
         raise SourceError(f"{url}: {exc}") from None
 
 
+def _http_identity(url: str) -> dict | None:
+    """:func:`identity` of an ``http(s)://`` URL from one HEAD request (RFC
+    9110 9.3.2; any server, ``python -m http.server`` too, no fsspec):
+    ``size`` from Content-Length, ``etag`` from ETag, else ``mtime`` from
+    Last-Modified; None for 404 and 410.
+
+    :raises SourceError: the server cannot be asked, or answers another error
+    """
+    import urllib.error
+    import urllib.request
+
+    from . import __version__
+
+    request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": f"tarproc/{__version__}",
+                                                                   "Accept-Encoding": "identity"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            headers = response.headers
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        if exc.code in (404, 410):
+            return None
+        raise SourceError(f"{url}: cannot stat: HTTP {exc.code} {exc.reason}") from None
+    except urllib.error.URLError as exc:
+        raise SourceError(f"{url}: cannot stat: {exc.reason}") from None
+    except OSError as exc:
+        raise SourceError(f"{url}: cannot stat: {exc}") from None
+    out: dict = {}
+    length = headers.get("Content-Length")
+    if length is not None and length.isdigit():
+        out["size"] = int(length)
+    if headers.get("ETag"):
+        out["etag"] = headers["ETag"].strip('"')
+    elif headers.get("Last-Modified"):
+        out["mtime"] = headers["Last-Modified"]
+    return out
+
+
 def identity(spec: str, storage_options: Mapping | None = None) -> dict | None:
     """What identifies the current content of an input, for completion
     records: ``{"size", "mtime"}`` of a local file, ``{"size", "etag"}`` (or
-    ``"mtime"``) of an object where the store gives them, ``{}`` for a
-    ``pipe:`` input; None when the input does not exist.
+    ``"mtime"``) of an object where the store gives them (an ``http(s)://``
+    URL: from a HEAD request), ``{}`` for a ``pipe:`` input; None when the
+    input does not exist.
 
     :raises SourceError: the store could not be asked
     """
     if spec.startswith("pipe:"):
         return {}
+    if spec.startswith(("http://", "https://")):
+        return _http_identity(spec)
     if not is_url(spec):
         try:
             st = os.stat(local_path(spec))

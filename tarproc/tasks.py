@@ -1,8 +1,8 @@
 """Shard tasks: run a shell pipeline once per input shard, exactly once.
 
 A :class:`Task` is (index, input, output, pipeline). Running it
-(:func:`run_task`) opens the input — a file, ``pipe:CMD`` or a URL through
-fsspec; its raw bytes, still compressed, go to the pipeline's stdin — and
+(:func:`run_task`) opens the input — a file, ``pipe:CMD`` or a URL (the
+family's one URL reader, :func:`tarproc.sources.open_url`); its raw bytes, still compressed, go to the pipeline's stdin — and
 runs the pipeline (``bash -c PIPELINE`` in its own process group, via
 :mod:`tarproc.procs`) with ``TARMAP_INDEX``, ``TARMAP_INPUT`` and
 ``TARMAP_OUTPUT`` in its environment. The pipeline's stdout must be one
@@ -19,10 +19,16 @@ deliver a task at least once, maybe twice at the same time: the atomic
 output, unique attempt files and the skip check make that harmless, without
 locks.
 
+The state of a run (its running pipelines, whether it was cancelled, where
+lines go) lives in a :class:`TaskContext` passed to :func:`run_task`, not
+in this module: two runs in one process do not share it. A pipeline
+stopped early gets SIGTERM, :data:`tarproc.procs.TERM_GRACE` seconds, then
+SIGKILL, so that a tarproc in it removes its sample directories.
+
 Failures are classified by the exit-status contract of
 :class:`tarproc.errors.ExitStatus`: a pipeline that exits 3 (bad input data)
 fails its task permanently; any other non-zero exit, a signal, a timeout, an
-invalid output stream or an I/O error of our own is retryable
+invalid output stream, an input cut short or an I/O error of our own is retryable
 (:class:`RetryPolicy`).
 """
 
@@ -34,6 +40,7 @@ import dataclasses
 import hashlib
 import io
 import os
+import signal
 import socket
 import string
 import subprocess
@@ -47,7 +54,8 @@ from .compress import compressing_writer, compression_for_name, decompressing_re
 from .errors import ExitStatus, TarprocError, UsageError
 from .samples import group_samples
 from .sinks import AtomicOutput, abort_stale_uploads, remove_stale_attempt_keys, remove_stale_attempts
-from .storage import filesystem, identity, is_url, local_path
+from .sources import open_url
+from .storage import identity, is_url, local_path
 from .tario import iter_members
 
 #: suffixes removed from a file name to make ``{stem}``, longest first
@@ -89,7 +97,8 @@ class RetryPolicy:
     :ivar backoff: seconds before the first retry, doubled for each further
         one, at most :attr:`max_backoff`
     :ivar timeout: seconds an attempt may run before its pipeline's process
-        group is killed (a retryable failure); None: no limit
+        group is stopped (SIGTERM, :data:`tarproc.procs.TERM_GRACE` seconds,
+        SIGKILL; a retryable failure); None: no limit
     """
 
     retries: int = 2
@@ -288,11 +297,12 @@ class _StderrPump(threading.Thread):
     """Copy a pipeline's stderr to ours, each line prefixed by the task,
     keeping the last lines for the failure report."""
 
-    def __init__(self, stream, prefix: str, quiet: bool):
+    def __init__(self, stream, prefix: str, quiet: bool, line_writer: Callable[[str], None]):
         super().__init__(daemon=True)
         self.stream = stream
         self.prefix = prefix
         self.quiet = quiet
+        self.line_writer = line_writer
         self.tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
 
     def run(self) -> None:
@@ -301,7 +311,7 @@ class _StderrPump(threading.Thread):
                 line = raw.decode("utf-8", "replace").rstrip("\n")
                 self.tail.append(line)
                 if not self.quiet:
-                    line_writer(f"{self.prefix}{line}")
+                    self.line_writer(f"{self.prefix}{line}")
 
 
 class _Feeder(threading.Thread):
@@ -336,76 +346,120 @@ def _print_line(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
-#: where the lines of a pipeline's stderr and our warnings go (one line each);
-#: a CLI showing a progress bar points it at a writer that keeps the bar intact
-line_writer: Callable[[str], None] = _print_line
+class TaskContext:
+    """The state of one run of tasks in this process, passed to
+    :func:`run_task` and :func:`run_attempt`: two runs (two tools in one
+    process, two threads) each have their own and never touch the other's
+    pipelines. Not picklable: a Dask worker makes its own
+    (:func:`run_task_quiet`).
+
+    A pipeline stopped early (:meth:`cancel`, a task's ``timeout``, an
+    interrupt in the thread running it) gets SIGTERM to its process group
+    and ``grace`` seconds (:data:`tarproc.procs.TERM_GRACE`) to exit, so that
+    a tarproc in it removes its sample directories; then SIGKILL.
+
+    :param line_writer: where the lines of a pipeline's stderr and task
+        warnings go, one line each (None: plain stderr); a CLI showing a
+        progress bar passes a writer that keeps the bar intact
+    :param grace: seconds between SIGTERM and SIGKILL
+    """
+
+    def __init__(self, line_writer: Callable[[str], None] | None = None, grace: float = procs.TERM_GRACE):
+        self.line_writer: Callable[[str], None] = line_writer or _print_line
+        self.grace = grace
+        #: set by :meth:`cancel`: no new attempt starts
+        self.cancelled = threading.Event()
+        self._lock = threading.Lock()
+        #: running attempts' pipelines (and their input commands) -> the
+        #: monotonic deadline of their grace once they were sent SIGTERM
+        self._running: dict[subprocess.Popen, float | None] = {}
+        #: directories of fsspec outputs cleared of stale attempt keys (a
+        #: listing of a store's directory costs requests: once per directory)
+        self._cleared: set[str] = set()
+
+    def __enter__(self) -> TaskContext:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cancel()  # kills something only when the run was interrupted
+
+    def track(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._running[proc] = None
+
+    def terminate(self, proc: subprocess.Popen) -> float:
+        """Send SIGTERM to ``proc``'s process group, once; returns the
+        monotonic time its grace ends."""
+        with self._lock:
+            if proc not in self._running:  # stopped and reaped already: its PID may be another's now
+                return time.monotonic()
+            deadline = self._running[proc]
+            if deadline is None:
+                deadline = self._running[proc] = time.monotonic() + self.grace
+                procs.kill_group(proc.pid, signal.SIGTERM)
+        return deadline
+
+    def kill(self, proc: subprocess.Popen) -> None:
+        """:meth:`terminate`, wait for the group until the grace ends, then
+        SIGKILL what is left of it (blocks up to ``grace`` seconds)."""
+        if not procs.wait_group(proc, self.terminate(proc)):
+            procs.kill_group(proc.pid)
+
+    def stop(self, proc: subprocess.Popen) -> None:
+        """Reap ``proc`` and stop tracking it; its group is killed at once,
+        or, when it was sent SIGTERM, when it is gone or its grace ended."""
+        with self._lock:
+            deadline = self._running.get(proc)
+        if deadline is not None:
+            procs.wait_group(proc, deadline)
+        procs.stop(proc)  # reaps it; kills what it left in its group
+        with self._lock:
+            self._running.pop(proc, None)
+
+    def cancel(self) -> None:
+        """Stop every pipeline of this run (:meth:`kill`, all at once) and
+        start no new attempt: for SIGINT/SIGTERM of the scheduler. Their
+        outputs are discarded; complete tasks keep their records. Blocks
+        until they are gone, at most ``grace`` seconds."""
+        self.cancelled.set()
+        with self._lock:
+            running = list(self._running)
+        deadlines = [self.terminate(proc) for proc in running]
+        for proc, deadline in zip(running, deadlines):
+            if not procs.wait_group(proc, deadline):
+                procs.kill_group(proc.pid)
+
+    def remove_stale_keys_once(self, output: str, storage: Mapping) -> None:
+        """:func:`tarproc.sinks.remove_stale_attempt_keys` in the directory
+        of ``output``, once per directory in this run."""
+        directory = output.rsplit("/", 1)[0]
+        with self._lock:
+            if directory in self._cleared:
+                return
+            self._cleared.add(directory)
+        remove_stale_attempt_keys(directory, dict(storage))
 
 
-def set_line_writer(writer: Callable[[str], None] | None) -> None:
-    """Send pipeline stderr lines and task warnings to ``writer`` (None:
-    plain stderr). Process-wide: Dask workers keep plain stderr."""
-    global line_writer
-    line_writer = writer or _print_line
-
-
-#: running attempts' pipelines (and their input commands), for :func:`cancel_all`
-_RUNNING: set[subprocess.Popen] = set()
-_RUNNING_LOCK = threading.Lock()
-_CANCELLED = threading.Event()
-
-
-def cancel_all() -> None:
-    """Kill every pipeline this process is running (their process groups)
-    and start no new attempt: for SIGINT/SIGTERM of the scheduler. Their
-    outputs are discarded; complete tasks keep their records."""
-    _CANCELLED.set()
-    with _RUNNING_LOCK:
-        running = list(_RUNNING)
-    for proc in running:
-        procs.kill_group(proc.pid)
-
-
-def reset_cancel() -> None:
-    """Allow attempts again after :func:`cancel_all` (tests, a new run)."""
-    _CANCELLED.clear()
-
-
-def _track(proc: subprocess.Popen, add: bool) -> None:
-    with _RUNNING_LOCK:
-        if add:
-            _RUNNING.add(proc)
-        else:
-            _RUNNING.discard(proc)
-
-
-#: directories of fsspec outputs this process has cleared of stale attempt keys
-#: (a listing of a store's directory costs requests: once per directory, not per task)
-_CLEARED: set[str] = set()
-
-
-def _remove_stale_keys_once(output: str, storage: Mapping) -> None:
-    directory = output.rsplit("/", 1)[0]
-    with _RUNNING_LOCK:
-        if directory in _CLEARED:
-            return
-        _CLEARED.add(directory)
-    remove_stale_attempt_keys(directory, dict(storage))
-
-
-def run_attempt(task: Task, attempt: int, options: TaskOptions) -> dict:
+def run_attempt(task: Task, attempt: int, options: TaskOptions, context: TaskContext | None = None) -> dict:
     """Run one attempt of ``task``: the output appears atomically and its
     completion record is written; returns the record.
 
+    :param context: the run this attempt belongs to (None: one of its own)
     :raises TaskFailure: the attempt failed (``permanent`` when the pipeline
-        exited 3); nothing appears at the output then
+        exited 3; a URL input cut short is an I/O error, retryable); nothing
+        appears at the output then
     """
-    if _CANCELLED.is_set():
+    context = context or TaskContext()
+    if context.cancelled.is_set():
         raise TaskFailure("cancelled")
     started = time.time()
     clock = time.monotonic()
     storage = dict(options.storage_options or {})
     label = f"task {task.index}"
-    source_identity = identity(task.input, storage)
+    try:
+        source_identity = identity(task.input, storage)
+    except TarprocError as exc:  # the store or server could not be asked: retryable
+        raise TaskFailure(str(exc)) from None
     if source_identity is None:
         raise TaskFailure(f"{task.input}: no such input")
     env = dict(os.environ)
@@ -418,18 +472,15 @@ def run_attempt(task: Task, attempt: int, options: TaskOptions) -> dict:
     proc = None
     timed_out = threading.Event()
     timer = None
+    interrupted = False
     try:
         # the input, raw: a file descriptor, an input command's stdout, or a feeder thread
         if task.input.startswith("pipe:"):
             source_proc = procs.spawn_shell(task.input[5:], stdout=subprocess.PIPE, env=env)
-            _track(source_proc, True)
+            context.track(source_proc)
             stdin = source_proc.stdout
         elif is_url(task.input):
-            fs, path = filesystem(task.input, storage)
-            try:
-                remote = fs.open(path, "rb")
-            except (OSError, ValueError) as exc:
-                raise TaskFailure(f"{task.input}: cannot open: {exc}") from None
+            remote = open_url(task.input, storage)  # the family's one URL reader
             stack.callback(remote.close)
             stdin = subprocess.PIPE
         else:
@@ -441,20 +492,22 @@ def run_attempt(task: Task, attempt: int, options: TaskOptions) -> dict:
             proc = procs.spawn_shell(task.pipeline, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         except OSError as exc:
             raise TaskFailure(f"cannot start the pipeline: {exc.strerror}") from None
-        _track(proc, True)
+        context.track(proc)
         if source_proc is not None:
             source_proc.stdout.close()  # the pipeline holds it now
         if stdin is subprocess.PIPE:
             feeder = _Feeder(remote, proc.stdin)
             feeder.start()
-        pump = _StderrPump(proc.stderr, f"tarmap: {label}: ", options.quiet)
+        pump = _StderrPump(proc.stderr, f"tarmap: {label}: ", options.quiet, context.line_writer)
         pump.start()
         if options.policy.timeout:
-            def expire():
+            def expire():  # SIGTERM, the grace, SIGKILL (TaskContext.kill)
                 timed_out.set()
-                procs.kill_group(proc.pid)
                 if source_proc is not None:
-                    procs.kill_group(source_proc.pid)
+                    context.terminate(source_proc)
+                context.kill(proc)
+                if source_proc is not None:
+                    context.kill(source_proc)
             timer = threading.Timer(options.policy.timeout, expire)
             timer.daemon = True
             timer.start()
@@ -463,11 +516,23 @@ def run_attempt(task: Task, attempt: int, options: TaskOptions) -> dict:
             pump.join(timeout=5)
             return ("; stderr: " + " | ".join(pump.tail)) if pump.tail else ""
 
+        def input_failure() -> TaskFailure | None:
+            """The input's own failure (a URL cut short), which explains a
+            pipeline that saw a truncated stream: retryable."""
+            if feeder is not None:
+                feeder.join(timeout=EXIT_GRACE)
+                if feeder.error:
+                    return TaskFailure(feeder.error)
+            return None
+
         def pipeline_failure(status: int, detail: str = "") -> TaskFailure:
             if timed_out.is_set():
-                return TaskFailure(f"timed out after {options.policy.timeout:g} s (pipeline killed){tail()}")
-            if _CANCELLED.is_set():
+                return TaskFailure(f"timed out after {options.policy.timeout:g} s (pipeline stopped){tail()}")
+            if context.cancelled.is_set():
                 return TaskFailure("cancelled")
+            failure = input_failure()
+            if failure is not None:
+                return failure
             extra = f" ({detail})" if detail else ""
             return TaskFailure(f"pipeline {procs.describe_status(status)}{extra}{tail()}",
                                permanent=status == ExitStatus.DATA)
@@ -475,7 +540,7 @@ def run_attempt(task: Task, attempt: int, options: TaskOptions) -> dict:
         if not is_url(task.output):
             remove_stale_attempts(local_path(task.output))
         else:
-            _remove_stale_keys_once(task.output, storage)
+            context.remove_stale_keys_once(task.output, storage)
         out = AtomicOutput(task.output, storage, makedirs=True)
         samples = members = 0
         try:
@@ -487,7 +552,7 @@ def run_attempt(task: Task, attempt: int, options: TaskOptions) -> dict:
                 stream = decompressing_reader(proc.stdout, f"{label} output")
                 tee = _Tee(stream, writer)
                 verified = io.BufferedReader(tee, 1 << 16)
-                warn = (lambda m: None) if options.quiet else (lambda m: line_writer(f"tarmap: {label}: warning: {m}"))
+                warn = (lambda m: None) if options.quiet else (lambda m: context.line_writer(f"tarmap: {label}: warning: {m}"))
                 for sample in group_samples(iter_members(verified, f"{label} output", warn), f"{label} output", warn):
                     samples += 1
                     members += sum(1 for k in sample if not k.startswith("__"))
@@ -501,16 +566,17 @@ def run_attempt(task: Task, attempt: int, options: TaskOptions) -> dict:
                 try:
                     status = proc.wait(timeout=EXIT_GRACE)
                 except subprocess.TimeoutExpired:
-                    procs.kill_group(proc.pid)
+                    context.kill(proc)
                     status = proc.wait()
                 if status != 0 and not procs.died_of_sigpipe(status):
                     # a failed pipeline that wrote nothing is explained by its status alone
                     raise pipeline_failure(status, str(exc) if tee is not None and tee.bytes else "") from None
-                raise TaskFailure(f"the pipeline's output is not a complete tar stream: {exc}{tail()}") from None
+                raise input_failure() or TaskFailure(
+                    f"the pipeline's output is not a complete tar stream: {exc}{tail()}") from None
             status = proc.wait()
             if status != 0:
                 raise pipeline_failure(status)
-            if timed_out.is_set() or _CANCELLED.is_set():
+            if timed_out.is_set() or context.cancelled.is_set():
                 raise pipeline_failure(status)
             if source_proc is not None:
                 source_status = source_proc.wait()
@@ -550,13 +616,18 @@ def run_attempt(task: Task, attempt: int, options: TaskOptions) -> dict:
         raise TaskFailure(str(exc)) from None
     except OSError as exc:
         raise TaskFailure(f"I/O error: {exc}") from None
+    except BaseException as exc:
+        interrupted = not isinstance(exc, Exception)  # KeyboardInterrupt, Interrupted: in this thread (--index)
+        raise
     finally:
         if timer is not None:
             timer.cancel()
+        for p in (source_proc, proc):
+            if p is not None and interrupted:
+                context.terminate(p)  # the grace to clean up, as for a cancelled run
         for p in (proc, source_proc):
             if p is not None:
-                procs.stop(p)  # reaps it; kills what it left in its group
-                _track(p, False)
+                context.stop(p)  # reaps it; kills what it left in its group
                 for stream in (p.stdout, p.stderr, p.stdin):
                     if stream is not None:
                         with contextlib.suppress(OSError, ValueError):
@@ -575,7 +646,8 @@ def is_complete(task: Task, options: TaskOptions) -> dict | None:
 
 
 def run_task(task: Task, options: TaskOptions = TaskOptions(), say: Say | None = None,
-             attempt_fn: Callable[[Task, int, TaskOptions], dict] | None = None) -> TaskResult:
+             context: TaskContext | None = None, *,
+             attempt_fn: Callable[[Task, int, TaskOptions, TaskContext], dict] | None = None) -> TaskResult:
     """Run a task to the end: skip it when complete (unless ``force``), else
     attempt it with retries and backoff (:class:`RetryPolicy`). Never raises
     for a task's own failure; the caller reads :class:`TaskResult`.
@@ -583,7 +655,10 @@ def run_task(task: Task, options: TaskOptions = TaskOptions(), say: Say | None =
     Module-level and picklable, so that Dask workers can run it.
 
     :param say: called with a one-line message for each retried failure
-    :param attempt_fn: runs one attempt and returns its record, raising
+    :param context: the run this task belongs to, whose :meth:`TaskContext.cancel`
+        stops it (None: one of its own, which nothing else can cancel)
+    :param attempt_fn: ``attempt_fn(task, attempt, options, context)`` runs
+        one attempt and returns its record, raising
         :class:`TaskFailure` (default :func:`run_attempt`; tarshuffle's tasks
         have their own, :func:`tarproc.shufflejob.run_attempt`)
     """
@@ -599,21 +674,22 @@ def run_task(task: Task, options: TaskOptions = TaskOptions(), say: Say | None =
         result.message = str(exc)
         result.topic = exc.topic
         return result
+    context = context or TaskContext()
     policy = options.policy
     for attempt in range(1, policy.retries + 2):
         if attempt > 1:
             delay = policy.delay(attempt)
-            if _CANCELLED.wait(delay):
+            if context.cancelled.wait(delay):
                 result.message = result.message or "cancelled"
                 return result
         result.attempts = attempt
         try:
-            result.record = (attempt_fn or run_attempt)(task, attempt, options)
+            result.record = (attempt_fn or run_attempt)(task, attempt, options, context)
         except TaskFailure as exc:
             result.message = str(exc)
             result.permanent = exc.permanent
             result.topic = exc.topic
-            if exc.permanent or _CANCELLED.is_set():
+            if exc.permanent or context.cancelled.is_set():
                 return result
             if say is not None and attempt <= policy.retries:
                 say(f"task {task.index} ({task.input}): attempt {attempt} failed: {exc}; retrying")
@@ -627,6 +703,7 @@ def run_task(task: Task, options: TaskOptions = TaskOptions(), say: Say | None =
 
 
 def run_task_quiet(task: Task, options: TaskOptions) -> TaskResult:
-    """:func:`run_task` that reports retries on stderr (for Dask workers,
-    whose callers cannot pass a callback)."""
+    """:func:`run_task` that reports retries on stderr, in a context of its
+    own (for Dask workers, whose callers cannot pass a callback or a
+    context)."""
     return run_task(task, options, say=lambda m: print(f"tarmap: {m}", file=sys.stderr, flush=True))

@@ -150,7 +150,7 @@ def _no_pid(line: bytes) -> bytes:
     """The line without what differs from run to run: a pid, the root's random name."""
     import re
 
-    return re.sub(rb"tarproc-\w+", b"tarproc-ROOT", re.sub(rb"(line \d+: +)\d+", rb"\1PID", line))
+    return re.sub(rb"tarproc-[\w.-]+", b"tarproc-ROOT", re.sub(rb"(line \d+: +)\d+", rb"\1PID", line))
 
 
 def test_a_program_gone_after_the_start_gets_bashs_message(imagenet_shard, bin_dir):

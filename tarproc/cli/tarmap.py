@@ -70,8 +70,9 @@ EXIT_STATUS_NOTE = """\
 1    some tasks failed (each named on stderr) or were not run.
 2    usage error.
 3    --index mode: the task failed permanently (bad input data).
-130  interrupted by SIGINT; 143 by SIGTERM (running pipelines killed, no
-     complete-looking output left, completed tasks keep their records)."""
+130  interrupted by SIGINT; 143 by SIGTERM (running pipelines get SIGTERM
+     and 5 s to clean up, then SIGKILL; no complete-looking output left,
+     completed tasks keep their records)."""
 
 app = make_app(HELP, EXAMPLES, EXIT_STATUS_NOTE)  # tarmap's statuses differ from a filter's
 
@@ -150,16 +151,13 @@ def tarmap(
             return
 
         say = (lambda m: None) if tool.quiet else (lambda m: tool.say(f"tarmap: {m}"))
-        tasks.set_line_writer(tool.say)
+        context = tasks.TaskContext(line_writer=tool.say)
         if a.index is not None:
             i = engine.task_index(a.index)
             if i >= len(task_list):
                 raise UsageError(f"--index {i}: there are {len(task_list)} tasks (0..{len(task_list) - 1})")
-            try:
-                result = tasks.run_task(task_list[i], options, say)
-            finally:
-                tasks.cancel_all()  # only reached with running pipelines on an interrupt
-                tasks.reset_cancel()
+            with context:  # its exit stops the pipelines on an interrupt
+                result = tasks.run_task(task_list[i], options, say, context)
             _report(tool, [result])
             _finish(tool, [result], task_list, manifest, shard_index, failed_list, options)
             if not result.ok:
@@ -169,7 +167,7 @@ def tarmap(
             tool.info(f"task {i}: {result.status}")
             return
 
-        fn, args = (tasks.run_task_quiet, (options,)) if a.dask is not None else (tasks.run_task, (options, say))
+        fn, args = (tasks.run_task_quiet, (options,)) if a.dask is not None else (tasks.run_task, (options, say, context))
         pool = engine.make_pool(tool)
         bar = engine.TaskBar(tool, len(task_list))
 
@@ -188,10 +186,9 @@ def tarmap(
         try:
             run = schedule.run_all(task_list, fn, args, pool, max_errors=a.max_errors,
                                    halt_after=a.halt_after, on_result=on_result, on_error=on_error,
-                                   on_interrupt=tasks.cancel_all)
+                                   on_interrupt=context.cancel)
         finally:
             bar.close()
-            tasks.reset_cancel()
         if run.stopped:
             tool.error(f"stopped, {len(run.not_run)} tasks not run: {tool.hinted(run.stopped, run.stopped_topic)}")
         _report(tool, run.results)

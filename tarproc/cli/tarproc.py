@@ -17,6 +17,7 @@ from ..executor.policy import HALT_AFTER, KEEP
 from ..samples import KeyLedger, duplicate_message
 from ..sinks import PARTIAL, open_sink
 from ..sources import local_path
+from ..tempdirs import make_run_dir
 from .common import REPEATED_KEYS, Tool, command, make_app, refuse_terminal, run_app
 
 #: what tarproc adds to a library error about a rule its options change
@@ -153,7 +154,7 @@ def tarproc(
             workdir = workdir or tempfile.gettempdir()
             if not os.path.isdir(workdir):
                 raise UsageError(f"--workdir {workdir!r}: no such directory (create it first)")
-            root = tempfile.mkdtemp(prefix="tarproc-", dir=workdir)
+            root = make_run_dir("tarproc-", workdir)  # removes those of killed runs (tarproc.tempdirs)
             spec = CommandSpec(argv, root, base, timeout, add_log, subdirs, keep, collect=output is not None,
                                persistent=persistent, batch=batch or 0)
             job = CommandJob(spec, policy)

@@ -75,8 +75,9 @@ EXIT_STATUS_NOTE = """\
 2    usage error.
 3    a task failed permanently: bad input data, or a key found in two
      inputs (see --rekey).
-130  interrupted by SIGINT; 143 by SIGTERM (running tasks killed, no
-     complete-looking output left, completed tasks keep their records)."""
+130  interrupted by SIGINT; 143 by SIGTERM (running tasks get SIGTERM and
+     5 s to remove their partial files, then SIGKILL; no complete-looking
+     output left, completed tasks keep their records)."""
 
 app = make_app(HELP, EXAMPLES, EXIT_STATUS_NOTE)
 
@@ -160,17 +161,17 @@ def tarshuffle(
             return
 
         say = (lambda m: None) if tool.quiet else (lambda m: tool.say(f"tarshuffle: {m}"))
-        tasks.set_line_writer(tool.say)
         if a.index is not None:
             i = engine.task_index(a.index)
-            result = shufflejob.run_one(job, phase, i, options, say)
+            result = shufflejob.run_one(job, phase, i, options, say, tool.say)
             if not result.ok:
                 tool.error(f"{phase} task {i} ({_name(phase, result)}) failed: {tool.hinted(result.message, result.topic)}")
                 raise typer.Exit(result.exit_status)
             tool.info(f"{phase} task {i}: {result.status}")
             return
 
-        fn, fn_args = (shufflejob.run_task_quiet, ()) if a.dask is not None else (shufflejob.run_task, (say,))
+        context = tasks.TaskContext(line_writer=tool.say)
+        fn, fn_args = (shufflejob.run_task_quiet, ()) if a.dask is not None else (shufflejob.run_task, (say, context))
         bars: list = []
 
         def on_phase(name: str, total: int) -> None:
@@ -190,12 +191,10 @@ def tarshuffle(
         try:
             outcomes = shufflejob.run(job, options, lambda: engine.make_pool(tool), fn=fn, fn_args=fn_args,
                                       keep_staging=keep_staging, max_errors=a.max_errors, halt_after=a.halt_after,
-                                      on_phase=on_phase, on_result=on_result)
+                                      on_phase=on_phase, on_result=on_result, context=context)
         finally:
             for bar in bars:
                 bar.close()
-            tasks.reset_cancel()
-            tasks.set_line_writer(None)
         for outcome in outcomes:
             if outcome.summary is None:  # the map phase, not needed
                 continue
