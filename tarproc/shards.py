@@ -30,7 +30,7 @@ from . import procs
 from .compress import TAR_SUFFIX, compression_for_name, output_compression, split_tar_suffix
 from .errors import OutputError, UsageError, Warn
 from .samples import KeyLedger, Sample, duplicate_message, sample_members
-from .sinks import TarSink, pipe_spelling
+from .sinks import HashingWriter, TarSink, pipe_spelling
 from .tario import BLOCK, member_header
 
 
@@ -151,23 +151,6 @@ class ShardInfo:
         """The manifest record: name, samples, bytes, sha256 (and index)."""
         record = asdict(self)
         return {k: record[k] for k in ("name", "samples", "bytes", "sha256", "index")}
-
-
-class _HashingStream:
-    """Pass writes through to ``stream`` while hashing and counting them."""
-
-    def __init__(self, stream):
-        self.stream = stream
-        self.hash = hashlib.sha256()
-        self.count = 0
-
-    def write(self, data) -> int:
-        self.hash.update(data)
-        self.count += len(data)
-        return self.stream.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self.stream, name)
 
 
 def file_sha256(path: str, chunk: int = 1 << 20) -> str:
@@ -332,7 +315,7 @@ class ShardWriter:
         self.repeated = 0
         self._keys = KeyLedger()
         self._sink: TarSink | None = None
-        self._hasher: _HashingStream | None = None
+        self._hasher: HashingWriter | None = None
         self._running: list[tuple[ShardInfo, subprocess.Popen]] = []
 
     # ------------------------------------------------------------ writing
@@ -402,7 +385,7 @@ class ShardWriter:
         self._hasher = None
         if self.checksum and self.pattern.is_pipe:
             # there is no file to read back: hash the stream as it is written
-            self._hasher = _HashingStream(sink.writer.stream)
+            self._hasher = HashingWriter(sink.writer.stream)
             sink.writer.stream = self._hasher
         self._sink = sink
         return sink
@@ -421,8 +404,8 @@ class ShardWriter:
                 raise OutputError(f"{sink.path}: cannot read back: {exc.strerror}") from None
         else:
             hasher = self._hasher
-            size = hasher.count if hasher is not None else sink.bytes_written
-            digest = hasher.hash.hexdigest() if hasher is not None else None
+            size = hasher.bytes if hasher is not None else sink.bytes_written
+            digest = hasher.hexdigest("sha256") if hasher is not None else None
         info = ShardInfo(self.index, name, sink.samples, size, digest)
         self.index += 1
         self.shards.append(info)

@@ -852,30 +852,6 @@ def worker_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-class _Hashing:
-    """Writes pass through to ``out`` while the named digests of the stored
-    bytes are computed and the bytes counted."""
-
-    def __init__(self, out, digests: Iterable[str] = ()):
-        self._out = out
-        self.digests = {name: hashlib.new(name) for name in digests}
-        self._updates = [d.update for d in self.digests.values()]
-        self.bytes = 0
-
-    def write(self, data) -> int:
-        for update in self._updates:
-            update(data)
-        self.bytes += len(data)
-        return self._out.write(data)
-
-    def flush(self) -> None:
-        pass
-
-    def hexdigest(self, name: str) -> str | None:
-        digest = self.digests.get(name)
-        return digest.hexdigest() if digest is not None else None
-
-
 def write_output(target: str, work: Callable[[BinaryIO], object], compress: bool = True,
                  digests: Iterable[str] = ("sha256",), storage_options: dict | None = None) -> dict:
     """Run ``work(stream)`` onto ``target`` atomically
@@ -891,12 +867,12 @@ def write_output(target: str, work: Callable[[BinaryIO], object], compress: bool
     :raises TarprocError: from ``work`` (nothing appears at ``target``)
     """
     from .compress import compressing_writer, compression_for_name
-    from .sinks import remove_stale_attempts
+    from .sinks import HashingWriter, remove_stale_attempts
 
     if not is_url(target):
         remove_stale_attempts(local_path(target))
     with atomic_output(target, storage_options) as out:
-        hashing = _Hashing(out, digests)
+        hashing = HashingWriter(out, digests)
         writer = compressing_writer(hashing, compression_for_name(target)) if compress else hashing
         result = work(writer)
         if writer is not hashing:

@@ -12,13 +12,14 @@ the output name (``.gz``/``.tgz``, ``.bz2``, ``.xz``, ``.zst``) unless given.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import BinaryIO, NoReturn
 
 from . import procs
@@ -324,6 +325,40 @@ def _mtime(info: dict) -> float | None:
         if hasattr(value, "timestamp"):
             return value.timestamp()
     return None
+
+
+class HashingWriter:
+    """A write-through stream: every write goes to ``stream`` while the named
+    :mod:`hashlib` digests of the bytes (``sha256``, FIPS 180-4; ``md5``,
+    RFC 1321) are computed and the bytes counted (:attr:`bytes`). Any other
+    attribute (``flush``, ``fileno``...) is the stream's. The one home of this
+    wrapper: completion records (:mod:`tarproc.tasks`, :mod:`tarproc.shuffle`)
+    and shard manifests (:mod:`tarproc.shards`) take their sizes and digests
+    from it.
+
+    :param stream: a binary stream with ``write``
+    :param digests: hashlib names, none to only count
+    """
+
+    def __init__(self, stream, digests: Iterable[str] = ("sha256",)):
+        self.stream = stream
+        self.digests = {name: hashlib.new(name, usedforsecurity=False) for name in digests}
+        self._updates = [digest.update for digest in self.digests.values()]
+        self.bytes = 0
+
+    def write(self, data) -> int:
+        for update in self._updates:
+            update(data)
+        self.bytes += len(data)
+        return self.stream.write(data)
+
+    def hexdigest(self, name: str) -> str | None:
+        """The hex digest ``name`` of the bytes written so far, None when not computed."""
+        digest = self.digests.get(name)
+        return digest.hexdigest() if digest is not None else None
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
 
 
 class AtomicOutput:

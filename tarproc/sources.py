@@ -25,31 +25,10 @@ import braceexpand
 
 from . import procs
 from .compress import decompressing_reader
-from .errors import SourceError, TarprocError, Warn
+from .errors import SourceError, TarprocError, UsageError, Warn
 from .samples import Note, Sample, group_samples
-from .storage import filesystem, is_url
+from .storage import filesystem, local_path, url_kind
 from .tario import iter_members
-
-
-def input_kind(spec: str) -> str:
-    """What an (expanded) input or output names, the one rule every module
-    uses: ``"stdin"`` for ``-``, ``"pipe"`` for ``pipe:CMD`` (``|CMD`` too,
-    the original tarproc's spelling), ``"url"`` for ``scheme://...`` other
-    than ``file://``, else ``"file"`` (a path, or ``file://PATH``)."""
-    if spec == "-":
-        return "stdin"
-    if spec.startswith(("pipe:", "|")):
-        return "pipe"
-    if is_url(spec):  # storage.is_url: scheme:// other than file://
-        return "url"
-    return "file"
-
-
-def local_path(spec: str) -> str | None:
-    """The path a ``file`` input names (``file://`` removed), else None."""
-    if input_kind(spec) != "file":
-        return None
-    return spec[7:] if spec.startswith("file://") else spec
 
 
 def expand_inputs(inputs: Iterable[str]) -> list[str]:
@@ -60,11 +39,44 @@ def expand_inputs(inputs: Iterable[str]) -> list[str]:
     """
     out: list[str] = []
     for spec in inputs:
-        if "{" not in spec or input_kind(spec) == "pipe":
+        if "{" not in spec or url_kind(spec) == "pipe":
             out.append(spec)
         else:
             out.extend(braceexpand.braceexpand(spec))
     return out
+
+
+def read_filelist(path: str, stdin=None) -> list[str]:
+    """Read inputs, one per line, from a file or ``-`` (stdin); blank lines
+    and lines starting with ``#`` are ignored. :raises SourceError:"""
+    if path == "-":
+        text = (stdin or sys.stdin).read()
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", "surrogateescape")
+    else:
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as handle:
+                text = handle.read()
+        except OSError as exc:
+            raise SourceError(f"{path}: cannot open file list: {exc.strerror}") from None
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def input_urls(urls: Iterable[str], lists: Iterable[str] = (), stdin=None) -> list[str]:
+    """The inputs of a run, in order: ``urls`` then each list file's lines
+    (:func:`read_filelist`; ``-`` is stdin), brace patterns expanded
+    (:func:`expand_inputs`). The one reader of input lists (tarcats' and the
+    task tools' ``-T``).
+
+    :raises UsageError: stdin is both an input and a list
+    :raises SourceError: a list cannot be read
+    """
+    specs = expand_inputs(urls)
+    for path in lists:
+        if path == "-" and "-" in specs:
+            raise UsageError("stdin is used both as an input and as the file list")
+        specs += expand_inputs(read_filelist(path, stdin))
+    return specs
 
 
 class _PipeSource:
@@ -356,7 +368,7 @@ def open_source(spec: str, on_read: Callable[[int], None] | None = None,
     if spec == "-":
         yield decompressing_reader(_counted(sys.stdin.buffer, on_read), "-")
         return
-    if input_kind(spec) == "pipe":
+    if url_kind(spec) == "pipe":
         pipe = _PipeSource(spec[5:] if spec.startswith("pipe:") else spec[1:])
         complete = False
         try:
@@ -371,7 +383,7 @@ def open_source(spec: str, on_read: Callable[[int], None] | None = None,
         finally:
             pipe.close(complete)
         return
-    if input_kind(spec) == "url":
+    if url_kind(spec) == "url":
         handle = open_url(spec, storage_options)
         try:
             _expect(on_read, spec, handle.length if isinstance(handle, HTTPStream) else None)
@@ -458,13 +470,13 @@ def check_inputs_exist(specs: Iterable[str]) -> None:
 
 __all__ = [
     "expand_inputs",
+    "input_urls",
+    "read_filelist",
     "open_source",
     "HTTPStream",
     "iter_source_samples",
     "iter_samples",
     "check_inputs_exist",
     "input_size",
-    "input_kind",
-    "local_path",
     "TarprocError",
 ]

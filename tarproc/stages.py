@@ -342,26 +342,6 @@ def open_shards(
     return itertools.chain.from_iterable(one(spec) for spec in specs)
 
 
-def read_filelist(path: str, stdin=None) -> list[str]:
-    """Read inputs, one per line, from a file or ``-`` (stdin); blank lines
-    and lines starting with ``#`` are ignored. :raises SourceError:"""
-    import sys
-
-    from .errors import SourceError
-
-    if path == "-":
-        text = (stdin or sys.stdin).read()
-        if isinstance(text, bytes):
-            text = text.decode("utf-8", "surrogateescape")
-    else:
-        try:
-            with open(path, encoding="utf-8", errors="surrogateescape") as handle:
-                text = handle.read()
-        except OSError as exc:
-            raise SourceError(f"{path}: cannot open file list: {exc.strerror}") from None
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-
-
 __all__ = [
     "BadShards",
     "FieldRule",
@@ -371,7 +351,6 @@ __all__ = [
     "open_shards",
     "parse_fields",
     "parse_slice",
-    "read_filelist",
     "shard_stem",
     "shuffle_list",
     "shuffle_samples",

@@ -27,9 +27,27 @@ def is_url(spec: str) -> bool:
     return bool(_URL.match(spec)) and not spec.startswith("file://")
 
 
-def local_path(spec: str) -> str:
-    """A local path from ``PATH`` or ``file://PATH``."""
-    return spec[7:] if spec.startswith("file://") else spec
+def url_kind(url: str) -> str:
+    """What an (expanded) input or output address names, the one rule every
+    module uses: ``"stdin"`` for ``-`` (stdout for an output), ``"pipe"`` for
+    ``pipe:CMD`` (``|CMD`` too, the original tarproc's spelling), ``"url"``
+    for ``scheme://...`` other than ``file://``, else ``"file"`` (a path, or
+    ``file://PATH``)."""
+    if url == "-":
+        return "stdin"
+    if url.startswith(("pipe:", "|")):
+        return "pipe"
+    if is_url(url):
+        return "url"
+    return "file"
+
+
+def local_path(url: str) -> str | None:
+    """The path a ``file`` address names (``file://`` removed); None for
+    ``-``, ``pipe:CMD`` and ``scheme://`` URLs."""
+    if url_kind(url) != "file":
+        return None
+    return url[7:] if url.startswith("file://") else url
 
 
 def parse_storage_options(items: list[str] | tuple[str, ...]) -> dict:

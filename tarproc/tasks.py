@@ -37,7 +37,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import hashlib
 import io
 import os
 import signal
@@ -53,7 +52,7 @@ from . import procs, records
 from .compress import compressing_writer, compression_for_name, decompressing_reader
 from .errors import ExitStatus, TarprocError, UsageError
 from .samples import group_samples
-from .sinks import AtomicOutput, abort_stale_uploads, remove_stale_attempt_keys, remove_stale_attempts
+from .sinks import AtomicOutput, HashingWriter, abort_stale_uploads, remove_stale_attempt_keys, remove_stale_attempts
 from .sources import open_url
 from .storage import identity, is_url, local_path
 from .tario import iter_members
@@ -272,25 +271,6 @@ class _Tee(io.RawIOBase):
             self.bytes += n
             buffer[:n] = data
         return n
-
-
-class _Hashing:
-    """Writes pass through to ``out`` while SHA-256 and MD5 are computed."""
-
-    def __init__(self, out):
-        self._out = out
-        self.sha256 = hashlib.sha256()
-        self.md5 = hashlib.md5(usedforsecurity=False)
-        self.bytes = 0
-
-    def write(self, data) -> int:
-        self.sha256.update(data)
-        self.md5.update(data)
-        self.bytes += len(data)
-        return self._out.write(data)
-
-    def flush(self) -> None:
-        pass
 
 
 class _StderrPump(threading.Thread):
@@ -544,7 +524,7 @@ def run_attempt(task: Task, attempt: int, options: TaskOptions, context: TaskCon
         out = AtomicOutput(task.output, storage, makedirs=True)
         samples = members = 0
         try:
-            hashing = _Hashing(out)
+            hashing = HashingWriter(out, ("sha256", "md5"))
             compression = compression_for_name(task.output)
             writer = compressing_writer(hashing, compression)
             tee = None
@@ -603,8 +583,8 @@ def run_attempt(task: Task, attempt: int, options: TaskOptions, context: TaskCon
             members=members,
             size=size,
             tar_bytes=tee.bytes,
-            sha256=hashing.sha256.hexdigest(),
-            md5=hashing.md5.hexdigest(),
+            sha256=hashing.hexdigest("sha256"),
+            md5=hashing.hexdigest("md5"),
             seconds=round(time.monotonic() - clock, 3),
             attempts=attempt,
             host=socket.gethostname(),

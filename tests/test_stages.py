@@ -12,6 +12,7 @@ from tarproc.errors import ArchiveError, SampleError, SourceError, TarprocError,
 from tarproc.parallel import ParallelReader, parallel_samples
 from tarproc.shards import split_samples
 from tarproc.sources import iter_samples
+from tarproc.sources import read_filelist
 from tarproc.stages import (
     BadShards,
     FieldRule,
@@ -21,7 +22,6 @@ from tarproc.stages import (
     open_shards,
     parse_fields,
     parse_slice,
-    read_filelist,
     shard_stem,
     shuffle_list,
     shuffle_samples,

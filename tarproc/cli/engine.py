@@ -17,8 +17,8 @@ import typer
 
 from .. import k8s, schedule, tasks
 from ..errors import UsageError
-from ..sources import expand_inputs, input_kind
-from ..stages import read_filelist
+from ..sources import input_urls
+from ..storage import url_kind
 from .common import Shared, Tool
 
 TaskInputs = Annotated[
@@ -89,15 +89,13 @@ ENGINE_SHARED = "storage_options"
 
 def task_specs(tool: Tool) -> list[str]:
     """The task list's inputs: INPUT... then each ``-T`` file's lines
-    (:func:`tarproc.stages.read_filelist`, as tarcats reads them), brace
+    (:func:`tarproc.sources.input_urls`, as tarcats reads them), brace
     patterns expanded.
 
     :raises UsageError: none given
     :raises SourceError: a file list cannot be read
     """
-    specs = expand_inputs(tool.args.inputs or [])
-    for path in tool.args.input_list or []:
-        specs.extend(expand_inputs(read_filelist(path)))
+    specs = input_urls(tool.args.inputs or [], tool.args.input_list or [])
     if not specs:
         raise UsageError("no inputs (give INPUT... or -T FILE)")
     return specs
@@ -192,13 +190,13 @@ def warn_pod_paths(tool: Tool, *paths: tuple[str, str | None]) -> None:
     every pod mounts it (a shared volume); an object-store URL needs no
     volume. A warning, not an error: the path may be such a volume."""
     a = tool.args
-    local_inputs = [spec for spec in a.inputs or [] if input_kind(spec) == "file"]
+    local_inputs = [spec for spec in a.inputs or [] if url_kind(spec) == "file"]
     listed = [("-T file list", path) for path in a.input_list or []]
     if local_inputs:
         more = f" (and {len(local_inputs) - 1} more)" if len(local_inputs) > 1 else ""
         listed.insert(0, ("input", local_inputs[0] + more))
     for what, path in [*listed, *paths]:
-        if path is not None and input_kind(path) == "file":
+        if path is not None and url_kind(path) == "file":
             tool.warn(f"{what} {path!r} is a local path: every pod must mount it (a shared volume), or use an"
                       " object-store URL", problem=False)
 

@@ -11,14 +11,13 @@ import typer
 from ..errors import UsageError
 from ..parallel import ParallelReader
 from ..samples import KeyLedger
-from ..sources import check_inputs_exist, expand_inputs, iter_source_samples
+from ..sources import check_inputs_exist, input_urls, iter_source_samples
 from ..stages import (
     BadShards,
     FieldSelector,
     Rekeyer,
     interleave,
     parse_slice,
-    read_filelist,
     shuffle_list,
     shuffle_samples,
     slice_samples,
@@ -152,11 +151,7 @@ def run_cats(tool: Tool, interleaved: bool, parallel: int) -> None:
     if a.rekey is not None:
         hints["duplicate_key"] = f"--rekey {a.rekey!r} makes keys that repeat: include {{shard}} or {{index}}"
     with tool.run(hints):
-        specs = expand_inputs(a.inputs or [])
-        for path in filelist or []:
-            if path == "-" and "-" in specs:
-                raise UsageError("stdin is used both as an input and as the file list")
-            specs += expand_inputs(read_filelist(path))
+        specs = input_urls(a.inputs or [], filelist or [])
         if not specs and not filelist:
             specs = ["-"]
         refuse_terminal_input(specs)

@@ -16,7 +16,7 @@ from ..executor import CommandJob, CommandSpec, ErrorPolicy, print_log, run_samp
 from ..executor.policy import HALT_AFTER, KEEP
 from ..samples import KeyLedger, duplicate_message
 from ..sinks import PARTIAL, open_sink
-from ..sources import local_path
+from ..storage import local_path
 from ..tempdirs import make_run_dir
 from .common import REPEATED_KEYS, Tool, command, make_app, refuse_terminal, run_app
 
