@@ -573,6 +573,8 @@ def write_report(path: str, dataset: DatasetReport) -> None:
         for report in dataset.shards:
             if report is not None:
                 handle.write(json.dumps(report.line()) + "\n")
+    except BrokenPipeError:
+        raise
     except OSError as exc:
         raise OutputError(f"{path}: cannot write: {exc.strerror}") from None
     _finish_text(path, handle)

@@ -152,13 +152,21 @@ def test_clean_dataset_exit_0_report_file_and_totals(dataset, tmp_path):
     assert not list(tmp_path.glob("*.partial"))
 
 
-def test_a_missing_shard_is_an_error_exit_1(dataset):
+def test_a_shard_that_cannot_be_read_is_an_error_exit_1(dataset):
     d = dataset["dir"]
+    (d / "nope.tar").mkdir()  # exists (so not refused before the run) but cannot be read
     result = run(["tarcheck", str(d / "good-0.tar"), str(d / "nope.tar"), str(d / "cut-2.tar"), "-j", "1"])
     assert result.returncode == 1
     r = report_lines(result.stdout)
     assert r["nope"]["status"] == "error" and r["nope"]["problems"][0]["kind"] == "io"
     assert r["cut-2"]["status"] == "bad" and r["good-0"]["status"] == "ok"
+    assert "1 error;" in result.stderr.decode()
+
+
+def test_a_missing_local_shard_is_one_error_before_the_run(dataset):
+    result = run(["tarcheck", str(dataset["dir"] / "good-0.tar"), str(dataset["dir"] / "gone.tar")])
+    assert result.returncode == 1 and result.stdout == b""
+    assert result.stderr.decode().startswith("tarcheck: error: ") and len(result.stderr.splitlines()) == 1
 
 
 def test_usage_errors_exit_2(dataset):

@@ -11,6 +11,7 @@ from .. import records
 from ..check import CheckOptions, ProcessPool, check_dataset, check_decodable, parse_require, shard_index_records, write_report
 from ..errors import UsageError
 from ..schedule import LocalPool
+from ..sources import check_inputs_exist
 from . import engine
 from .common import Tool, command, make_app, run_app
 
@@ -97,6 +98,7 @@ def tarcheck(tool: Tool, require: RequireOpt = None, decode: DecodeOpt = None, r
         if repair is not None and any(os.path.abspath(os.path.dirname(s) or ".") == os.path.abspath(repair)
                                       for s in specs if "://" not in s):
             raise UsageError(f"--repair {repair}: a directory of inputs; repaired copies would replace them")
+        check_inputs_exist(specs)  # a local input that is not there: one error before any report
         options = CheckOptions(require=parse_require(require or []), decode=check_decodable(decode or []),
                                lowercase=tool.lowercase, storage_options=tool.storage_options, repair_dir=repair)
         if a.dask is not None:
