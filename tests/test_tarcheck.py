@@ -300,3 +300,12 @@ def test_the_io_status_wins_over_bad_data(tmp_path):
     err.add("io", None, None, "y")
     assert DatasetReport([bad]).exit_status == 3 and DatasetReport([bad, err]).exit_status == 1
     assert DatasetReport([ShardReport(0, "a")]).exit_status == 0
+
+
+def test_dask_engine_gives_the_same_report(dask_cluster, dataset, tmp_path):
+    address, _ = dask_cluster
+    specs = all_shards(dataset["dir"])
+    local = run(["tarcheck", *specs, "-j", "2", "--require", "jpg cls", "--decode", "jpg"])
+    on_dask = run(["tarcheck", *specs, "--dask", address, "--require", "jpg cls", "--decode", "jpg"])
+    assert on_dask.returncode == local.returncode == 3, on_dask.stderr
+    assert on_dask.stdout == local.stdout
