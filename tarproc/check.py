@@ -40,6 +40,7 @@ appears atomically (``NAME.partial``, then renamed).
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import io
 import json
@@ -48,6 +49,7 @@ import posixpath
 import re
 import signal
 import sqlite3
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -63,7 +65,8 @@ from .errors import (
 )
 from .samples import group_samples, member_parts
 from .sinks import open_sink
-from .sources import iter_source_samples, open_source
+from .compress import MAGIC_LEN, detect
+from .sources import iter_source_samples, local_path, open_source
 from .storage import is_url
 from .tario import TarReader
 
@@ -243,6 +246,57 @@ def _strip_source(message: str, spec: str) -> str:
     return message[len(spec) + 2:] if message.startswith(spec + ": ") else message
 
 
+class _SkimReader(TarReader):
+    """The strict reader over a local uncompressed file that seeks over the
+    members' data instead of reading it (the members' ``data`` is ``b""``):
+    every header, checksum, size and the end marker are checked as by
+    :class:`TarReader`, a size beyond the file's end is the same cut, at
+    the same offset; the cost is that of ``tar tf``. For checks that need
+    no field's bytes."""
+
+    def __init__(self, raw, source: str, warn, size: int):
+        super().__init__(raw, source, warn)
+        self._seek = raw.seek
+        self._size = size
+
+    def _read_exact(self, n: int, what: str, start: int) -> bytes:
+        if what != "data":
+            return super()._read_exact(n, what, start)
+        end = self.offset + n
+        if end > self._size:
+            raise TruncatedError(f"{self.source}: stream is cut inside {what} at offset {self._size}"
+                                 f" (member header at offset {start})")
+        self._seek(end)
+        self.offset = end
+        return b""
+
+
+@contextlib.contextmanager
+def _open_members(spec: str, options: CheckOptions, on_read, warn):
+    """A :class:`TarReader` over ``spec``: a :class:`_SkimReader` when
+    ``spec`` is a local uncompressed file and no field must decode (the
+    bytes as stored go to ``on_read`` at the end), else the reader over
+    :func:`tarproc.sources.open_source`."""
+    path = local_path(spec)
+    if path is not None and not options.decode:
+        try:
+            raw = open(path, "rb", buffering=0)
+        except OSError as exc:
+            raise SourceError(f"{spec}: cannot open: {exc.strerror}") from None
+        with raw:
+            size = os.fstat(raw.fileno()).st_size
+            if stat.S_ISREG(os.fstat(raw.fileno()).st_mode) and detect(raw.read(MAGIC_LEN)) == "none":
+                raw.seek(0)
+                try:
+                    yield _SkimReader(raw, spec, warn, size)
+                finally:
+                    on_read(size)
+                return
+        # compressed, or not a regular file: read it all
+    with open_source(spec, on_read, options.storage_options) as stream:
+        yield TarReader(stream, spec, warn)
+
+
 def check_shard(index: int, spec: str, options: CheckOptions = CheckOptions()) -> ShardReport:
     """Check one shard (see the module docs) and repair it when asked.
 
@@ -269,8 +323,7 @@ def check_shard(index: int, spec: str, options: CheckOptions = CheckOptions()) -
     reader = None
     require, decode = options.require, set(options.decode)
     try:
-        with open_source(spec, on_read, options.storage_options) as stream:
-            reader = TarReader(stream, spec, warn)
+        with _open_members(spec, options, on_read, warn) as reader:
 
             def members():
                 previous = None

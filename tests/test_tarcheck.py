@@ -309,3 +309,18 @@ def test_dask_engine_gives_the_same_report(dask_cluster, dataset, tmp_path):
     on_dask = run(["tarcheck", *specs, "--dask", address, "--require", "jpg cls", "--decode", "jpg"])
     assert on_dask.returncode == local.returncode == 3, on_dask.stderr
     assert on_dask.stdout == local.stdout
+
+
+def test_seeking_over_data_finds_what_reading_it_finds(dataset, tmp_path):
+    """A local uncompressed shard checked without --decode is read as tar tf reads it (headers, data
+    skipped by seeking): the same problems at the same offsets as reading every byte."""
+    from tarproc.check import _SkimReader  # noqa: F401 - the path under test
+
+    d = dataset["dir"]
+    (tmp_path / "short.tar").write_bytes((d / "good-0.tar").read_bytes()[:4096 + 700])  # cut inside a header
+    for spec in [*all_shards(d), str(tmp_path / "short.tar")]:
+        skimmed = check_shard(0, spec, CheckOptions(require=parse_require(["jpg cls"])))
+        read = check_shard(0, spec, CheckOptions(require=parse_require(["jpg cls"]), decode=("cls",)))
+        assert (skimmed.status, skimmed.samples, skimmed.bytes, skimmed.problems, skimmed.keys) == \
+            (read.status, read.samples, read.bytes, read.problems, read.keys), spec
+    assert check_shard(0, str(d / "cut-2.tar")).problems[0]["offset"] == dataset["cut_at"]

@@ -27,7 +27,10 @@ comes back after other keys), no field repeated in a sample; with
 must decode (images fully decoded with Pillow: a truncated JPEG inside a
 valid tar is the commonest silent fault; text as UTF-8; JSON parsed). Then,
 across the whole dataset, no key may appear in two shards (the keys go to
-an SQLite table in a temporary directory: memory stays bounded).
+an SQLite table in a temporary directory: memory stays bounded). A local
+uncompressed shard is read as tar tf reads it, seeking over the members'
+data (every header, size and the end marker checked; a size beyond the end
+of the file is a cut), unless --decode needs the bytes.
 
 The report (--report FILE, default stdout) has one JSON line per shard, in
 input order: shard, status (ok, bad: the data is bad, error: it could not be
