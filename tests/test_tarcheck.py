@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run, tar_members
+from conftest import run, tar_members, tool_env
 from makeshards import imagenet_samples
 from tarproc.check import CheckOptions, check_dataset, check_shard, decode_problem, parse_require
 from tarproc.errors import UsageError
@@ -268,7 +268,7 @@ def test_remote_check_on_s3(s3_server, dataset, tmp_path):
     for name in ("good-0", "dup-4", "cut-2"):
         fs.put(str(d / f"{name}.tar"), f"data/{name}.tar")
     result = run(["tarcheck", "s3://data/good-0.tar", "s3://data/dup-4.tar", "s3://data/cut-2.tar", "-j", "2",
-                  "--index", str(tmp_path / "i.json"), "--repair", "s3://data/fixed"], env=s3_server.env())
+                  "--index", str(tmp_path / "i.json"), "--repair", "s3://data/fixed"], env=s3_server.env(tool_env()))
     assert result.returncode == 3, result.stderr
     r = report_lines(result.stdout)
     assert r["good-0"]["status"] == "ok" and r["good-0"]["bytes"] == (d / "good-0.tar").stat().st_size

@@ -78,7 +78,7 @@ def where_shard(workdir) -> Path:
 
 
 def _run(args, ok=(0,), **kw):
-    out = subprocess.run(args, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+    out = subprocess.run(args, env=tool_env(), capture_output=True, **kw)
     assert out.returncode in ok, out.stderr.decode()[-2000:]
     return out
 
