@@ -113,7 +113,7 @@ def tarcheck(tool: Tool, require: RequireOpt = None, decode: DecodeOpt = None, r
 
         def progress(shard) -> None:
             if tool.verbose >= 2:
-                tool.say(f"tarcheck: {shard.shard}: {shard.status}, {shard.samples} samples, {shard.bytes} bytes,"
+                tool.say(f"tarcheck: shard {shard.shard}: {shard.status}, {shard.samples} samples, {shard.bytes} bytes,"
                          f" {len(shard.problems) + shard.more_problems} problems")
 
         dataset = check_dataset(specs, options, pool, on_shard=progress)
