@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Annotated, Optional
 
 import typer
@@ -111,12 +112,29 @@ def tarcheck(tool: Tool, require: RequireOpt = None, decode: DecodeOpt = None, r
         else:
             pool = ProcessPool(min(jobs, len(specs)))
 
+        bar = None
+        if tool._progress_enabled():  # shards checked of all, samples and bytes (tqdm, on stderr)
+            from tqdm import tqdm
+
+            bar = tool._bar = tqdm(total=len(specs), unit="shard", file=sys.stderr, dynamic_ncols=True, leave=False)
+        seen = {"samples": 0, "bytes": 0}
+
         def progress(shard) -> None:
+            if bar is not None:
+                seen["samples"] += shard.samples
+                seen["bytes"] += shard.bytes
+                bar.set_postfix_str(f"{seen['samples']} samples, {engine.human(seen['bytes'])}", refresh=False)
+                bar.update(1)
             if tool.verbose >= 2:
                 tool.say(f"tarcheck: shard {shard.shard}: {shard.status}, {shard.samples} samples, {shard.bytes} bytes,"
                          f" {len(shard.problems) + shard.more_problems} problems")
 
-        dataset = check_dataset(specs, options, pool, on_shard=progress)
+        try:
+            dataset = check_dataset(specs, options, pool, on_shard=progress)
+        finally:
+            if bar is not None:
+                tool._bar = None
+                bar.close()
         if not tool.quiet:
             for shard in dataset.shards:
                 if shard.status != "ok":
