@@ -313,9 +313,11 @@ def check_shard(index: int, spec: str, options: CheckOptions = CheckOptions()) -
     def on_read(n: int) -> None:
         read[0] += n
 
+    last_member = [None]  # offset of the member group_samples is looking at (its warnings name none)
+
     def warn(message: str) -> None:
         message = _strip_source(message, spec)
-        report.add("skipped_member", _fault_offset(message, None), None, message)
+        report.add("skipped_member", _fault_offset(message, last_member[0]), None, message)
 
     starts: collections.deque = collections.deque()  # (key, offset) of each run of members of one key
     seen: dict[str, int] = {}  # key -> offset of its first member
@@ -332,6 +334,7 @@ def check_shard(index: int, spec: str, options: CheckOptions = CheckOptions()) -
                     if parts.__class__ is not str and parts[1] != "__key__" and parts[0] != previous:
                         previous = parts[0]
                         starts.append((parts[0], member.offset))
+                    last_member[0] = member.offset
                     yield member
 
             for sample in group_samples(members(), spec, warn, False, lowercase=options.lowercase, regroup=True):

@@ -324,3 +324,17 @@ def test_seeking_over_data_finds_what_reading_it_finds(dataset, tmp_path):
         assert (skimmed.status, skimmed.samples, skimmed.bytes, skimmed.problems, skimmed.keys) == \
             (read.status, read.samples, read.bytes, read.problems, read.keys), spec
     assert check_shard(0, str(d / "cut-2.tar")).problems[0]["offset"] == dataset["cut_at"]
+
+
+def test_a_member_without_a_key_is_a_problem_at_its_offset(tmp_path):
+    path = tmp_path / "readme.tar"
+    with open(path, "wb") as handle:
+        writer = TarWriter(handle)
+        writer.add("a.cls", b"1")
+        writer.add("README", b"hello")
+        writer.add("b.cls", b"2")
+        writer.finish()
+    report = check_shard(0, str(path))
+    assert report.status == "bad" and report.samples == 2
+    assert [(p["kind"], p["offset"]) for p in report.problems] == [("skipped_member", 1024)]
+    assert "README" in report.problems[0]["message"]

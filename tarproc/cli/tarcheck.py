@@ -88,7 +88,7 @@ OPTIONS = {name: engine.ENGINE[name] for name in ("inputs", "input_list", "jobs"
 HINTS = {"decode": "given with --decode", "dask": "given with --dask"}
 
 
-@command(app, shared="strict lowercase_fields storage_options", options=OPTIONS, own_first=True)
+@command(app, shared="lowercase_fields storage_options", options=OPTIONS, own_first=True)  # no --strict: a member without a key is always a problem
 def tarcheck(tool: Tool, require: RequireOpt = None, decode: DecodeOpt = None, report: ReportOpt = "-",
              index: IndexOpt = None, repair: RepairOpt = None) -> None:
     a = tool.args
