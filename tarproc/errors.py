@@ -109,6 +109,13 @@ class DuplicateKeyError(SampleError):
         self.again = again
 
 
+class ExpressionError(DataError):
+    """A filter expression (``tarcats --where``) failed on a sample and
+    the policy says stop."""
+
+    topic = "where_abort"
+
+
 class SourceError(TarprocError):
     """An input could not be opened or a ``pipe:`` command failed."""
 

@@ -162,7 +162,8 @@ def write_manifest(path: str, recs: Iterable[Mapping]) -> None:
 def shard_index(recs: Iterable[Mapping], name: str | None = None, base: str | None = None) -> dict:
     """The wids shard index of the outputs (webdataset ``wids``:
     ``__kind__`` ``wids-shard-index-v1``, ``wids_version`` 1, ``shardlist``
-    of ``url``, ``nsamples``, ``filesize``, ``md5sum``), in task order.
+    of ``url``, ``nsamples``, ``filesize``, ``md5sum`` (when the record has
+    ``md5``)), in task order.
 
     :param base: a directory: local output paths are written relative to it
         (wids resolves relative urls against the index file's location)
@@ -172,7 +173,10 @@ def shard_index(recs: Iterable[Mapping], name: str | None = None, base: str | No
         url = record["output"]
         if base is not None and not is_url(url):
             url = os.path.relpath(os.path.abspath(url), base)
-        shards.append({"url": url, "nsamples": record["samples"], "filesize": record["bytes"], "md5sum": record["md5"]})
+        shard = {"url": url, "nsamples": record["samples"], "filesize": record["bytes"]}
+        if "md5" in record:  # tarcheck's records have none (the index needs url and nsamples)
+            shard["md5sum"] = record["md5"]
+        shards.append(shard)
     index = {"__kind__": SHARD_INDEX_KIND, "wids_version": 1, "shardlist": shards}
     if name:
         index["name"] = name

@@ -188,6 +188,180 @@ class FieldSelector:
                 yield out
 
 
+# ---------------------------------------------------------------- filtering
+#: ``-e`` spellings of what an expression that fails on a sample does to it
+WHERE_ERRORS = ("abort", "skip", "ignore")
+#: an expression that failed on each of the first this many samples stops the run, whatever the policy
+WHERE_HALT_AFTER = 10
+
+
+def _identifier(field: str) -> str:
+    """The variable a field is bound to in a ``where`` expression: every
+    character that cannot be in a Python name becomes ``_`` (``seg.png`` ->
+    ``seg_png``), and a leading digit gets a ``_`` before it."""
+    name = re.sub(r"\W", "_", field)
+    return "_" + name if name[:1].isdigit() else name
+
+
+def where_value(field: str, data: bytes):
+    """A field's value as a ``where`` expression sees it: the parsed JSON
+    (RFC 8259) for a JSON field (extension ``json``), ``str`` (UTF-8) for a
+    text field (``txt``, ``cls``, ``text``, ``id``, ... :data:`tarproc.check.TEXT_EXTENSIONS`),
+    else the ``bytes`` as stored.
+
+    :raises UnicodeDecodeError, ValueError: text that is not UTF-8, JSON that does not parse
+    """
+    from .check import JSON_EXTENSIONS, TEXT_EXTENSIONS, field_extension
+
+    ext = field_extension(field)
+    if ext in JSON_EXTENSIONS:
+        import json
+
+        return json.loads(data)
+    if ext in TEXT_EXTENSIONS:
+        return data.decode("utf-8")
+    return data
+
+
+class _Names(dict):
+    """The names of one sample in a ``where`` expression: ``key``,
+    ``source``, ``sample`` and the builtins are set; a field is decoded the
+    first time the expression names it (``__missing__``, which Python calls
+    for the expression's names and those of its comprehensions)."""
+
+    __slots__ = ("sample", "variables")
+
+    def __missing__(self, name: str):
+        sample = self.sample
+        variables = self.variables
+        for field in sample:
+            if field[:2] == "__":
+                continue
+            variable = variables.get(field)
+            if variable is None:
+                variable = variables[field] = _identifier(field)
+            if variable == name:
+                value = self[name] = where_value(field, sample[field])
+                return value
+        raise KeyError(name)
+
+
+class Where:
+    """Stage keeping the samples for which a Python expression is true
+    (``where`` of a query; ``awk 'EXPR'``). The expression is the user's own
+    code, run with the user's rights, as awk runs its program: never pass it
+    text from someone else.
+
+    Names in the expression: every field of the sample as a variable (its
+    name with characters that cannot be in a Python name replaced by ``_``:
+    ``seg.png`` -> ``seg_png``; a leading digit gets a ``_``), decoded only
+    when the expression uses it (:func:`where_value`): a JSON field is the
+    parsed object (``json["width"]``), a text field ``str`` (``int(cls) <
+    100``, ``"dog" in txt``), any other field its ``bytes`` (``len(jpg) >
+    10000``); ``key`` (the sample's key, str), ``source`` (its input) and
+    ``sample`` (the sample dict, bytes as stored: ``"png" in sample``,
+    ``sample["key"]`` for a field named like one of these three); and
+    Python's builtins. A field the sample lacks is a ``NameError``.
+
+    An expression that raises on a sample (a missing field, text that is not
+    a number, ...) is a failed sample: ``errors`` ``"abort"`` stops the run
+    with :class:`tarproc.errors.ExpressionError` (bad data, exit status 3);
+    ``"skip"`` drops it (counted in :attr:`failed`, reported through
+    ``warn``); ``"ignore"`` keeps it (counted, reported). When it fails on
+    each of the first :data:`WHERE_HALT_AFTER` samples the run stops
+    whatever the policy (a mistyped field name).
+
+    :param expr: a Python expression (``eval`` mode), compiled once
+    :param errors: see above
+    :param warn: called with a message per failed sample (skip, ignore)
+    :raises UsageError: a syntax error in ``expr``, an unknown ``errors``
+    """
+
+    def __init__(self, expr: str, errors: str = "skip", warn: Warn | None = None,
+                 halt_after: int = WHERE_HALT_AFTER):
+        import builtins
+
+        if errors not in WHERE_ERRORS:
+            raise UsageError(f"the error policy must be one of {', '.join(WHERE_ERRORS)}, not {errors!r}")
+        if not expr.strip():
+            raise UsageError("empty expression")
+        try:
+            self.code = compile(expr, "<where>", "eval")
+        except SyntaxError as exc:
+            where = f" at column {exc.offset}" if exc.offset else ""
+            raise UsageError(f"bad expression {expr!r}: {exc.msg}{where}", topic="where") from None
+        except ValueError as exc:  # a NUL byte
+            raise UsageError(f"bad expression {expr!r}: {exc}", topic="where") from None
+        self.expr = expr
+        self.errors = errors
+        self.warn = warn
+        self.halt_after = halt_after
+        self._builtins = builtins.__dict__
+        self._variables: dict[str, str] = {}
+        #: samples read, kept (true), dropped (false), failed (the expression raised)
+        self.seen = self.kept = self.dropped = self.failed = 0
+
+    def test(self, sample: Sample) -> bool:
+        """Whether ``sample`` is kept.
+
+        :raises ExpressionError: the expression failed and the policy is abort,
+            or it failed on each of the first ``halt_after`` samples
+        """
+        names = _Names(key=sample["__key__"], source=sample.get("__source__", "-"), sample=sample,
+                       __builtins__=self._builtins)
+        names.sample = sample
+        names.variables = self._variables
+        self.seen += 1
+        try:
+            keep = bool(eval(self.code, names))  # noqa: S307 - the user's own expression, as awk's program
+        except Exception as exc:  # noqa: BLE001 - any error of the user's expression is a failed sample
+            return self._failed(sample, exc)
+        if keep:
+            self.kept += 1
+        else:
+            self.dropped += 1
+        return keep
+
+    def _failed(self, sample: Sample, exc: Exception) -> bool:
+        from .errors import ExpressionError
+
+        self.failed += 1
+        why = f"{type(exc).__name__}: {exc}"
+        message = (f"{sample.get('__source__', '-')}: expression {self.expr!r} failed on sample"
+                   f" {sample['__key__']!r}: {why}")
+        if self.errors == "abort":
+            raise ExpressionError(message, topic="where_abort")
+        if self.halt_after and self.failed == self.seen == self.halt_after:
+            raise ExpressionError(f"expression {self.expr!r} failed on each of the first {self.failed} samples,"
+                                  f" the last: {message}", topic="where_halt")
+        if self.warn is not None:
+            self.warn(("keeping " if self.errors == "ignore" else "leaving out ") + message)
+        if self.errors == "ignore":
+            self.kept += 1
+            return True
+        return False
+
+    def __call__(self, samples: Iterable[Sample]) -> Iterator[Sample]:
+        test = self.test
+        for sample in samples:
+            if test(sample):
+                yield sample
+
+
+def where(samples: Iterable[Sample], expr: str, errors: str = "abort", warn: Warn | None = None) -> Iterator[Sample]:
+    """The samples of ``samples`` for which ``expr`` is true: the stage of
+    :class:`Where` (see it for the names, decoding and ``errors``; here an
+    expression that fails on a sample stops by default).
+
+    >>> from tarproc import iter_samples
+    >>> small = where(iter_samples(["shard.tar"]), 'int(cls) < 100 and json["width"] >= 256')  # doctest: +SKIP
+
+    :raises UsageError: a syntax error in ``expr`` (at the call, before reading)
+    :raises ExpressionError: (while iterating) see :meth:`Where.test`
+    """
+    return Where(expr, errors, warn)(samples)
+
+
 # ---------------------------------------------------------------- rekeying
 
 
@@ -345,6 +519,7 @@ def open_shards(
 __all__ = [
     "BadShards",
     "FieldRule",
+    "Where",
     "FieldSelector",
     "Rekeyer",
     "interleave",
@@ -355,5 +530,6 @@ __all__ = [
     "shuffle_list",
     "shuffle_samples",
     "skip_count",
+    "where",
     "slice_samples",
 ]

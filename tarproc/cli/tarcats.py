@@ -16,6 +16,7 @@ from ..stages import (
     BadShards,
     FieldSelector,
     Rekeyer,
+    Where,
     interleave,
     parse_slice,
     shuffle_list,
@@ -39,12 +40,25 @@ HELP = """\
 Concatenate tar shards of WebDataset samples into one tar stream.
 
 Inputs are read one after another (or round-robin with --interleave), their
-samples pass through the optional stages in this order: --shuffle, --fields,
---slice, --skip/--count, --rekey; and are written to OUT with deterministic
+samples pass through the optional stages in this order: --where, --shuffle,
+--fields, --slice, --skip/--count, --rekey; and are written to OUT with deterministic
 headers (mtime 0, uid/gid 0). With no options every member's name and bytes
 are reproduced in order; `cat a.tar b.tar | tarcats -o -` keeps both archives.
 Output compression follows the name of OUT (.gz/.tgz, .bz2, .xz, .zst) or
 --compress.
+
+--where EXPR keeps the samples for which the Python expression EXPR is true
+(like awk, it runs your own code: never give it text from others). Each
+field is a variable named by the field (characters not allowed in a name
+become _: seg.png is seg_png), decoded when the expression uses it: a json
+field is the parsed JSON, a text field (txt, cls, text, id, ...) a str
+(int(cls) works), any other field its bytes (len(jpg)); key is the sample's
+key, source its input, sample the sample dict (bytes as stored; "png" in
+sample); Python's builtins are there. A field the sample lacks is an error
+on that sample: -e skip (default) leaves it out with a warning (exit 1),
+-e ignore keeps it, -e abort stops (exit 3); failing on each of the first 10
+samples stops the run. A syntax error is a usage error (exit 2) before any
+input is read. One line on stderr says how many samples were kept.
 
 """ + REPEATED_KEYS + """ --rekey '{shard}/{key}' makes keys unique."""
 
@@ -55,6 +69,7 @@ EXAMPLES = """\
   tarcats in.tar -f 'img=jpg,jpeg,png cls' --missing skip -o slim.tar
   tarcats a.tar b.tar --interleave --rekey '{shard}/{key}' -o both.tar
   tarcats in.tar --slice 0:1000:10 -o every10th.tar
+  tarcats 'train-{0000..0009}.tar' --where 'int(cls) < 100 and json["width"] >= 256' -o small.tar
   tarcats 'https://example.com/shard-{000..009}.tar' --max-bad-shards 2 -o -"""
 
 class Missing(str, enum.Enum):
@@ -115,8 +130,27 @@ MaxBad = Annotated[
 ]
 
 
+class WhereErrors(str, enum.Enum):
+    abort = "abort"
+    skip = "skip"
+    ignore = "ignore"
+
+
+WhereOpt = Annotated[
+    Optional[str],
+    typer.Option("--where", metavar="EXPR",
+                 help="Keep samples for which the Python expression EXPR is true: 'int(cls) < 100 and json[\"width\"] >= 256'."),
+]
+WhereErrorsOpt = Annotated[
+    WhereErrors,
+    typer.Option("-e", "--errors", help="--where failing on a sample: leave it out, keep it, or stop (exit 3)."),
+]
+
 #: what tarcats adds to a library error about a rule its options change
 HINTS = {
+    "where": "given with --where",
+    "where_abort": "-e skip leaves such samples out",
+    "where_halt": "check the field names of --where (see tarshow)",
     "missing_field": "use --missing skip to drop such samples",
     "bad_shards": "--max-bad-shards N allows more",
     "duplicate_key": "make keys unique with --rekey '{shard}/{key}' (or '{index:09d}' for an input given twice)",
@@ -126,9 +160,9 @@ HINTS = {
 MAX_SKIP_MESSAGES = 20
 
 
-def _capped(tool: Tool, limit: int):
+def _capped(tool: Tool, limit: int, what: str = "samples skipped for a missing field"):
     """A warn function printing the first ``limit`` messages (not problems:
-    skipping was asked for), then one line saying the rest are only counted."""
+    skipping was asked for), then one line saying the rest (``what``) are only counted."""
     seen = [0]
 
     def warn(message: str) -> None:
@@ -136,9 +170,21 @@ def _capped(tool: Tool, limit: int):
         if seen[0] <= limit:
             tool.warn(message, problem=False)
         elif seen[0] == limit + 1:
-            tool.warn("more samples skipped for a missing field: counted, not listed", problem=False)
+            tool.warn(f"more {what}: counted, not listed", problem=False)
 
     return warn
+
+
+def _where_summary(tool: Tool, where: Where) -> None:
+    """The one line about --where on stderr (not with -q); samples left out
+    because the expression failed make the exit status 1."""
+    failed = ""
+    if where.failed:
+        failed = f", failed on {where.failed} ({'kept' if where.errors == 'ignore' else 'left out'})"
+    if not tool.quiet:
+        tool.say(f"{tool.name}: --where kept {where.kept} of {where.seen} samples ({where.dropped} false{failed})")
+    if where.failed and where.errors == "skip":
+        tool.problems += 1
 
 
 def run_cats(tool: Tool, interleaved: bool, parallel: int) -> None:
@@ -163,6 +209,8 @@ def run_cats(tool: Tool, interleaved: bool, parallel: int) -> None:
             raise UsageError("stdin ('-') cannot be read by parallel workers together with other inputs: use -p 1")
         slicing = parse_slice(a.slice_) if a.slice_ else None
         selector = FieldSelector(fields, a.missing.value, _capped(tool, MAX_SKIP_MESSAGES)) if fields else None
+        where = (Where(a.where, a.errors.value, _capped(tool, MAX_SKIP_MESSAGES, "samples the expression failed on"))
+                 if a.where is not None else None)
         rekeyer = Rekeyer(a.rekey) if a.rekey is not None else None
         refuse_terminal(a.output)
         if a.shuffle_shards:
@@ -186,6 +234,8 @@ def run_cats(tool: Tool, interleaved: bool, parallel: int) -> None:
             )
         guarded = (bad.guard(samples, spec) for spec, samples in per_shard)
         stream = interleave(list(guarded)) if interleaved else itertools.chain.from_iterable(guarded)
+        if where is not None:
+            stream = where(stream)
         if a.shuffle > 1:
             stream = shuffle_samples(stream, a.shuffle, seed)
         if selector is not None:
@@ -205,6 +255,8 @@ def run_cats(tool: Tool, interleaved: bool, parallel: int) -> None:
         finally:
             if reader is not None:
                 reader.close()
+        if where is not None:
+            _where_summary(tool, where)
         if selector is not None and selector.skipped:
             tool.warn(f"{selector.skipped} samples skipped for a missing field", problem=False)
         if bad.bad:
@@ -224,6 +276,8 @@ CATS = {
     "missing": Shared(MissingOpt, Missing.error),
     "rekey": Shared(RekeyOpt, None),
     "max_bad_shards": Shared(MaxBad, 0),
+    "where": Shared(WhereOpt, None),
+    "errors": Shared(WhereErrorsOpt, WhereErrors.skip),
 }
 #: the shared options of tarcats and tarpcat
 CATS_SHARED = "read write skip count"
