@@ -165,7 +165,9 @@ def _write_manifest(path: str, document: dict) -> None:
     if path == "-":
         import sys
 
-        sys.stdout.write(text)
+        # line by line: one huge write(2) cut short by a closed pipe is not an error
+        for line in text.splitlines(keepends=True):
+            sys.stdout.write(line)
         return
     partial = path + ".partial"
     try:
