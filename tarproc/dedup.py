@@ -360,6 +360,17 @@ class DedupJob:
                 pass
 
 
+#: inputs per reduce task by default (:func:`default_partitions`)
+INPUTS_PER_PARTITION = 8
+
+
+def default_partitions(inputs: int) -> int:
+    """P when none is given: one reduce task per :data:`INPUTS_PER_PARTITION`
+    inputs, rounded up (each holds about 150 bytes per sample of its
+    partition; a task costs a process start, about 0.1 s)."""
+    return max(1, -(-inputs // INPUTS_PER_PARTITION))
+
+
 def default_staging(job_pattern: str, inputs: Sequence[str]) -> str:
     """``DIR/tardedup-staging`` where DIR holds the first output."""
     first = tasks.output_name(job_pattern, 0, inputs[0])

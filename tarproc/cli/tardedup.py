@@ -32,8 +32,8 @@ in input order; the others are written down per input), write (one task per
 input: the input copied without its removed samples). Staged files go under
 --staging [default: DIR/tardedup-staging beside the outputs] and are removed
 at the end (--keep-staging keeps them); P is --partitions [default: the
-number of inputs]. Memory per reduce task: about 150 bytes per sample of its
-partition.
+inputs / 8, rounded up]. Memory per reduce task: about 150 bytes per sample
+of its partition (8 shards of 10,000 samples: 12 MB).
 
 Deterministic: the same inputs, --by and --partitions give byte-identical
 outputs and list whatever the engine, -j, retries or interruptions. Each
@@ -83,7 +83,7 @@ def tardedup(
         Optional[str], typer.Option("--removed", metavar="FILE", help="List of removed samples, JSON lines ('-': stdout) [default: DIR/removed.jsonl].")
     ] = None,
     partitions: Annotated[
-        Optional[int], typer.Option("--partitions", min=1, metavar="P", help="Reduce tasks [default: number of inputs].")
+        Optional[int], typer.Option("--partitions", min=1, metavar="P", help="Reduce tasks [default: one per 8 inputs].")
     ] = None,
     staging: Annotated[
         Optional[str], typer.Option("--staging", metavar="DIR|URL", help="Staging area [default: DIR/tardedup-staging beside the outputs].")
@@ -111,7 +111,7 @@ def tardedup(
         if a.dask is None and a.index is None:
             check_inputs_exist(specs)
         job = dedup.DedupJob(tuple(specs), output, removed or dedup.default_removed(output, specs),
-                             staging or dedup.default_staging(output, specs), partitions or len(specs), fields,
+                             staging or dedup.default_staging(output, specs), partitions or dedup.default_partitions(len(specs)), fields,
                              a.strict, a.records_dir)
         options = tasks.TaskOptions(policy=engine.retry_policy(tool), storage_options=tool.storage_options,
                                     quiet=tool.quiet)

@@ -7,7 +7,7 @@ Input: 20 ImageNet-like shards of 500 samples (real JPEGs, 160x120 and up,
 sample's content under their own keys. Both tools run three rounds with
 ``-j 2``, outputs on /dev/shm:
 
-- ``tardedup IN... -o 'out/{stem}.tar'`` (hash, reduce, write: 3 x 20 tasks);
+- ``tardedup IN... -o 'out/{stem}.tar'`` (hash, reduce, write: 20 + 3 + 20 tasks);
 - ``tarshuffle IN... --shards 20`` (map, reduce: 2 x 20 tasks), the peer.
 
 The target (issue 18): the same order of cost. The dedup output is checked
