@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import json
 import os
+import sys
 from typing import Annotated, Optional
 
 import typer
@@ -12,6 +13,8 @@ import typer
 from ..errors import OutputError, UsageError
 from ..mix import Mixer, parse_source, write_mix
 from ..shards import ShardInfo, ShardPattern
+from ..sources import check_inputs_exist, input_kind
+from ..stages import Rekeyer
 from .common import Tool, command, compression_name, make_app, run_app, size_option
 from .tarcats import RekeyOpt, parse_seed
 from .tarsplit import DEFAULT_MAXCOUNT, DEFAULT_MAXSIZE
@@ -105,7 +108,7 @@ def tarmix(
         Optional[str], typer.Option("--manifest", metavar="FILE", help="Write the provenance (JSON) to FILE ('-': stdout).")
     ] = None,
     maxcount: Annotated[Optional[int], typer.Option("--maxcount", min=1, metavar="N", help="Samples per shard.")] = None,
-    maxsize: size_option("-s", "--maxsize", help="Uncompressed tar bytes per shard") = None,
+    maxsize: size_option("-s", "--max-size", "--maxsize", help="Uncompressed tar bytes per shard") = None,
 ) -> None:
     a = tool.args
     with tool.run(HINTS):
@@ -123,32 +126,27 @@ def tarmix(
         pattern = ShardPattern(output, compression)
         if pattern.is_pipe:
             raise UsageError("-o pipe:CMD is not an output of tarmix: shards must be files or URLs")
-        from ..sources import input_kind
-
-        parent = os.path.dirname(pattern.name(0))
-        if input_kind(output) == "file" and parent and not os.path.isdir(parent):
-            os.makedirs(parent, exist_ok=True)  # as tarshuffle and tarmap make their outputs' folders
-        from ..stages import Rekeyer
-
         if rekey is not None:
             Rekeyer(rekey)  # a bad format is a usage error before anything is read
         mixer = Mixer([parse_source(s) for s in sources], count, parse_seed(seed), when_exhausted.value, shuffle_shards,
                       warn=lambda m: tool.warn(m, problem=False), strict=a.strict, storage_options=tool.storage_options,
                       lowercase=tool.lowercase, note=tool.note)
-        from ..sources import check_inputs_exist
-
         for source in mixer.sources:
             check_inputs_exist(source.shards)
         for line in mixer.plan():
             tool.info(line)
+        parent = os.path.dirname(pattern.name(0))
+        if input_kind(output) == "file" and parent and not os.path.isdir(parent):
+            os.makedirs(parent, exist_ok=True)  # as tarshuffle and tarmap make their outputs' folders
 
         def finished(info: ShardInfo) -> None:
             tool.info(f"{info.name}: {info.samples} samples, {info.bytes} bytes", level=2)
 
         result = write_mix(
-            mixer, pattern, progress=lambda samples: tool.progress(samples, total=count), rekey=rekey, source_field=source_field, maxcount=maxcount,
-            maxsize=maxsize, compression=compression, mtime=a.mtime, checksum=manifest is not None,
-            warn=lambda m: tool.warn(m, problem=False), on_shard=finished, storage_options=tool.storage_options,
+            mixer, pattern, progress=lambda samples: tool.progress(samples, total=count), rekey=rekey,
+            source_field=source_field, maxcount=maxcount, maxsize=maxsize, compression=compression, mtime=a.mtime,
+            checksum=manifest is not None, warn=lambda m: tool.warn(m, problem=False), on_shard=finished,
+            storage_options=tool.storage_options,
         )
         if manifest is not None:
             _write_manifest(manifest, result.manifest(mixer))
@@ -163,8 +161,6 @@ def tarmix(
 def _write_manifest(path: str, document: dict) -> None:
     text = json.dumps(document, indent=1) + "\n"
     if path == "-":
-        import sys
-
         # line by line: one huge write(2) cut short by a closed pipe is not an error
         for line in text.splitlines(keepends=True):
             sys.stdout.write(line)
