@@ -220,3 +220,15 @@ def test_s3_sources(s3_server, sources, tmp_path):
     samples = read_all(shards_of(out, "*.tar"))
     assert Counter(origin(s) for s in samples) == {"a": 30, "b": 10}
     assert {s["origin.txt"] for s in samples if origin(s) == "b"} == {b"s3://mixin/b-0.tar"}
+
+
+def test_shuffle_shards_is_a_seeded_order_per_source(tmp_path):
+    specs = [str(tmp_path / f"x-{k}.tar") for k in range(8)]
+    pattern = str(tmp_path / "x-{0..7}.tar")
+
+    def order(seed):
+        return Mixer([(pattern, Fraction(1))], 0, seed=seed, shuffle_shards=True).sources[0].shards
+
+    assert sorted(order(1)) == specs and order(1) == order(1)
+    assert order(1) != specs or order(2) != specs
+    assert Mixer([(pattern, Fraction(1))], 0).sources[0].shards == specs  # as given without it
