@@ -148,3 +148,45 @@ def test_killed_and_run_again_gives_the_same_output(tmp_path, sig):
     assert b"skipped" in again.stderr
     assert outputs(out) == outputs(reference)  # nothing lost or doubled, no partial files, staging removed
     assert not list(out.rglob("*.partial*"))
+
+
+def test_one_task_at_a_time_with_phase_and_index(dataset, tmp_path):
+    """As Kubernetes or Slurm would run it: each task of each phase alone,
+    then the whole command once more, which skips them all and writes the list."""
+    paths, expected = dataset
+    args = ["tardedup", str(tmp_path / "in" / f"in-{{0..{SHARDS - 1}}}.tar"), "-o", f"{tmp_path}/one/{{stem}}.tar",
+            "--partitions", "2"]
+    for phase, count in (("hash", SHARDS), ("reduce", 2), ("write", SHARDS)):
+        for i in range(count):
+            result = run(args + ["--phase", phase, "--index", str(i)])
+            assert result.returncode == 0, result.stderr
+    result = run(args + ["--index", "2"])
+    assert result.returncode == 2 and "--phase and --index go together" in result.stderr.decode()
+    result = run(args + ["-v"])
+    assert result.returncode == 0, result.stderr
+    assert b"0 tasks done, 6 skipped" in result.stderr
+    removed = [json.loads(line) for line in (tmp_path / "one" / "removed.jsonl").read_text().splitlines()]
+    assert removed == expected
+    assert not (tmp_path / "one" / "tardedup-staging").exists()
+
+
+def test_s3_inputs_outputs_and_staging(s3_server, dataset, tmp_path):
+    paths, expected = dataset
+    s3_server.reset()
+    fs = s3_server.fs()
+    for bucket in ("raw", "clean"):
+        fs.mkdir(bucket)
+    for path in paths:
+        fs.put(str(path), f"raw/{path.name}")
+    env = s3_server.env(tool_env())
+    result = run(["tardedup", f"s3://raw/in-{{0..{SHARDS - 1}}}.tar", "-o", "s3://clean/{stem}.tar", "-j", "2",
+                  "--partitions", "2"], env=env)
+    assert result.returncode == 0, result.stderr
+    fs.invalidate_cache()
+    removed = [json.loads(line) for line in fs.cat_file("clean/removed.jsonl").decode().splitlines()]
+    local = {str(p): f"s3://raw/{p.name}" for p in paths}
+    assert removed == [{**r, "shard": local[r["shard"]], "twin_shard": local[r["twin_shard"]]} for r in expected]
+    local_out = dedup(tmp_path, "local")
+    for path in paths:
+        assert fs.cat_file(f"clean/{path.name}") == (local_out / path.name).read_bytes()
+    assert not [p for p in fs.find("clean") if "tardedup-staging" in p]  # the staging is removed
