@@ -150,6 +150,7 @@ def test_killed_and_run_again_gives_the_same_output(tmp_path, sig):
     assert not list(out.rglob("*.partial*"))
 
 
+@pytest.mark.slow
 def test_one_task_at_a_time_with_phase_and_index(dataset, tmp_path):
     """As Kubernetes or Slurm would run it: each task of each phase alone,
     then the whole command once more, which skips them all and writes the list."""
@@ -170,6 +171,7 @@ def test_one_task_at_a_time_with_phase_and_index(dataset, tmp_path):
     assert not (tmp_path / "one" / "tardedup-staging").exists()
 
 
+@pytest.mark.slow
 def test_s3_inputs_outputs_and_staging(s3_server, dataset, tmp_path):
     paths, expected = dataset
     s3_server.reset()
