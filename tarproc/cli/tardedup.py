@@ -32,8 +32,8 @@ in input order; the others are written down per input), write (one task per
 input: the input copied without its removed samples). Staged files go under
 --staging [default: DIR/tardedup-staging beside the outputs] and are removed
 at the end (--keep-staging keeps them); P is --partitions [default: the
-inputs / 8, rounded up]. Memory per reduce task: about 150 bytes per sample
-of its partition (8 shards of 10,000 samples: 12 MB).
+inputs / 8, rounded up]. Memory per reduce task: about 300 bytes per sample
+of its partition (8 shards of 10,000 samples: 24 MB).
 
 Deterministic: the same inputs, --by and --partitions give byte-identical
 outputs and list whatever the engine, -j, retries or interruptions. Each
