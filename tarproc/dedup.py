@@ -32,8 +32,8 @@ order, written atomically; then the staging files are removed.
 
 Determinism: a sample's partition depends only on its content, the order of
 records in a partition only on the input order, so the same inputs (and
-``by``, P) give byte-identical outputs and list whatever runs the tasks, in
-any order, any number of times. A task's pipeline names everything that
+``by``) give byte-identical outputs and list whatever P and whatever runs the
+tasks, in any order, any number of times. A task's pipeline names everything that
 changes its output (the write and reduce tasks a fingerprint of every
 input), so a completion record is valid exactly when a re-run would write
 the same bytes.

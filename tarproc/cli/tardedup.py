@@ -35,8 +35,8 @@ at the end (--keep-staging keeps them); P is --partitions [default: the
 inputs / 8, rounded up]. Memory per reduce task: about 300 bytes per sample
 of its partition (8 shards of 10,000 samples: 24 MB).
 
-Deterministic: the same inputs, --by and --partitions give byte-identical
-outputs and list whatever the engine, -j, retries or interruptions. Each
+Deterministic: the same inputs and --by give byte-identical outputs and
+list whatever --partitions, the engine, -j, retries or interruptions. Each
 task's output appears atomically with a completion record, as tarmap's; a
 re-run skips complete tasks (kill it at any point and run it again).
 
