@@ -58,6 +58,9 @@ NO_INPUT = "pipe:true"
 #: the first word of a shuffle task's pipeline: run as ``python -m tarproc.shuffle`` with this
 #: interpreter (:func:`worker_argv`)
 WORKER = "tarshuffle-worker"
+#: every task worker :func:`run_attempt` runs: first word of the pipeline ->
+#: (module run with ``python -m``, the tool whose ``TOOL: error:`` lines it prints)
+WORKERS = {WORKER: ("tarproc.shuffle", "tarshuffle"), "tardedup-worker": ("tarproc.dedup", "tardedup")}
 PHASES = ("map", "reduce")
 
 
@@ -230,15 +233,16 @@ STDERR_TAIL = 5
 
 
 def worker_argv(pipeline: str) -> list[str]:
-    """The argv of a shuffle task's pipeline (``tarshuffle-worker map ...
-    [# inputs FINGERPRINT]``): this interpreter running ``-m tarproc.shuffle``.
+    """The argv of a shuffle (or dedup) task's pipeline (``tarshuffle-worker map ...
+    [# inputs FINGERPRINT]``): this interpreter running ``-m tarproc.shuffle``
+    (:data:`WORKERS`).
 
-    :raises tarproc.tasks.TaskFailure: not a shuffle task's pipeline
+    :raises tarproc.tasks.TaskFailure: not a shuffle or dedup task's pipeline
     """
     words = shlex.split(pipeline, comments=True)
-    if not words or words[0] != WORKER:
-        raise tasks.TaskFailure(f"not a tarshuffle task: {pipeline!r}", permanent=True)
-    return [sys.executable or "python3", "-m", "tarproc.shuffle", *words[1:]]
+    if not words or words[0] not in WORKERS:
+        raise tasks.TaskFailure(f"not a tarshuffle or tardedup task: {pipeline!r}", permanent=True)
+    return [sys.executable or "python3", "-m", WORKERS[words[0]][0], *words[1:]]
 
 
 def _topic(out: bytes) -> str | None:
@@ -305,14 +309,15 @@ def run_attempt(task: tasks.Task, attempt: int, options: tasks.TaskOptions,
             context.terminate(proc)  # the grace to remove its partial output
         context.stop(proc)
     lines = err.decode("utf-8", "replace").splitlines()
+    prefix = WORKERS[shlex.split(task.pipeline, comments=True)[0]][1] + ": error: "
     if not options.quiet:
         for line in lines:
-            if not line.startswith("tarshuffle: error: "):  # the error is the failure's message
+            if not line.startswith(prefix):  # the error is the failure's message
                 context.line_writer(line)  # above a progress bar (tarproc.cli.common.Tool.say)
     if context.cancelled.is_set():
         raise tasks.TaskFailure("cancelled")
     if proc.returncode != 0:
-        errors = [line.removeprefix("tarshuffle: error: ") for line in lines if line.startswith("tarshuffle: error: ")]
+        errors = [line.removeprefix(prefix) for line in lines if line.startswith(prefix)]
         detail = errors[-1] if errors else (" | ".join(lines[-STDERR_TAIL:]) or procs.describe_status(proc.returncode))
         raise tasks.TaskFailure(detail, permanent=proc.returncode == ExitStatus.DATA, topic=_topic(out))
     try:

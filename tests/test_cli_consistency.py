@@ -35,6 +35,8 @@ def base_args(tool: str, tmp_path) -> list[str]:
         "lines2tar": ["-k", "url txt"],
         "tarmap": ["-o", str(tmp_path / "out" / "{index}.tar"), "-c", "cat", "--dry-run"],
         "tarshuffle": ["-o", str(tmp_path / "out" / "%04d.tar"), "--shards", "2"],
+        "tarmix": ["-n", "5", "-o", f"{tmp_path / 'mix'}/"],
+        "tardedup": ["-o", str(tmp_path / "out" / "{index}.tar")],
     }.get(tool, [])
 
 
@@ -159,6 +161,11 @@ def test_closed_pipe_ends_quietly(tool, tmp_path, big_inputs):
         args += ["-f", "jpg"]  # the listing of 40 samples could fit in the pipe buffer
     if tool == "tarshuffle":
         args += ["--k8s-job", "x", "--image", "i", "-q"]  # its only stdout: two Jobs naming 2000 inputs (-q: no warnings for local paths)
+    if tool == "tarmix":  # its only stdout: the manifest, here of 800 one-sample shards
+        args = base_args(tool, tmp_path) + big_inputs["many"] + ["-n", "800", "--maxcount", "1", "--rekey", "{index:09d}",
+                                                                 "--manifest", "-"]
+    if tool == "tardedup":  # its only stdout: the removed list, here every sample of 19 of the 20 copies
+        args = base_args(tool, tmp_path) + big_inputs["many"] + ["--removed", "-", "-j", "2"]
     out = run(f"{shlex.join([tool, *args])} | head -c 100 >/dev/null; exit ${{PIPESTATUS[0]}}", shell=True, cwd=cwd)
     assert out.returncode == 141, out.stderr
     assert out.stderr == b""

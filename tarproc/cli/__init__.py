@@ -8,7 +8,7 @@ test checks they are current), and the consistency tests run over it.
 
 #: every tool, in the order of the README; ``tarproc/cli/<tool>.py`` has ``app`` and ``main()``
 TOOLS = ["tarproc", "tarsplit", "tarcats", "tarpcat", "tarshow", "tarsort", "tar2json", "lines2tar", "tsv2tar",
-         "dir2tar", "tarmap", "tarshuffle", "tarcheck"]
+         "dir2tar", "tarmap", "tarshuffle", "tarcheck", "tarmix", "tardedup"]
 
 
 def _quiet_interrupt_at_start() -> None:

@@ -1,0 +1,185 @@
+"""tardedup: remove exact duplicates across a whole dataset (MapReduce over shards)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from .. import dedup, tasks
+from ..errors import ExitStatus, UsageError
+from ..sources import check_inputs_exist
+from .common import Tool, command, make_app, run_app
+from . import engine
+
+HELP = """\
+Remove exact duplicates across a whole dataset: two samples are duplicates
+when the fields given with --by (default: every data field) hold the same
+bytes. The first occurrence in input order (input as given, then position
+in it) is kept; each INPUT gets one output shard (-o, tarmap's pattern:
+'dedup/{stem}.tar') holding its samples, bytes unchanged, without the
+removed ones; the removed samples are listed as JSON lines (--removed
+[default: DIR/removed.jsonl beside the outputs]): shard, key, position, and
+the twin kept: twin_shard, twin_key, twin_position.
+
+Content hash: BLAKE2b-256 of each compared field's name, length and bytes.
+A sample without a field of --by stops the run (exit 3).
+
+MapReduce over shards on tarmap's engines, in three phases: hash (one task
+per input: its samples' hashes, grouped by partition hash mod P, into one
+staged file), reduce (one task per partition: the first of each hash wins,
+in input order; the others are written down per input), write (one task per
+input: the input copied without its removed samples). Staged files go under
+--staging [default: DIR/tardedup-staging beside the outputs] and are removed
+at the end (--keep-staging keeps them); P is --partitions [default: the
+inputs / 8, rounded up]. Memory per reduce task: about 300 bytes per sample
+of its partition (8 shards of 10,000 samples: 24 MB).
+
+Deterministic: the same inputs and --by give byte-identical outputs and
+list whatever --partitions, the engine, -j, retries or interruptions. Each
+task's output appears atomically with a completion record, as tarmap's; a
+re-run skips complete tasks (kill it at any point and run it again).
+
+Where tasks run: -j N local tasks at once [default: number of CPUs]; --dask
+tcp://HOST:8786 or local:N; --phase hash|reduce|write --index I runs one
+task of one phase here (--index env: JOB_COMPLETION_INDEX or
+SLURM_ARRAY_TASK_ID), the phases in that order, then this command once more
+(every task skipped) to write the list and remove the staging."""
+
+EXAMPLES = """\
+  tardedup 'train-{0000..0147}.tar' -o 'dedup/{stem}.tar' -j 8
+  tardedup 'train-{0000..0147}.tar' --by jpg -o 'dedup/{stem}.tar' --removed dups.jsonl -v
+  tardedup 's3://raw/part-{00000..39999}.tar' -o 's3://clean/{stem}.tar' --partitions 4000 --dask tcp://sched:8786
+  tardedup 'in-{000..099}.tar' -o 'out/{stem}.tar' --phase hash --index env"""
+
+EXIT_STATUS_NOTE = """\
+0    every task of the three phases is complete (done now or before) and
+     the list of removed samples is written.
+1    some tasks failed (each named on stderr) or were not run; a retry
+     may fix them.
+2    usage error.
+3    a task failed permanently: bad input data, or a sample without a
+     field of --by.
+130  interrupted by SIGINT; 143 by SIGTERM (running tasks killed, no
+     complete-looking output left, completed tasks keep their records)."""
+
+app = make_app(HELP, EXAMPLES, EXIT_STATUS_NOTE)
+
+HINTS = {"missing_field": "compare only fields every sample has (--by)"}
+
+
+@command(app, shared="strict " + engine.ENGINE_SHARED, options=engine.ENGINE, own_first=True)
+def tardedup(
+    tool: Tool,
+    output: Annotated[
+        Optional[str],
+        typer.Option("-o", "--output", metavar="PATTERN",
+                     help="Output per input, tarmap's pattern: 'dedup/{stem}.tar' ({index}, {basename}, {stem})."),
+    ] = None,
+    by: Annotated[
+        Optional[str], typer.Option("--by", metavar="FIELDS", help="Fields compared, e.g. 'jpg' or 'jpg cls' [default: every data field].")
+    ] = None,
+    removed: Annotated[
+        Optional[str], typer.Option("--removed", metavar="FILE", help="List of removed samples, JSON lines ('-': stdout) [default: DIR/removed.jsonl].")
+    ] = None,
+    partitions: Annotated[
+        Optional[int], typer.Option("--partitions", min=1, metavar="P", help="Reduce tasks [default: one per 8 inputs].")
+    ] = None,
+    staging: Annotated[
+        Optional[str], typer.Option("--staging", metavar="DIR|URL", help="Staging area [default: DIR/tardedup-staging beside the outputs].")
+    ] = None,
+    keep_staging: Annotated[bool, typer.Option("--keep-staging", help="Keep the staged files at the end.")] = False,
+    phase: Annotated[
+        Optional[str], typer.Option("--phase", metavar="hash|reduce|write", help="With --index: run one task of this phase.")
+    ] = None,
+) -> None:
+    a = tool.args
+    with tool.run({**engine.HINTS, **HINTS}):
+        if output is None:
+            raise UsageError("missing -o PATTERN (e.g. -o 'dedup/{stem}.tar')")
+        specs = engine.task_specs(tool)
+        if "-" in specs:
+            raise UsageError("tardedup reads its inputs itself: '-' (stdin) is not an input (use -T - for a list)")
+        if (phase is None) != (a.index is None):
+            raise UsageError("--phase and --index go together: --phase hash|reduce|write --index I")
+        if phase is not None and phase not in dedup.PHASES:
+            raise UsageError(f"--phase {phase!r}: use hash, reduce or write")
+        if a.k8s_job is not None:
+            raise UsageError("--k8s-job is not available for tardedup: run --phase P --index env in your own Jobs")
+        engine.check_engine(tool)
+        fields = dedup.parse_by(by)
+        if a.dask is None and a.index is None:
+            check_inputs_exist(specs)
+        job = dedup.DedupJob(tuple(specs), output, removed or dedup.default_removed(output, specs),
+                             staging or dedup.default_staging(output, specs), partitions or dedup.default_partitions(len(specs)), fields,
+                             a.strict, a.records_dir)
+        options = tasks.TaskOptions(policy=engine.retry_policy(tool), storage_options=tool.storage_options,
+                                    quiet=tool.quiet)
+        say = (lambda m: None) if tool.quiet else (lambda m: tool.say(f"tardedup: {m}"))
+        if a.index is not None:
+            i = engine.task_index(a.index)
+            count = len(specs) if phase != "reduce" else job.partitions
+            if i >= count:
+                raise UsageError(f"task {i}: the {phase} phase has {count} tasks (0..{count - 1})", topic="task_index")
+            if phase != "hash":
+                job = job.with_fingerprint(tool.storage_options)
+            with tasks.TaskContext(tool.say) as context:  # its exit stops what runs on an interrupt
+                result = dedup.shufflejob.run_task(job.task(phase, i), options, say, context)
+            if not result.ok:
+                tool.error(f"{phase} task {i} failed: {tool.hinted(result.message, result.topic)}")
+                raise typer.Exit(result.exit_status)
+            tool.info(f"{phase} task {i}: {result.status}")
+            return
+
+        from ..shufflejob import run_task, run_task_quiet
+
+        context = tasks.TaskContext(line_writer=tool.say)
+        fn, fn_args = (run_task_quiet, ()) if a.dask is not None else (run_task, (say, context))
+        bars: list = []
+
+        def on_phase(name: str, total: int) -> None:
+            for bar in bars:
+                bar.close()
+            bars[:] = [engine.TaskBar(tool, total)]
+            tool.info(f"{name} phase: {total} tasks", level=2)
+
+        def on_result(name: str, task, result) -> None:
+            bars[-1].update(result)
+            if result.ok:
+                tool.info(f"{name} {engine.task_line(result)}", level=2)
+            else:
+                tool.error(f"{name} task {task.index} ({task.input if name != 'reduce' else task.output}) failed"
+                           f"{' permanently' if result.permanent else ''}: {tool.hinted(result.message, result.topic)}")
+
+        try:
+            outcome = dedup.run(job, options, lambda: engine.make_pool(tool), fn=fn, fn_args=fn_args,
+                                keep_staging=keep_staging, max_errors=a.max_errors, halt_after=a.halt_after,
+                                on_phase=on_phase, on_result=on_result, context=context)
+        finally:
+            for bar in bars:
+                bar.close()
+        for phase_outcome in outcome.phases:
+            run = phase_outcome.summary
+            if run.stopped:
+                tool.error(f"{phase_outcome.phase} phase stopped, {len(run.not_run)} tasks not run:"
+                           f" {tool.hinted(run.stopped, run.stopped_topic)}")
+            tool.info(f"{phase_outcome.phase}: {run.count('complete')} tasks done, {run.count('skipped')} skipped,"
+                      f" {len(run.failed)} failed")
+            if not phase_outcome.ok:
+                failed = sorted(r.index for r in run.failed)
+                if failed:
+                    names = ", ".join(map(str, failed[:20])) + (" ..." if len(failed) > 20 else "")
+                    tool.error(f"{len(failed)} of {len(phase_outcome.tasks)} {phase_outcome.phase} tasks failed: {names}")
+                raise typer.Exit(ExitStatus.DATA if phase_outcome.permanent else ExitStatus.ERROR)
+        if not outcome.phases:
+            tool.info(f"every output was complete already ({len(specs)} shards)")
+        tool.info(f"{outcome.removed} duplicate samples removed, listed in {job.removed};"
+                  f" {len(specs)} output shards complete in {tool.elapsed():.2f} s")
+
+
+def main() -> None:
+    run_app(app, "tardedup")
+
+
+if __name__ == "__main__":
+    main()
