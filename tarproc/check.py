@@ -66,8 +66,8 @@ from .errors import (
 from .samples import group_samples, member_parts
 from .sinks import open_sink
 from .compress import MAGIC_LEN, detect
-from .sources import iter_source_samples, local_path, open_source
-from .storage import is_url
+from .sources import iter_source_samples, open_source
+from .storage import is_url, local_path
 from .tario import TarReader
 
 #: problem kinds that make a shard ``bad`` (every kind but ``io``)

@@ -392,10 +392,17 @@ class DedupOutcome:
 
     phases: list
     removed: int | None = None
+    #: samples in the deduplicated outputs, from the write tasks' completion records
+    kept: int = 0
 
     @property
     def ok(self) -> bool:
         return all(p.ok for p in self.phases) and self.removed is not None
+
+
+def _kept(writes, options: tasks.TaskOptions) -> int:
+    """Samples in the outputs of the (complete) write tasks, by their records."""
+    return sum((tasks.is_complete(task, options) or {}).get("samples", 0) for task in writes)
 
 
 def run(job: DedupJob, options: tasks.TaskOptions, pool_factory: Callable[[], object], *, fn: Callable | None = None,
@@ -418,6 +425,7 @@ def run(job: DedupJob, options: tasks.TaskOptions, pool_factory: Callable[[], ob
     if (not options.force and job.removed != "-" and shufflejob.all_complete(writes, options)
             and size(job.removed, options.storage_options) is not None):
         outcome.removed = sum(1 for _ in _lines(job.removed, options.storage_options))
+        outcome.kept = _kept(writes, options)
         return outcome
     for phase in PHASES:
         task_list = job.tasks(phase)
@@ -440,6 +448,7 @@ def run(job: DedupJob, options: tasks.TaskOptions, pool_factory: Callable[[], ob
         if not phase_outcome.ok:
             return outcome
     outcome.removed = job.write_removed_list(options.storage_options)
+    outcome.kept = _kept(writes, options)
     if not keep_staging:
         job.remove_staging(options.storage_options)
     return outcome

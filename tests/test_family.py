@@ -203,6 +203,8 @@ def _inputs(tool: str, tmp_path, shard) -> list[str]:
         "tarmap": ["-o", str(tmp_path / "out" / "{stem}.tar"), "-c", "cat"],
         "tarshuffle": ["-o", str(tmp_path / "out" / "%d.tar"), "--shards", "1"],
         "tarcheck": ["--report", str(tmp_path / "report.jsonl")],
+        "tarmix": ["-n", "40", "-o", str(tmp_path / "mix-%03d.tar")],
+        "tardedup": ["-o", str(tmp_path / "out" / "{stem}.tar")],
     }[tool] + [str(shard)]
 
 
@@ -218,7 +220,9 @@ def test_quiet_verbose_and_very_verbose(tool, tmp_path, imagenet_shard):
     # tarmap's items are tasks (here one, of 40 samples), tarshuffle's too (here, run again: one
     # reduce task, skipped, no map phase needed), every other tool's are samples
     # tarcheck's are shards (here one, of 40 samples)
-    item, items = {"tarmap": ("task", 1), "tarshuffle": ("task", 1), "tarcheck": ("shard", 1)}.get(tool, ("sample", 40))
+    # tardedup's are tasks too (run again: every output complete, no task runs)
+    item, items = {"tarmap": ("task", 1), "tarshuffle": ("task", 1), "tarcheck": ("shard", 1),
+                   "tardedup": ("task", 0)}.get(tool, ("sample", 40))
     assert not any(f"{tool}: {item} " in line for line in lines)
     assert any("40 samples" in line for line in lines), lines
     very = run([tool, "-vv", *args])
@@ -316,7 +320,7 @@ def test_terminal_shows_a_bar_with_percentage_and_warnings_on_their_own_lines(to
 # tarmap and tarshuffle have no --compress: each output is compressed by its name (the pattern's suffix);
 # tarcheck writes no tar stream (--repair copies keep their inputs' names)
 @pytest.mark.parametrize("tool", [t for t in TOOLS if t not in ("tarshow", "tar2json", "tarsplit", "tarmap", "tarshuffle",
-                                                                 "tarcheck")])
+                                                                 "tarcheck", "tardedup")])
 @pytest.mark.parametrize("compress,name", [("gzip", "out.tar"), ("none", "out.tgz"), ("xz", "out.tar.zst")])
 def test_compression_contradicting_the_output_name_is_a_usage_error(tool, compress, name, tmp_path, imagenet_shard):
     args = [a for a in _inputs(tool, tmp_path, imagenet_shard)]

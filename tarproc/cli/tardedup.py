@@ -174,7 +174,7 @@ def tardedup(
         if not outcome.phases:
             tool.info(f"every output was complete already ({len(specs)} shards)")
         tool.info(f"{outcome.removed} duplicate samples removed, listed in {job.removed};"
-                  f" {len(specs)} output shards complete in {tool.elapsed():.2f} s")
+                  f" {outcome.kept} samples in {len(specs)} output shards, complete in {tool.elapsed():.2f} s")
 
 
 def main() -> None:

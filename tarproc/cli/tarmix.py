@@ -13,7 +13,8 @@ import typer
 from ..errors import OutputError, UsageError
 from ..mix import Mixer, parse_source, write_mix
 from ..shards import ShardInfo, ShardPattern
-from ..sources import check_inputs_exist, input_kind
+from ..sources import check_inputs_exist
+from ..storage import url_kind
 from ..stages import Rekeyer
 from .common import Tool, command, compression_name, make_app, run_app, size_option
 from .tarcats import RekeyOpt, parse_seed
@@ -136,7 +137,7 @@ def tarmix(
         for line in mixer.plan():
             tool.info(line)
         parent = os.path.dirname(pattern.name(0))
-        if input_kind(output) == "file" and parent and not os.path.isdir(parent):
+        if url_kind(output) == "file" and parent and not os.path.isdir(parent):
             os.makedirs(parent, exist_ok=True)  # as tarshuffle and tarmap make their outputs' folders
 
         def finished(info: ShardInfo) -> None:
