@@ -2,7 +2,9 @@
 tarshuffle), declared once in :data:`ENGINE` (given to
 :func:`tarproc.cli.common.command` as ``options=``), and the code that maps
 them onto the library: the task list's inputs (INPUT... and ``-T``), the
-engine (``-j`` a local pool, ``--dask``, ``--index``, ``--k8s-job``), the
+engine (``-j`` the local engine, ``--dask`` or any other engine of
+:mod:`tarproc.engines`, whose option is named after its module;
+``--index``, ``--k8s-job``), the
 retry policy, the options a pod's command line repeats, the Job manifest,
 and the progress bar of tasks. Their values are in ``tool.args``."""
 
@@ -15,7 +17,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import k8s, schedule, tasks
+from .. import engines, k8s, tasks
 from ..errors import UsageError
 from ..sources import expand_inputs, input_kind
 from ..stages import read_filelist
@@ -77,12 +79,13 @@ HINTS = {
     "output_pattern": "given with -o",
     "stdin_input": "use -T - to read the list of inputs from stdin",
     "task_index": "given with --index",
-    "dask": "given with --dask",
     "job_name": "given with --k8s-job",
     "job_env": "given with --env",
     "max_errors": "--max-errors N allows more",
     "halt_after": "--halt-after K sets how many (0: never)",
 }
+HINTS.update({name: f"given with {'--' + name.replace('_', '-')}" for name in engines.names()
+              if name != engines.DEFAULT})  # an engine's errors carry its name as topic
 #: the options of :data:`tarproc.cli.common.SHARED` every engine tool takes
 ENGINE_SHARED = "storage_options"
 
@@ -103,19 +106,28 @@ def task_specs(tool: Tool) -> list[str]:
     return specs
 
 
+def _engine_options(tool: Tool) -> list[tuple[str, str, object]]:
+    """``(engine name, --option, value)`` of every engine but the local one
+    (:func:`tarproc.engines.names`; the option is named after the module)."""
+    return [(name, "--" + name.replace("_", "-"), getattr(tool.args, name, None))
+            for name in engines.names() if name != engines.DEFAULT]
+
+
 def check_engine(tool: Tool, *more: tuple[str, object]) -> None:
-    """Refuse engines given together (``--dask``, ``--index``, ``--k8s-job``
-    and the tool's ``more`` ``(flag, value)`` modes), ``-j`` beside one that
-    does not run a local pool, and ``--k8s-job`` options without it.
+    """Refuse engines given together (``--dask`` and the other engines'
+    options, ``--index``, ``--k8s-job`` and the tool's ``more``
+    ``(flag, value)`` modes), ``-j`` beside one that does not run a local
+    pool, and ``--k8s-job`` options without it.
 
     :raises UsageError:
     """
     a = tool.args
-    engines = (("--dask", a.dask), ("--index", a.index), ("--k8s-job", a.k8s_job))
-    modes = [name for name, on in (*engines, *more) if on]
+    modes_of_engines = [(flag, value) for _, flag, value in _engine_options(tool)]
+    modes_of_engines += [("--index", a.index), ("--k8s-job", a.k8s_job)]
+    modes = [name for name, on in (*modes_of_engines, *more) if on]
     if len(modes) > 1:
         raise UsageError(f"{' and '.join(modes)} cannot be combined")
-    if a.jobs is not None and modes and modes[0] in dict(engines):
+    if a.jobs is not None and modes and modes[0] in dict(modes_of_engines):
         raise UsageError(f"-j and {modes[0]} cannot be combined")
     if a.k8s_job is None and (any(v is not None for v in (a.image, a.parallelism, a.cpu, a.memory))
                               or a.env or a.env_from_secret):
@@ -149,12 +161,22 @@ def retry_policy(tool: Tool) -> tasks.RetryPolicy:
     return tasks.RetryPolicy(retries=a.retries, backoff=a.backoff, timeout=a.timeout)
 
 
-def make_pool(tool: Tool):
-    """The pool tasks run on: Dask (``--dask``) or local processes (``-j``,
-    default: the number of CPUs)."""
-    if tool.args.dask is not None:
-        return schedule.DaskPool(tool.args.dask)
-    return schedule.LocalPool(tool.args.jobs or os.cpu_count() or 1)
+def make_engine(tool: Tool) -> engines.Engine:
+    """The engine tasks run on, not started yet: the one whose option is
+    given (``--dask ADDRESS``...), else the local engine (``-j``, default:
+    the number of CPUs). A fresh one at each call (tarshuffle's phases).
+
+    :raises UsageError: a malformed engine value
+    """
+    for name, _, value in _engine_options(tool):
+        if value is not None:
+            return engines.create(name, value)
+    return engines.create(engines.DEFAULT, str(tool.args.jobs or os.cpu_count() or 1))
+
+
+def engine_flag(engine: engines.Engine) -> str:
+    """The option that chose ``engine`` (``--dask``; ``-j`` for the local one)."""
+    return "-j" if engine.name == engines.DEFAULT else "--" + engine.name.replace("_", "-")
 
 
 #: storage option keys that hold credentials (s3fs key/secret/token, gcsfs token...)
@@ -191,6 +213,24 @@ def warn_pod_paths(tool: Tool, *paths: tuple[str, str | None]) -> None:
     system, so a local output or staging area is lost with the pod unless
     every pod mounts it (a shared volume); an object-store URL needs no
     volume. A warning, not an error: the path may be such a volume."""
+    _warn_local(tool, "every pod must mount it (a shared volume), or use an object-store URL", paths)
+
+
+def warn_local_paths(tool: Tool, engine: engines.Engine, *paths: tuple[str, str | None]) -> None:
+    """Before any task runs on an engine whose workers do not share this
+    machine's file system (:attr:`tarproc.engines.Engine.shares_filesystem`
+    False): warn, as :func:`warn_pod_paths` does for pods, for the local
+    inputs, ``-T`` files and ``paths`` (output, records, staging): each
+    worker would read and write its own disk, and outputs would lie on the
+    workers only. Nothing for an engine that shares the file system."""
+    if engine.shares_filesystem:
+        return
+    where = f"{engine_flag(engine)} {getattr(engine, 'address', '')}".rstrip()
+    _warn_local(tool, f"the workers of {where} do not share this machine's files: every worker must mount it"
+                      " (a shared volume), or use an object-store URL", paths)
+
+
+def _warn_local(tool: Tool, advice: str, paths) -> None:
     a = tool.args
     local_inputs = [spec for spec in a.inputs or [] if input_kind(spec) == "file"]
     listed = [("-T file list", path) for path in a.input_list or []]
@@ -199,8 +239,7 @@ def warn_pod_paths(tool: Tool, *paths: tuple[str, str | None]) -> None:
         listed.insert(0, ("input", local_inputs[0] + more))
     for what, path in [*listed, *paths]:
         if path is not None and input_kind(path) == "file":
-            tool.warn(f"{what} {path!r} is a local path: every pod must mount it (a shared volume), or use an"
-                      " object-store URL", problem=False)
+            tool.warn(f"{what} {path!r} is a local path: {advice}", problem=False)
 
 
 def job_manifest(tool: Tool, name: str, argv: list[str], completions: int) -> dict:

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import k8s, records, schedule, tasks
+from .. import k8s, records, tasks
+from ..engines.run import run_all
 from ..errors import ExitStatus, UsageError
 from ..sources import check_inputs_exist
 from .common import Tool, command, make_app, run_app
@@ -118,8 +119,9 @@ def tarmap(
             sys.stdout.write(k8s.to_yaml(engine.job_manifest(tool, a.k8s_job, argv, len(task_list))))
             return
 
-        if a.dask is None and not summary:
-            # inputs on this machine must exist (a Dask worker or a pod may see other files)
+        runner = engine.make_engine(tool)
+        if runner.shares_filesystem and not summary:
+            # inputs on this machine must exist (a worker of another machine may see other files)
             check_inputs_exist([task_list[engine.task_index(a.index)].input] if a.index is not None and
                                engine.task_index(a.index) < len(task_list) else specs)
 
@@ -169,8 +171,8 @@ def tarmap(
             tool.info(f"task {i}: {result.status}")
             return
 
-        fn, args = (tasks.run_task_quiet, (options,)) if a.dask is not None else (tasks.run_task, (options, say))
-        pool = engine.make_pool(tool)
+        engine.warn_local_paths(tool, runner, ("output", output), ("records", a.records_dir))
+        fn, args = (tasks.run_task, (options, say)) if runner.in_process else (tasks.run_task_quiet, (options,))
         bar = engine.TaskBar(tool, len(task_list))
 
         def on_result(task, result) -> None:
@@ -186,7 +188,7 @@ def tarmap(
                                     message=f"{type(exc).__name__}: {exc}")
 
         try:
-            run = schedule.run_all(task_list, fn, args, pool, max_errors=a.max_errors,
+            run = run_all(task_list, fn, args, runner, max_errors=a.max_errors,
                                    halt_after=a.halt_after, on_result=on_result, on_error=on_error,
                                    on_interrupt=tasks.cancel_all)
         finally:

@@ -140,7 +140,8 @@ def tarshuffle(
             raise UsageError(f"--tmpdir {tmpdir!r} is not a directory")
         storage = tool.storage_options
 
-        if a.dask is None and a.k8s_job is None:
+        runner = engine.make_engine(tool)
+        if runner.shares_filesystem and a.k8s_job is None:
             check_inputs_exist(specs if a.index is None or phase == "reduce" or maxcount else
                                [specs[min(engine.task_index(a.index), len(specs) - 1)]])
         if shards is None:
@@ -170,7 +171,9 @@ def tarshuffle(
             tool.info(f"{phase} task {i}: {result.status}")
             return
 
-        fn, fn_args = (shufflejob.run_task_quiet, ()) if a.dask is not None else (shufflejob.run_task, (say,))
+        engine.warn_local_paths(tool, runner, ("output", job.pattern), ("staging", job.staging),
+                                ("records", a.records_dir))
+        fn, fn_args = (shufflejob.run_task, (say,)) if runner.in_process else (shufflejob.run_task_quiet, ())
         bars: list = []
 
         def on_phase(name: str, total: int) -> None:
@@ -188,7 +191,7 @@ def tarshuffle(
                            f"{' permanently' if result.permanent else ''}: {tool.hinted(result.message, result.topic)}")
 
         try:
-            outcomes = shufflejob.run(job, options, lambda: engine.make_pool(tool), fn=fn, fn_args=fn_args,
+            outcomes = shufflejob.run(job, options, lambda: engine.make_engine(tool), fn=fn, fn_args=fn_args,
                                       keep_staging=keep_staging, max_errors=a.max_errors, halt_after=a.halt_after,
                                       on_phase=on_phase, on_result=on_result)
         finally:
