@@ -14,11 +14,23 @@ whose workers are taken to run on this machine; False for any other
 address, whose workers are taken to have disks of their own (the tools then
 warn about local paths before any task runs). A cluster whose remote
 workers all mount the same paths works either way: the warning says so.
+
+A ``local:N`` cluster is this run's own: its workers keep their scratch
+space (``dask-scratch-space``) in a temporary directory removed when the
+engine closes, and closing it on an interrupt (``close(cancel=True)``)
+first kills the pipelines running in its workers
+(:func:`tarproc.tasks.cancel_all` there) and quiets distributed's logging,
+so that SIGINT or SIGTERM ends the run without distributed's
+``CancelledError`` warnings or workers killed after a grace period. A
+scheduler's cluster is not ours: its workers are left alone.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
+import shutil
+import tempfile
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -71,6 +83,7 @@ class DaskEngine:
         self.shares_filesystem = bool(self.workers) or is_loopback(value)
         self.cluster = None
         self.client = None
+        self.scratch: str | None = None  # local:N: the workers' local_directory
         self._done = None
         self._ready: set = set()
 
@@ -88,17 +101,21 @@ class DaskEngine:
             raise SourceError("Dask needs dask.distributed (pip install 'tarproc[dask]')") from None
         try:
             if self.workers:
-                self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                            host="127.0.0.1", dashboard_address=None)
+                import dask
+
+                self.scratch = tempfile.mkdtemp(prefix="tarproc-dask-")
+                # the scheduler, nannies and workers all make a dask-scratch-space in dask's temporary-directory
+                with dask.config.set({"temporary-directory": self.scratch}):
+                    self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                                                host="127.0.0.1", dashboard_address=None,
+                                                local_directory=self.scratch)
                 self.client = Client(self.cluster)
             elif self.timeout is None:
                 self.client = Client(self.address)
             else:
                 self.client = Client(self.address, timeout=self.timeout)
         except (OSError, TimeoutError) as exc:
-            if self.cluster is not None:
-                self.cluster.close()
-                self.cluster = None
+            self.close()
             raise SourceError(f"Dask scheduler {self.address}: cannot connect: {exc}", topic="dask") from None
         self._done = as_completed()
 
@@ -127,14 +144,40 @@ class DaskEngine:
         return future.result()
 
     def close(self, cancel: bool = False) -> None:
+        """Close the client, and the ``LocalCluster`` with its scratch
+        directory; ``cancel`` (an interrupt): kill the pipelines running in
+        the ``LocalCluster``'s workers first and keep distributed's warnings
+        about the cancelled work off stderr."""
         try:
+            if cancel and self.cluster is not None:
+                logging.getLogger("distributed").setLevel(logging.ERROR)
+                if self.client is not None:
+                    try:
+                        self.client.run(_stop_worker_tasks)
+                    except Exception:  # noqa: BLE001 - a worker already gone: closing kills it anyway
+                        pass
             if self.client is not None:
                 self.client.close()
         finally:
             self.client = None
-            if self.cluster is not None:
-                cluster, self.cluster = self.cluster, None
-                cluster.close()
+            try:
+                if self.cluster is not None:
+                    cluster, self.cluster = self.cluster, None
+                    cluster.close()
+            finally:
+                if self.scratch is not None:
+                    shutil.rmtree(self.scratch, ignore_errors=True)
+                    self.scratch = None
+
+
+def _stop_worker_tasks() -> None:
+    """In a ``local:N`` worker (``Client.run``), on an interrupt: quiet
+    distributed's logging and kill the pipelines of the running tasks, which
+    then return at once (:func:`tarproc.tasks.cancel_all`)."""
+    from .. import tasks
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    tasks.cancel_all()
 
 
 ENGINE = DaskEngine
