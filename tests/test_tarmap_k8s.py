@@ -128,7 +128,7 @@ OLDEST = (1, 30)
 
 
 def _versions() -> list[str]:
-    kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (test extra) is not installed")
+    pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (test extra) is not installed")
     from kubernetes_validate.utils import all_versions
 
     found = sorted({tuple(map(int, v.split(".")[:2])) for v in all_versions()})

@@ -23,7 +23,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -40,7 +39,7 @@ def slurm_runs(name: str, inputs, out: Path) -> Runs:
                 out)
 
 
-def test_tarmap_on_a_slurm_array_beside_j2_and_gnu_parallel(benchmark, shards, scratch, gnu_parallel, slurm,
+def test_tarmap_on_a_slurm_array_beside_j2_and_gnu_parallel(benchmark, shards, scratch, gnu_parallel, slurm,  # noqa: F811
                                                             monkeypatch):
     monkeypatch.setenv("SLURM_CONF", str(slurm.conf))  # the runs' environment (tool_env copies os.environ)
     monkeypatch.chdir(scratch)
