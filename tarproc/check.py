@@ -12,7 +12,7 @@ those that end the stream (a cut, a bad header, a corrupt compressed
 stream, a field repeated in a sample).
 
 :func:`check_dataset` runs it over many shards on an engine of
-:mod:`tarproc.schedule` (a :class:`ProcessPool` of ``jobs`` processes, or
+:func:`tarproc.engines.run.run_all` (a :class:`ProcessPool` of ``jobs`` processes, or
 Dask), then checks that no key is repeated across shards: every shard
 returns its keys, which go into a SQLite table in a temporary directory (on
 disk, so memory stays bounded whatever the dataset's size); a key found in
@@ -520,10 +520,14 @@ class DatasetReport:
 
 class ProcessPool:
     """``jobs`` tasks at once in worker processes (``fork``), for CPU-bound
-    tasks in Python (:class:`tarproc.schedule.LocalPool` runs threads, for
-    tasks whose work is done by child processes); the interface of the
-    pools of :mod:`tarproc.schedule`. Workers ignore SIGINT (the parent
-    handles it and cancels them)."""
+    tasks in Python (:mod:`tarproc.engines.local` runs threads, for tasks
+    whose work is done by child processes); an engine
+    (:class:`tarproc.engines.Engine`) that is no option of its own. Workers
+    ignore SIGINT (the parent handles it and cancels them)."""
+
+    name = "processes"
+    shares_filesystem = True
+    in_process = False
 
     def __init__(self, jobs: int):
         import concurrent.futures
@@ -535,6 +539,9 @@ class ProcessPool:
         self._futures = concurrent.futures
         self._executor = concurrent.futures.ProcessPoolExecutor(
             max_workers=jobs, mp_context=multiprocessing.get_context("fork"), initializer=_worker_signals)
+
+    def start(self) -> None:
+        pass
 
     @property
     def window(self) -> int:
@@ -572,14 +579,14 @@ def check_dataset(specs: Sequence[str], options: CheckOptions = CheckOptions(), 
     one at a time), then the keys across shards; returns the
     :class:`DatasetReport` with a :class:`ShardReport` per input, in input order.
 
-    :param pool: an engine of :mod:`tarproc.schedule` (``LocalPool``,
-        ``DaskPool``) or a :class:`ProcessPool`
+    :param pool: an engine (:class:`tarproc.engines.Engine`: local
+        threads, Dask) or a :class:`ProcessPool`
     :param on_shard: called in this process with each shard's report as it
         finishes (before the dataset-wide key check), e.g. for progress
     :param tmpdir: where the key table goes (see :class:`KeyIndex`)
     :raises KeyboardInterrupt, Interrupted: running shards are stopped
     """
-    from .schedule import run_all
+    from .engines.run import run_all
 
     reports: list = [None] * len(specs)
     index = KeyIndex(tmpdir)

@@ -50,7 +50,8 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import BinaryIO
 
-from . import records, schedule, shufflejob, tasks
+from . import records, shufflejob, tasks
+from .engines.run import run_all
 from .errors import MissingFieldError, TarprocError, UsageError
 from .samples import Sample, is_meta
 from .shuffle import StagingError, _open_read, atomic_output, join, write_output
@@ -440,9 +441,9 @@ def run(job: DedupJob, options: tasks.TaskOptions, pool_factory: Callable[[], ob
             return tasks.TaskResult(task.index, task.input, task.output, "failed", message=f"{type(exc).__name__}: {exc}")
 
         args = (options, *fn_args) if fn is not None else (options, None, context)
-        summary = schedule.run_all(task_list, fn or shufflejob.run_task, args, pool_factory(),
-                                   max_errors=max_errors, halt_after=halt_after, on_result=result, on_error=error,
-                                   on_interrupt=context.cancel)
+        summary = run_all(task_list, fn or shufflejob.run_task, args, pool_factory(),
+                          max_errors=max_errors, halt_after=halt_after, on_result=result, on_error=error,
+                          on_interrupt=context.cancel)
         phase_outcome = shufflejob.PhaseOutcome(phase, task_list, summary)
         outcome.phases.append(phase_outcome)
         if not phase_outcome.ok:

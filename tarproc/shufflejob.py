@@ -12,7 +12,7 @@ tarproc.shuffle`` by this interpreter, see
   by the tarsplit pattern, :class:`tarproc.shards.ShardPattern`), the record
   beside it or under a records directory.
 
-They run on tarmap's engines (:mod:`tarproc.schedule`: a local pool, Dask;
+They run on tarmap's engines (:mod:`tarproc.engines`: a local pool, Dask;
 ``--index`` in a Kubernetes Indexed Job or a Slurm array) with tarmap's
 retry loop, skip check and completion records (:func:`tarproc.tasks.run_task`,
 :mod:`tarproc.records`). One thing differs: an attempt
@@ -45,7 +45,9 @@ import socket
 import subprocess
 import time
 
-from . import procs, records, schedule, tasks
+from . import procs, records, tasks
+from .engines import Engine
+from .engines.run import RunSummary, run_all
 from .errors import ExitStatus, TarprocError, UsageError
 from .shards import ShardPattern
 from .shuffle import ENV_BUFFER, ENV_INPUT, ENV_OUTPUT, ENV_PARENT, ENV_STORAGE, ENV_TMPDIR, join, staged_name
@@ -361,12 +363,12 @@ def run_task_quiet(task: tasks.Task, options: tasks.TaskOptions) -> tasks.TaskRe
 
 @dataclasses.dataclass
 class PhaseOutcome:
-    """One phase's :class:`tarproc.schedule.RunSummary` (None: the map
+    """One phase's :class:`tarproc.engines.run.RunSummary` (None: the map
     phase was not needed, because every reduce task was complete) and its tasks."""
 
     phase: str
     tasks: list
-    summary: schedule.RunSummary | None = None
+    summary: RunSummary | None = None
 
     @property
     def ok(self) -> bool:
@@ -385,7 +387,7 @@ def all_complete(task_list: Sequence[tasks.Task], options: tasks.TaskOptions) ->
 def run(
     job: ShuffleJob,
     options: tasks.TaskOptions,
-    pool_factory: Callable[[], object],
+    pool_factory: Callable[[], Engine],
     *,
     fn: Callable | None = None,
     fn_args: tuple = (),
@@ -398,7 +400,7 @@ def run(
 ) -> list[PhaseOutcome]:
     """Run the shuffle: the map phase (skipped when every reduce task is
     complete already), then the reduce phase, each on a fresh pool from
-    ``pool_factory`` (:func:`tarproc.schedule.run_all` closes its pool);
+    ``pool_factory`` (:func:`tarproc.engines.run.run_all` starts and closes it);
     then remove the staging files unless ``keep_staging``. A phase with
     failed or unrun tasks ends the run (the next phase does not start).
 
@@ -436,8 +438,8 @@ def run(
             return tasks.TaskResult(task.index, task.input, task.output, "failed",
                                     message=f"{type(exc).__name__}: {exc}")
 
-        args = (options, *fn_args) if fn is not None else (options, None, context)  # noqa: E501
-        summary = schedule.run_all(task_list, fn or run_task, args, pool_factory(),
+        args = (options, *fn_args) if fn is not None else (options, None, context)
+        summary = run_all(task_list, fn or run_task, args, pool_factory(),
                                    max_errors=max_errors, halt_after=halt_after, on_result=result, on_error=error,
                                    on_interrupt=context.cancel)
         outcome = PhaseOutcome(phase, task_list, summary)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import contextvars
 import dataclasses
 import io
 import os
@@ -625,6 +626,14 @@ def is_complete(task: Task, options: TaskOptions) -> dict | None:
     return records.check_record(task, identity(task.input, storage), storage)
 
 
+#: the :class:`TaskContext` of tasks whose caller cannot pass one: a Dask
+#: worker's tasks (:mod:`tarproc.engines.dask` sets the worker's own, so an
+#: interrupt there stops its pipelines). A context variable: each thread
+#: (and each ``contextvars`` context) sees its own value, None by default.
+CURRENT_CONTEXT: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar("tarproc_task_context",
+                                                                                    default=None)
+
+
 def run_task(task: Task, options: TaskOptions = TaskOptions(), say: Say | None = None,
              context: TaskContext | None = None, *,
              attempt_fn: Callable[[Task, int, TaskOptions, TaskContext], dict] | None = None) -> TaskResult:
@@ -654,7 +663,7 @@ def run_task(task: Task, options: TaskOptions = TaskOptions(), say: Say | None =
         result.message = str(exc)
         result.topic = exc.topic
         return result
-    context = context or TaskContext()
+    context = context or CURRENT_CONTEXT.get() or TaskContext()
     policy = options.policy
     for attempt in range(1, policy.retries + 2):
         if attempt > 1:

@@ -101,3 +101,4 @@ def testdata() -> Path:
 # so that modules using them do not each start their own (a fixture imported into two modules is two)
 from daskcluster import _dask_session, dask_cluster  # noqa: E402,F401
 from s3server import s3_server  # noqa: E402,F401
+from slurmcluster import slurm  # noqa: E402,F401

@@ -99,3 +99,37 @@ def test_dask_unreachable_scheduler_is_one_error(shards, tmp_path):
     lines = result.stderr.decode().splitlines()
     assert lines[-1].startswith("tarmap: error: Dask scheduler tcp://127.0.0.1:") and "cannot connect" in lines[-1]
     assert lines[-1].endswith("; given with --dask"), lines
+
+
+def test_dask_local_cluster_killed_by_sigterm_is_quiet_and_leaves_nothing(shards, tmp_path):
+    """Issue 19 item 14: distributed's CancelledError warnings and a
+    dask-scratch-space/ left in $TMPDIR."""
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    started = tmp_path / "started"
+    started.mkdir()
+    slow = f"touch {started}/$TARMAP_INDEX; sleep 60; cat"
+    proc = subprocess.Popen(["tarmap", *map(str, shards[:4]), "-o", f"{tmp_path}/out/{{index}}.tar", "-c", slow,
+                             "--dask", "local:2"], env={**tool_env(), "TMPDIR": str(tmpdir)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for(lambda: len(list(started.iterdir())) >= 2, timeout=120, what="two running tasks")
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    text = stderr.decode()
+    assert "CancelledError" not in text and "Traceback" not in text, text
+    assert sorted(p.name for p in tmpdir.iterdir()) == [], "left in $TMPDIR"
+
+    def pipelines() -> list[str]:  # the tasks' bash -c lines still running, in the workers
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(started).encode() in cmdline:
+                found.append(entry.name)
+        return found
+
+    wait_for(lambda: not pipelines(), timeout=30, what="the pipelines to end")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.tar"))

@@ -6,6 +6,7 @@ every JOB_COMPLETION_INDEX, two at a time, one index twice at once."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import subprocess
 from pathlib import Path
 
@@ -65,6 +66,7 @@ def test_manifest_is_a_valid_indexed_job(shards, tmp_path):
     assert rules[0].on_exit_codes.operator == "In" and rules[0].on_exit_codes.values == [3]
     assert rules[0].on_exit_codes.container_name == "tarmap"
     assert rules[1].action == "Ignore" and rules[1].on_pod_conditions[0].type == "DisruptionTarget"
+    assert rules[1].on_pod_conditions[0].status == "True"  # required by Kubernetes 1.29-1.34
     pod = spec.template.spec
     assert pod.restart_policy == "Never"
     (container,) = pod.containers
@@ -117,3 +119,123 @@ def test_container_command_for_every_index_makes_every_output_once(shards, tmp_p
     assert {p.stem: p.read_bytes() for p in out.glob("*.tar")} == expected
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [f"{s}.tar" for s in expected] + [f"{s}.tar.tarmap.json" for s in expected])
+
+
+# --- strict OpenAPI validation (kubernetes-validate ships the schemas: offline) ---
+
+#: the oldest Kubernetes the manifests support (README, tarproc/k8s.py)
+OLDEST = (1, 30)
+
+
+def _versions() -> list[str]:
+    pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (test extra) is not installed")
+    from kubernetes_validate.utils import all_versions
+
+    found = sorted({tuple(map(int, v.split(".")[:2])) for v in all_versions()})
+    return [f"{a}.{b}.0" for a, b in found if (a, b) >= OLDEST]
+
+
+def _strictly_valid(documents: list[dict]) -> None:
+    import kubernetes_validate
+
+    versions = _versions()
+    assert len(versions) >= 2 and versions[0] == "1.30.0", versions
+    for version in versions:
+        for doc in documents:
+            kubernetes_validate.validate(doc, version, strict=True)  # raises ValidationError
+
+
+S3 = ["s3://bucket/in-{00..03}.tar"]
+#: every option that changes a manifest, and none
+MANIFEST_OPTIONS = {
+    "bare": [],
+    "every": ["--parallelism", "2", "--backoff-limit-per-index", "0", "--cpu", "500m", "--memory", "4Gi",
+              "--env", "AWS_REGION=eu-west-1", "--env", "HOME", "--env-from-secret", "s3-credentials",
+              "--env-from-secret", "gcs", "--timeout", "600", "--retries", "0", "--backoff", "0.5",
+              "--records", "s3://bucket/records", "--storage-option", "anon=false"],
+}
+
+
+def _documents(stdout: bytes) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(stdout) if doc is not None]
+
+
+@pytest.mark.parametrize("options", MANIFEST_OPTIONS, ids=str)
+def test_tarmap_manifest_is_strictly_valid_from_oldest_to_newest_kubernetes(options):
+    result = run(["tarmap", *S3, "-o", "s3://bucket/out/{stem}.tar", "-c", PIPELINE, "--k8s-job", "ppm",
+                  "--image", "registry.example/tarproc:1", *MANIFEST_OPTIONS[options]])
+    assert result.returncode == 0, result.stderr
+    docs = _documents(result.stdout)
+    assert len(docs) == 1
+    _strictly_valid(docs)
+
+
+@pytest.mark.parametrize("options", MANIFEST_OPTIONS, ids=str)
+def test_tarshuffle_jobs_are_strictly_valid_from_oldest_to_newest_kubernetes(options):
+    extra = ["--no-shuffle", "--rekey", "{shard}/{key}", "--strict", "--seed", "7", "--buffer-size", "8M",
+             "--staging", "s3://bucket/staging"] if options == "every" else []
+    result = run(["tarshuffle", *S3, "--shards", "3", "-o", "s3://bucket/out/train-{shard}.tar", "--k8s-job", "shuf",
+                  "--image", "registry.example/tarproc:1", *MANIFEST_OPTIONS[options], *extra])
+    assert result.returncode == 0, result.stderr
+    docs = _documents(result.stdout)
+    assert [d["metadata"]["name"] for d in docs] == ["shuf-map", "shuf-reduce"]
+    _strictly_valid(docs)
+
+
+def test_strict_validation_catches_a_misspelled_field_and_the_old_disruption_rule():
+    import kubernetes_validate
+
+    result = run(["tarmap", *S3, "-o", "s3://bucket/out/{stem}.tar", "-c", "cat", "--k8s-job", "j", "--image", "i"])
+    (doc,) = _documents(result.stdout)
+    misspelled = yaml.safe_load(yaml.safe_dump(doc))
+    misspelled["spec"]["backofLimitPerIndex"] = misspelled["spec"].pop("backoffLimitPerIndex")
+    with pytest.raises(kubernetes_validate.ValidationError, match="backofLimitPerIndex"):
+        kubernetes_validate.validate(misspelled, _versions()[-1], strict=True)
+    # the rule as it was (no status): rejected by 1.30 (and 1.29-1.34, kubernetes/kubernetes#131512)
+    old = yaml.safe_load(yaml.safe_dump(doc))
+    del old["spec"]["podFailurePolicy"]["rules"][1]["onPodConditions"][0]["status"]
+    with pytest.raises(kubernetes_validate.ValidationError, match="'status' is a required property"):
+        kubernetes_validate.validate(old, "1.30.0", strict=True)
+
+
+def _kubectl(*args: str, stdin: bytes) -> subprocess.CompletedProcess:
+    import shutil
+
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl is not installed (Debian kubernetes-client; .ci/debian-packages installs it as root)")
+    # no cluster: an empty kubeconfig, so nothing is reached but 127.0.0.1:8080, which refuses
+    return subprocess.run(["kubectl", *args], input=stdin, capture_output=True, timeout=60,
+                          env={**tool_env(), "KUBECONFIG": "/dev/null"})
+
+
+def test_kubectl_reads_back_every_manifest_offline():
+    """kubectl parses the printed YAML into the same objects (``kubectl
+    label --local``: no API server; ``create --dry-run=client`` needs one
+    for discovery, see the next test)."""
+    for argv in (["tarmap", *S3, "-o", "s3://bucket/out/{stem}.tar", "-c", "cat", "--k8s-job", "j", "--image", "i",
+                  *MANIFEST_OPTIONS["every"]],
+                 ["tarshuffle", *S3, "--shards", "2", "-o", "s3://b/o/{shard}.tar", "--k8s-job", "s", "--image", "i"]):
+        printed = run(argv)
+        assert printed.returncode == 0, printed.stderr
+        # -o json: one object after another (its -o yaml prints them without '---' between)
+        back = _kubectl("label", "--local", "-f", "-", "-o", "json", "tarproc-check=1", stdin=printed.stdout)
+        assert back.returncode == 0, back.stderr
+        text, items, at = back.stdout.decode(), [], 0
+        decoder = json.JSONDecoder()
+        while text[at:].strip():
+            item, at = decoder.raw_decode(text, at + len(text[at:]) - len(text[at:].lstrip()))
+            items.append(item)
+        for item in items:
+            del item["metadata"]["labels"]["tarproc-check"]
+        by_name = sorted(items, key=lambda d: d["metadata"]["name"])  # a List's order is kubectl's
+        assert by_name == sorted(_documents(printed.stdout), key=lambda d: d["metadata"]["name"])
+
+
+def test_kubectl_create_dry_run_round_trip():
+    printed = run(["tarmap", *S3, "-o", "s3://bucket/out/{stem}.tar", "-c", "cat", "--k8s-job", "j", "--image", "i"])
+    back = _kubectl("create", "--dry-run=client", "-o", "yaml", "-f", "-", stdin=printed.stdout)
+    if back.returncode != 0 and (b"connection refused" in back.stderr or b"unable to recognize" in back.stderr):
+        pytest.skip("kubectl create --dry-run=client needs an API server (it maps kinds through discovery);"
+                    " none can be had here")
+    assert back.returncode == 0, back.stderr
+    assert _documents(back.stdout) == _documents(printed.stdout)

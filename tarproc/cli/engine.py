@@ -2,7 +2,9 @@
 tarshuffle), declared once in :data:`ENGINE` (given to
 :func:`tarproc.cli.common.command` as ``options=``), and the code that maps
 them onto the library: the task list's inputs (INPUT... and ``-T``), the
-engine (``-j`` a local pool, ``--dask``, ``--index``, ``--k8s-job``), the
+engine (``-j`` the local engine, ``--dask`` or any other engine of
+:mod:`tarproc.engines`, whose option is named after its module;
+``--index``, ``--k8s-job``), the
 retry policy, the options a pod's command line repeats, the Job manifest,
 and the progress bar of tasks. Their values are in ``tool.args``."""
 
@@ -15,7 +17,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import k8s, schedule, tasks
+from .. import engines, k8s, slurm, tasks
 from ..errors import UsageError
 from ..sources import input_urls
 from ..storage import url_kind
@@ -34,6 +36,7 @@ IndexOpt = Annotated[
     typer.Option("--index", metavar="I|env", help="Run task I only ('env': JOB_COMPLETION_INDEX or SLURM_ARRAY_TASK_ID)."),
 ]
 K8S_ONLY = "--image, --parallelism, --cpu, --memory, --env, --env-from-secret go with --k8s-job"
+SLURM_ONLY = "--slurm-submit, --time-limit, --max-array-size go with --slurm-array"
 
 
 def _opt(annotation, default, *names: str, **kwargs) -> Shared:
@@ -61,15 +64,25 @@ ENGINE: dict[str, Shared] = {
     "k8s_job": _opt(Optional[str], None, "--k8s-job", metavar="NAME",
                     help="Print the Kubernetes Indexed Job(s) running the tasks (YAML)."),
     "image": _opt(Optional[str], None, "--image", metavar="IMAGE", help="--k8s-job: container image with tarproc."),
-    "parallelism": _opt(Optional[int], None, "--parallelism", min=1, metavar="P", help="--k8s-job: pods at once."),
+    "parallelism": _opt(Optional[int], None, "--parallelism", min=1, metavar="P",
+                        help="--k8s-job: pods at once; --slurm-array: array tasks at once (%P)."),
     "backoff_limit_per_index": _opt(int, 2, "--backoff-limit-per-index", min=0, metavar="N",
                                     help="--k8s-job: pod retries per index."),
-    "cpu": _opt(Optional[str], None, "--cpu", metavar="C", help="--k8s-job: CPU request and limit (2, 500m)."),
-    "memory": _opt(Optional[str], None, "--memory", metavar="M", help="--k8s-job: memory request and limit (4Gi)."),
+    "cpu": _opt(Optional[str], None, "--cpu", metavar="C",
+                help="--k8s-job: CPU request and limit (2, 500m); --slurm-array: CPUs per task (2)."),
+    "memory": _opt(Optional[str], None, "--memory", metavar="M",
+                   help="--k8s-job: memory request and limit (4Gi); --slurm-array: memory per task (4G, 4Gi)."),
     "env": _opt(Optional[list[str]], None, "--env", metavar="NAME[=VALUE]",
                 help="--k8s-job: environment variable for the pods (repeatable)."),
     "env_from_secret": _opt(Optional[list[str]], None, "--env-from-secret", metavar="SECRET",
                             help="--k8s-job: Secret whose keys become variables (credentials belong here)."),
+    "slurm_array": _opt(Optional[str], None, "--slurm-array", metavar="NAME",
+                        help="Print the Slurm job array running the tasks (an sbatch script)."),
+    "slurm_submit": _opt(bool, False, "--slurm-submit", help="--slurm-array: submit it (sbatch); print the job id(s)."),
+    "time_limit": _opt(Optional[str], None, "--time-limit", metavar="TIME",
+                       help="--slurm-array: time limit per array task (sbatch --time: 30, 2:00:00)."),
+    "max_array_size": _opt(Optional[int], None, "--max-array-size", min=1, metavar="N",
+                           help="--slurm-array: the cluster's MaxArraySize [default: scontrol's with --slurm-submit, else 1001]."),
 }
 #: what an engine tool adds to a library error (or a stopped run) about a
 #: value one of these options gives (``Tool.run(hints)``, ``Tool.hinted``)
@@ -77,12 +90,17 @@ HINTS = {
     "output_pattern": "given with -o",
     "stdin_input": "use -T - to read the list of inputs from stdin",
     "task_index": "given with --index",
-    "dask": "given with --dask",
     "job_name": "given with --k8s-job",
     "job_env": "given with --env",
+    "slurm_name": "given with --slurm-array",
+    "time_limit": "given with --time-limit",
+    "memory": "given with --memory",
+    "cpu": "given with --cpu",
     "max_errors": "--max-errors N allows more",
     "halt_after": "--halt-after K sets how many (0: never)",
 }
+HINTS.update({name: f"given with {'--' + name.replace('_', '-')}" for name in engines.names()
+              if name != engines.DEFAULT})  # an engine's errors carry its name as topic
 #: the options of :data:`tarproc.cli.common.SHARED` every engine tool takes
 ENGINE_SHARED = "storage_options"
 
@@ -101,23 +119,34 @@ def task_specs(tool: Tool) -> list[str]:
     return specs
 
 
+def _engine_options(tool: Tool) -> list[tuple[str, str, object]]:
+    """``(engine name, --option, value)`` of every engine but the local one
+    (:func:`tarproc.engines.names`; the option is named after the module)."""
+    return [(name, "--" + name.replace("_", "-"), getattr(tool.args, name, None))
+            for name in engines.names() if name != engines.DEFAULT]
+
+
 def check_engine(tool: Tool, *more: tuple[str, object]) -> None:
-    """Refuse engines given together (``--dask``, ``--index``, ``--k8s-job``
-    and the tool's ``more`` ``(flag, value)`` modes), ``-j`` beside one that
-    does not run a local pool, and ``--k8s-job`` options without it.
+    """Refuse engines given together (``--dask`` and the other engines'
+    options, ``--index``, ``--k8s-job`` and the tool's ``more``
+    ``(flag, value)`` modes), ``-j`` beside one that does not run a local
+    pool, and ``--k8s-job`` options without it.
 
     :raises UsageError:
     """
     a = tool.args
-    engines = (("--dask", a.dask), ("--index", a.index), ("--k8s-job", a.k8s_job))
-    modes = [name for name, on in (*engines, *more) if on]
+    modes_of_engines = [(flag, value) for _, flag, value in _engine_options(tool)]
+    modes_of_engines += [("--index", a.index), ("--k8s-job", a.k8s_job), ("--slurm-array", a.slurm_array)]
+    modes = [name for name, on in (*modes_of_engines, *more) if on]
     if len(modes) > 1:
         raise UsageError(f"{' and '.join(modes)} cannot be combined")
-    if a.jobs is not None and modes and modes[0] in dict(engines):
+    if a.jobs is not None and modes and modes[0] in dict(modes_of_engines):
         raise UsageError(f"-j and {modes[0]} cannot be combined")
-    if a.k8s_job is None and (any(v is not None for v in (a.image, a.parallelism, a.cpu, a.memory))
-                              or a.env or a.env_from_secret):
+    if a.k8s_job is None and (a.image is not None or a.env or a.env_from_secret or (
+            a.slurm_array is None and any(v is not None for v in (a.parallelism, a.cpu, a.memory)))):
         raise UsageError(K8S_ONLY)
+    if a.slurm_array is None and (a.slurm_submit or a.time_limit is not None or a.max_array_size is not None):
+        raise UsageError(SLURM_ONLY)
     if a.k8s_job is not None and not a.image:
         raise UsageError("--k8s-job needs --image IMAGE")
 
@@ -147,12 +176,22 @@ def retry_policy(tool: Tool) -> tasks.RetryPolicy:
     return tasks.RetryPolicy(retries=a.retries, backoff=a.backoff, timeout=a.timeout)
 
 
-def make_pool(tool: Tool):
-    """The pool tasks run on: Dask (``--dask``) or local processes (``-j``,
-    default: the number of CPUs)."""
-    if tool.args.dask is not None:
-        return schedule.DaskPool(tool.args.dask)
-    return schedule.LocalPool(tool.args.jobs or os.cpu_count() or 1)
+def make_engine(tool: Tool) -> engines.Engine:
+    """The engine tasks run on, not started yet: the one whose option is
+    given (``--dask ADDRESS``...), else the local engine (``-j``, default:
+    the number of CPUs). A fresh one at each call (tarshuffle's phases).
+
+    :raises UsageError: a malformed engine value
+    """
+    for name, _, value in _engine_options(tool):
+        if value is not None:
+            return engines.create(name, value)
+    return engines.create(engines.DEFAULT, str(tool.args.jobs or os.cpu_count() or 1))
+
+
+def engine_flag(engine: engines.Engine) -> str:
+    """The option that chose ``engine`` (``--dask``; ``-j`` for the local one)."""
+    return "-j" if engine.name == engines.DEFAULT else "--" + engine.name.replace("_", "-")
 
 
 #: storage option keys that hold credentials (s3fs key/secret/token, gcsfs token...)
@@ -189,6 +228,24 @@ def warn_pod_paths(tool: Tool, *paths: tuple[str, str | None]) -> None:
     system, so a local output or staging area is lost with the pod unless
     every pod mounts it (a shared volume); an object-store URL needs no
     volume. A warning, not an error: the path may be such a volume."""
+    _warn_local(tool, "every pod must mount it (a shared volume), or use an object-store URL", paths)
+
+
+def warn_local_paths(tool: Tool, engine: engines.Engine, *paths: tuple[str, str | None]) -> None:
+    """Before any task runs on an engine whose workers do not share this
+    machine's file system (:attr:`tarproc.engines.Engine.shares_filesystem`
+    False): warn, as :func:`warn_pod_paths` does for pods, for the local
+    inputs, ``-T`` files and ``paths`` (output, records, staging): each
+    worker would read and write its own disk, and outputs would lie on the
+    workers only. Nothing for an engine that shares the file system."""
+    if engine.shares_filesystem:
+        return
+    where = f"{engine_flag(engine)} {getattr(engine, 'address', '')}".rstrip()
+    _warn_local(tool, f"the workers of {where} do not share this machine's files: every worker must mount it"
+                      " (a shared volume), or use an object-store URL", paths)
+
+
+def _warn_local(tool: Tool, advice: str, paths) -> None:
     a = tool.args
     local_inputs = [spec for spec in a.inputs or [] if url_kind(spec) == "file"]
     listed = [("-T file list", path) for path in a.input_list or []]
@@ -197,8 +254,7 @@ def warn_pod_paths(tool: Tool, *paths: tuple[str, str | None]) -> None:
         listed.insert(0, ("input", local_inputs[0] + more))
     for what, path in [*listed, *paths]:
         if path is not None and url_kind(path) == "file":
-            tool.warn(f"{what} {path!r} is a local path: every pod must mount it (a shared volume), or use an"
-                      " object-store URL", problem=False)
+            tool.warn(f"{what} {path!r} is a local path: {advice}", problem=False)
 
 
 def job_manifest(tool: Tool, name: str, argv: list[str], completions: int) -> dict:
@@ -208,6 +264,35 @@ def job_manifest(tool: Tool, name: str, argv: list[str], completions: int) -> di
     return k8s.job_manifest(name, a.image, argv, completions, parallelism=a.parallelism,
                             backoff_limit_per_index=a.backoff_limit_per_index, cpu=a.cpu, memory=a.memory,
                             env=a.env or [], env_from_secrets=a.env_from_secret or [])
+
+
+def slurm_arrays(tool: Tool, phases: list[tuple[str, list[str], int]]) -> None:
+    """``--slurm-array NAME``: print the sbatch script of each phase
+    ``(name, argv, tasks)`` (one: the script itself, for ``| sbatch``; more:
+    a bash script submitting them in order, for ``| bash``), or with
+    ``--slurm-submit`` submit them and print the job ids
+    (:mod:`tarproc.slurm`). Tasks run in this directory (``--chdir``).
+
+    :raises UsageError: a bad name, ``--cpu``, ``--memory`` or ``--time-limit``
+    :raises SourceError: sbatch or scontrol failed
+    """
+    a = tool.args
+    cpus = None
+    if a.cpu is not None:
+        if not a.cpu.isdigit() or int(a.cpu) < 1:
+            raise UsageError(f"--cpu {a.cpu!r}: a Slurm task takes a whole number of CPUs (2)")
+        cpus = int(a.cpu)
+    size = a.max_array_size or (slurm.max_array_size() if a.slurm_submit else slurm.DEFAULT_MAX_ARRAY_SIZE)
+    scripts = [slurm.array_script(name, argv, count, parallelism=a.parallelism, time_limit=a.time_limit, cpus=cpus,
+                                  memory=a.memory, max_array_size=size, workdir=os.getcwd())
+               for name, argv, count in phases]
+    if a.slurm_submit:
+        ids = slurm.submit_chain(scripts)
+        for (name, _, count), job in zip(phases, ids):
+            tool.info(f"submitted {name}: Slurm job {job} ({count} tasks)")
+        sys.stdout.write("".join(f"{job}\n" for job in ids))
+    else:
+        sys.stdout.write(scripts[0] if len(scripts) == 1 else slurm.chain_script(scripts))
 
 
 def human(n: float) -> str:

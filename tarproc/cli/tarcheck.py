@@ -11,7 +11,7 @@ import typer
 from .. import records
 from ..check import CheckOptions, ProcessPool, check_dataset, check_decodable, parse_require, shard_index_records, write_report
 from ..errors import UsageError
-from ..schedule import LocalPool
+from ..engines.local import LocalEngine
 from ..sources import check_inputs_exist
 from . import engine
 from .common import Tool, command, make_app, run_app
@@ -106,9 +106,9 @@ def tarcheck(tool: Tool, require: RequireOpt = None, decode: DecodeOpt = None, r
         options = CheckOptions(require=parse_require(require or []), decode=check_decodable(decode or []),
                                lowercase=tool.lowercase, storage_options=tool.storage_options, repair_dir=repair)
         if a.dask is not None:
-            pool = engine.schedule.DaskPool(a.dask)
+            pool = engine.make_engine(tool)
         elif jobs == 1 or len(specs) == 1:
-            pool = LocalPool(1)
+            pool = LocalEngine(1)
         else:
             pool = ProcessPool(min(jobs, len(specs)))
 

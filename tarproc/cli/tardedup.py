@@ -108,7 +108,8 @@ def tardedup(
             raise UsageError("--k8s-job is not available for tardedup: run --phase P --index env in your own Jobs")
         engine.check_engine(tool)
         fields = dedup.parse_by(by)
-        if a.dask is None and a.index is None:
+        runner = engine.make_engine(tool)
+        if runner.shares_filesystem and a.index is None:
             check_inputs_exist(specs)
         job = dedup.DedupJob(tuple(specs), output, removed or dedup.default_removed(output, specs),
                              staging or dedup.default_staging(output, specs), partitions or dedup.default_partitions(len(specs)), fields,
@@ -134,7 +135,9 @@ def tardedup(
         from ..shufflejob import run_task, run_task_quiet
 
         context = tasks.TaskContext(line_writer=tool.say)
-        fn, fn_args = (run_task_quiet, ()) if a.dask is not None else (run_task, (say, context))
+        engine.warn_local_paths(tool, runner, ("output", job.pattern), ("removed list", job.removed),
+                                ("staging", job.staging), ("records", a.records_dir))
+        fn, fn_args = (run_task, (say, context)) if runner.in_process else (run_task_quiet, ())
         bars: list = []
 
         def on_phase(name: str, total: int) -> None:
@@ -152,7 +155,7 @@ def tardedup(
                            f"{' permanently' if result.permanent else ''}: {tool.hinted(result.message, result.topic)}")
 
         try:
-            outcome = dedup.run(job, options, lambda: engine.make_pool(tool), fn=fn, fn_args=fn_args,
+            outcome = dedup.run(job, options, lambda: engine.make_engine(tool), fn=fn, fn_args=fn_args,
                                 keep_staging=keep_staging, max_errors=a.max_errors, halt_after=a.halt_after,
                                 on_phase=on_phase, on_result=on_result, context=context)
         finally:

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import k8s, records, schedule, tasks
+from .. import k8s, records, tasks
+from ..engines.run import run_all
 from ..errors import ExitStatus, UsageError
 from ..sources import check_inputs_exist
 from .common import Tool, command, make_app, run_app
@@ -48,7 +49,11 @@ tcp://HOST:8786 or --dask local:N (Client.submit/as_completed; a worker that
 dies has its tasks re-run); --index I runs task I only (--index env: from
 JOB_COMPLETION_INDEX, else SLURM_ARRAY_TASK_ID); --k8s-job NAME
 --image IMAGE prints a Kubernetes Indexed Job (YAML) whose pods run this
-command with --index env (podFailurePolicy: FailIndex on exit status 3).
+command with --index env (podFailurePolicy: FailIndex on exit status 3);
+--slurm-array NAME prints a Slurm job array (an sbatch script: pipe it to
+sbatch) whose array tasks run it with --index, or submits it with
+--slurm-submit; with more tasks than MaxArraySize, array index K runs tasks
+K, K+M, K+2M ... one after another (M the array's size).
 
 Object stores take credentials and endpoints from their standard
 environment (AWS_*, AWS_ENDPOINT_URL, GOOGLE_APPLICATION_CREDENTIALS,
@@ -62,6 +67,7 @@ EXAMPLES = """\
   tarmap -T shards.txt -o 's3://bucket/ppm/{index:06d}.tar' -j 8 -c 'tarproc -p 2 -c "..." -o -' --shard-index ppm.json
   tarmap 'https://host/imagenet_train-{0000..0147}.tgz' -o 's3://bucket/ppm/{stem}.tar' --dask tcp://scheduler:8786 -c '...'
   tarmap 'gs://b/in-{0..99}.tar' -o 'gs://b/out/{stem}.tar' -c '...' --k8s-job ppm --image repo/tarproc:1 | kubectl apply -f -
+  tarmap 'in-{0..99}.tar' -o 'out/{stem}.tar' -c 'tarproc -c true -o -' --slurm-array ppm --parallelism 8 | sbatch
   tarmap 'in-{0..99}.tar' -o 'out/{stem}.tar' -c 'tarproc -c true -o -' --dry-run
   tarmap 'in-{0..99}.tar' -o 'out/{stem}.tar' -c 'tarproc -c true -o -' --summary"""
 
@@ -119,10 +125,16 @@ def tarmap(
             sys.stdout.write(k8s.to_yaml(engine.job_manifest(tool, a.k8s_job, argv, len(task_list))))
             return
 
-        if a.dask is None and not summary:
-            # inputs on this machine must exist (a Dask worker or a pod may see other files)
+        runner = engine.make_engine(tool)
+        if runner.shares_filesystem and not summary:
+            # inputs on this machine must exist (a worker of another machine may see other files)
             check_inputs_exist([task_list[engine.task_index(a.index)].input] if a.index is not None and
                                engine.task_index(a.index) < len(task_list) else specs)
+
+        if a.slurm_array is not None:
+            argv = engine.pod_argv(tool, "tarmap") + ["-o", output, "-c", pipeline]
+            engine.slurm_arrays(tool, [(a.slurm_array, argv, len(task_list))])
+            return
 
         if dry_run or summary:
             complete = 0
@@ -167,8 +179,8 @@ def tarmap(
             tool.info(f"task {i}: {result.status}")
             return
 
-        fn, args = (tasks.run_task_quiet, (options,)) if a.dask is not None else (tasks.run_task, (options, say, context))
-        pool = engine.make_pool(tool)
+        engine.warn_local_paths(tool, runner, ("output", output), ("records", a.records_dir))
+        fn, args = (tasks.run_task, (options, say, context)) if runner.in_process else (tasks.run_task_quiet, (options,))
         bar = engine.TaskBar(tool, len(task_list))
 
         def on_result(task, result) -> None:
@@ -184,9 +196,9 @@ def tarmap(
                                     message=f"{type(exc).__name__}: {exc}")
 
         try:
-            run = schedule.run_all(task_list, fn, args, pool, max_errors=a.max_errors,
-                                   halt_after=a.halt_after, on_result=on_result, on_error=on_error,
-                                   on_interrupt=context.cancel)
+            run = run_all(task_list, fn, args, runner, max_errors=a.max_errors,
+                          halt_after=a.halt_after, on_result=on_result, on_error=on_error,
+                          on_interrupt=context.cancel)
         finally:
             bar.close()
         if run.stopped:

@@ -57,6 +57,9 @@ one phase here (--index env: JOB_COMPLETION_INDEX or SLURM_ARRAY_TASK_ID);
 --k8s-job NAME --image IMAGE prints two Kubernetes Indexed Jobs, NAME-map
 and NAME-reduce: apply the reduce Job once the map Job has completed, then
 run this command once more to check every output and remove the staging.
+--slurm-array NAME prints a bash script submitting two Slurm job arrays,
+NAME-map then NAME-reduce (sbatch --dependency=afterok), or submits them
+with --slurm-submit; run this command once more at the end, as for Kubernetes.
 Object stores are configured as for tarmap: their environment (AWS_*,
 FSSPEC_<PROTOCOL>_<OPTION>) and --storage-option, which every task gets
 (pods on their command line: credentials belong in --env-from-secret)."""
@@ -141,7 +144,8 @@ def tarshuffle(
             raise UsageError(f"--tmpdir {tmpdir!r} is not a directory")
         storage = tool.storage_options
 
-        if a.dask is None and a.k8s_job is None:
+        runner = engine.make_engine(tool)
+        if runner.shares_filesystem and a.k8s_job is None:
             check_inputs_exist(specs if a.index is None or phase == "reduce" or maxcount else
                                [specs[min(engine.task_index(a.index), len(specs) - 1)]])
         if shards is None:
@@ -159,6 +163,11 @@ def tarshuffle(
         if a.k8s_job is not None:
             _print_jobs(tool, job)
             return
+        if a.slurm_array is not None:
+            argv = _phase_argv(tool, job)
+            engine.slurm_arrays(tool, [(f"{a.slurm_array}-{phase}", argv + ["--phase", phase], count)
+                                       for phase, count in (("map", len(job.inputs)), ("reduce", job.partitions))])
+            return
 
         say = (lambda m: None) if tool.quiet else (lambda m: tool.say(f"tarshuffle: {m}"))
         if a.index is not None:
@@ -171,7 +180,9 @@ def tarshuffle(
             return
 
         context = tasks.TaskContext(line_writer=tool.say)
-        fn, fn_args = (shufflejob.run_task_quiet, ()) if a.dask is not None else (shufflejob.run_task, (say, context))
+        engine.warn_local_paths(tool, runner, ("output", job.pattern), ("staging", job.staging),
+                                ("records", a.records_dir))
+        fn, fn_args = (shufflejob.run_task, (say, context)) if runner.in_process else (shufflejob.run_task_quiet, ())
         bars: list = []
 
         def on_phase(name: str, total: int) -> None:
@@ -189,7 +200,7 @@ def tarshuffle(
                            f"{' permanently' if result.permanent else ''}: {tool.hinted(result.message, result.topic)}")
 
         try:
-            outcomes = shufflejob.run(job, options, lambda: engine.make_pool(tool), fn=fn, fn_args=fn_args,
+            outcomes = shufflejob.run(job, options, lambda: engine.make_engine(tool), fn=fn, fn_args=fn_args,
                                       keep_staging=keep_staging, max_errors=a.max_errors, halt_after=a.halt_after,
                                       on_phase=on_phase, on_result=on_result, context=context)
         finally:
@@ -229,6 +240,18 @@ def _print_jobs(tool: Tool, job) -> None:
     (one pod per output shard), as one YAML stream."""
     # the reduce pods read what the map pods staged: a local staging area works only on a shared volume
     engine.warn_pod_paths(tool, ("output", job.pattern), ("staging", job.staging), ("records", tool.args.records_dir))
+    argv = _phase_argv(tool, job)
+    documents = []
+    for phase, count in (("map", len(job.inputs)), ("reduce", job.partitions)):
+        manifest = engine.job_manifest(tool, f"{tool.args.k8s_job}-{phase}", argv + ["--phase", phase, "--index", "env"], count)
+        documents.append(k8s.to_yaml(manifest))
+    # line by line: one huge write(2) cut short by a closed pipe is not an error
+    for line in "---\n".join(documents).splitlines(keepends=True):
+        sys.stdout.write(line)
+
+
+def _phase_argv(tool: Tool, job) -> list[str]:
+    """The command every task of either phase repeats (without --phase and --index)."""
     argv = engine.pod_argv(tool, "tarshuffle")
     argv += ["-o", job.pattern, "--shards", str(job.partitions), "--seed", job.seed, "--staging", job.staging,
              "--buffer-size", str(job.buffer_size)]
@@ -238,13 +261,7 @@ def _print_jobs(tool: Tool, job) -> None:
         argv += ["--rekey", job.rekey]
     if job.strict:
         argv.append("--strict")
-    documents = []
-    for phase, count in (("map", len(job.inputs)), ("reduce", job.partitions)):
-        manifest = engine.job_manifest(tool, f"{tool.args.k8s_job}-{phase}", argv + ["--phase", phase, "--index", "env"], count)
-        documents.append(k8s.to_yaml(manifest))
-    # line by line: one huge write(2) cut short by a closed pipe is not an error
-    for line in "---\n".join(documents).splitlines(keepends=True):
-        sys.stdout.write(line)
+    return argv
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Run many tasks on an engine: a local pool or a Dask cluster.
+"""The run loop: many items on one :class:`tarproc.engines.Engine`.
 
 :func:`run_all` submits ``fn(item, *args)`` for each item to an engine, at
 most a window of them at once, and collects the results as they finish,
@@ -14,29 +14,17 @@ started and are reported as not run. Retries are not the engine's business:
 they live in the function (:func:`tarproc.tasks.run_task`), so that every
 engine — and ``--index`` mode, which needs no engine — retries the same way.
 
-Engines:
-
-- :class:`LocalPool`: ``jobs`` threads of this process. A task's work is
-  done by its pipeline's processes; the thread only streams and verifies
-  bytes, so threads are enough and a killed pipeline or an interrupted run
-  is handled in one process (:func:`tarproc.tasks.cancel_all`).
-- :class:`DaskPool`: ``Client.submit`` / ``as_completed`` of
-  ``dask.distributed`` (extra ``tarproc[dask]``), on an existing scheduler
-  (``tcp://host:8786``) or a ``LocalCluster`` of N worker processes
-  (``local:N``). A worker that dies has its tasks re-run by Dask.
-
 The results must have ``ok`` (bool) and ``status`` (``"skipped"`` for an
 item that did not need to run) attributes, as :class:`tarproc.tasks.TaskResult`.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from .errors import SourceError, UsageError
+from . import Engine, create
 
 
 @dataclasses.dataclass
@@ -63,107 +51,11 @@ class RunSummary:
         return [r for r in self.results if not r.ok]
 
 
-class LocalPool:
-    """``jobs`` tasks at once in threads of this process."""
-
-    def __init__(self, jobs: int):
-        if jobs < 1:
-            raise UsageError(f"a local pool runs at least 1 task at once, not {jobs}")
-        self.jobs = jobs
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="tarmap")
-
-    @property
-    def window(self) -> int:
-        return self.jobs
-
-    def submit(self, fn: Callable, *args) -> Any:
-        return self._executor.submit(fn, *args)
-
-    def wait_any(self, futures: set) -> set:
-        done, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_COMPLETED)
-        return done
-
-    def outcome(self, future) -> Any:
-        """The result, or raises what the function raised."""
-        return future.result()
-
-    def close(self, cancel: bool = False) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=cancel)
-
-
-class DaskPool:
-    """Tasks on a Dask distributed cluster.
-
-    :param timeout: seconds to connect (None: dask's configuration)
-    :param address: ``tcp://host:8786`` (a running scheduler) or ``local:N``
-        (a ``LocalCluster`` of N single-threaded worker processes on
-        127.0.0.1, closed with the pool)
-    :raises SourceError: distributed is not installed or the scheduler
-        cannot be reached
-    """
-
-    def __init__(self, address: str, timeout: float | None = None):
-        try:
-            from distributed import Client, LocalCluster
-        except ImportError:
-            raise SourceError("Dask needs dask.distributed (pip install 'tarproc[dask]')") from None
-        self.cluster = None
-        try:
-            if address.startswith("local:"):
-                try:
-                    n = int(address[6:])
-                except ValueError:
-                    raise UsageError(f"Dask address {address!r}: expected local:N with N a number", topic="dask") from None
-                if n < 1:
-                    raise UsageError(f"Dask address {address!r}: local:N needs N >= 1", topic="dask")
-                self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                            host="127.0.0.1", dashboard_address=None)
-                self.client = Client(self.cluster)
-            else:
-                # timeout None: dask's config (distributed.comm.timeouts.connect, 30 s)
-                self.client = Client(address) if timeout is None else Client(address, timeout=timeout)
-        except (OSError, TimeoutError) as exc:
-            if self.cluster is not None:
-                self.cluster.close()
-            raise SourceError(f"Dask scheduler {address}: cannot connect: {exc}", topic="dask") from None
-        from distributed import as_completed
-
-        self._done = as_completed()
-        self._ready: set = set()
-
-    @property
-    def window(self) -> int:
-        threads = sum(self.client.nthreads().values()) or 1
-        return 2 * threads
-
-    def submit(self, fn: Callable, *args) -> Any:
-        future = self.client.submit(fn, *args, pure=False)
-        self._done.add(future)
-        return future
-
-    def wait_any(self, futures: set) -> set:
-        while not (self._ready & futures):
-            self._ready.add(next(self._done))
-        done = self._ready & futures
-        self._ready -= done
-        return done
-
-    def outcome(self, future) -> Any:
-        return future.result()
-
-    def close(self, cancel: bool = False) -> None:
-        try:
-            self.client.close()
-        finally:
-            if self.cluster is not None:
-                self.cluster.close()
-
-
 def run_all(
     items: Sequence,
     fn: Callable,
     args: tuple = (),
-    pool=None,
+    engine: Engine | None = None,
     *,
     max_errors: int | None = None,
     halt_after: int = 3,
@@ -172,8 +64,9 @@ def run_all(
     on_error: Callable[[Any, BaseException], Any] | None = None,
     on_interrupt: Callable[[], None] | None = None,
 ) -> RunSummary:
-    """Run ``fn(item, *args)`` for every item on ``pool`` (default: a
-    :class:`LocalPool` of one thread) and return a :class:`RunSummary`.
+    """Run ``fn(item, *args)`` for every item on ``engine`` (default: the
+    local engine with one thread), started here and closed at the end (also
+    on an error), and return a :class:`RunSummary`.
 
     :param max_errors: stop scheduling when more than this many failed
         (None: never)
@@ -186,19 +79,21 @@ def run_all(
         that died too often, say) into a result; default: re-raise
     :param on_interrupt: called when the run is interrupted (SIGINT,
         SIGTERM), before waiting for the running items: it should make them
-        stop (:func:`tarproc.tasks.cancel_all`)
+        stop (:meth:`tarproc.tasks.TaskContext.cancel`)
+    :raises SourceError: the engine cannot be started (:meth:`Engine.start`)
     :raises KeyboardInterrupt, Interrupted: after pending items were
         cancelled and running ones stopped
     """
-    pool = pool or LocalPool(1)
+    pool = engine if engine is not None else create("local", "1")
     summary = RunSummary()
     queue = list(items)
     queue.reverse()
     running: dict = {}
     failures = 0
     ran = 0  # finished items that were not skipped
-    window = max(1, pool.window)
     try:
+        pool.start()
+        window = max(1, pool.window)
         while queue or running:
             while queue and len(running) < window and not summary.stopped:
                 item = queue.pop()

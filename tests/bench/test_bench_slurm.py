@@ -1,0 +1,73 @@
+"""tarmap on a real Slurm job array beside tarmap -j 2 and GNU parallel -j2, in one run.
+
+    .venv/bin/pytest tests/bench/test_bench_slurm.py --benchmark-enable -p no:cacheprovider -s
+
+The shards, the pipeline (``tarproc -c true -o -``) and the timing helpers
+are those of test_bench_tarmap.py (148 shards of 200 small samples;
+``TARPROC_BENCH_TARMAP_SHARDS``, ``TARPROC_BENCH_TARMAP_ROUNDS``). The Slurm
+cluster is the tests' (tests/slurmcluster.py: slurmctld and slurmd on this
+machine); the array runs at most 2 tasks at once (``--parallelism 2``:
+``%2``), the parallelism of the other two. Its timing is from
+``tarmap --slurm-array ... --slurm-submit`` until ``squeue`` lists none of
+its tasks (polled every 0.1 s), as a user waits for it.
+
+Each engine runs the N tasks and, separately, 1 task: start-up = the
+1-task run's wall time; per-task cost = (wall(N) - wall(1)) / (N - 1) at
+parallelism 2. Target: Slurm's per-task cost <= 1.3x the local pool's;
+start-up is reported beside it, not in the target. The CPU column of the
+Slurm runs counts only the submitting side (the tasks run under slurmd).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from test_bench_tarmap import (  # noqa: E402,F401 - fixtures and helpers of the tarmap benchmarks
+    N_SHARDS, PIPELINE, ROUNDS, BIN, Runs, beside, gnu_parallel, report, scratch, shards, tarmap_args, verdict)
+
+POLL = 'while [ -n "$(squeue -h -r -j "$job" 2>/dev/null)" ]; do sleep 0.1; done'
+
+
+def slurm_runs(name: str, inputs, out: Path) -> Runs:
+    submit = " ".join(f"'{a}'" for a in tarmap_args(inputs, out, PIPELINE, "--slurm-array", "bench", "--slurm-submit",
+                                                     "--parallelism", "2", "-q"))
+    return Runs(name, ["bash", "-c", f"set -e; job=$({submit}); {POLL}; test $(ls {out}/*.tar | wc -l) = {len(inputs)}"],
+                out)
+
+
+def test_tarmap_on_a_slurm_array_beside_j2_and_gnu_parallel(benchmark, shards, scratch, gnu_parallel, slurm,  # noqa: F811
+                                                            monkeypatch):
+    monkeypatch.setenv("SLURM_CONF", str(slurm.conf))  # the runs' environment (tool_env copies os.environ)
+    monkeypatch.chdir(scratch)
+    ours = slurm_runs("Slurm array %2", shards, scratch / "out-slurm")
+    one = slurm_runs("Slurm array, 1 task", shards[:1], scratch / "out-slurm-1")
+    local = Runs("tarmap -j 2", tarmap_args(shards, scratch / "out-j2", PIPELINE, "-j", "2"), scratch / "out-j2")
+    local1 = Runs("tarmap -j 2, 1 task", tarmap_args(shards[:1], scratch / "out-j2-1", PIPELINE, "-j", "2"),
+                  scratch / "out-j2-1")
+    par_out, par1_out = scratch / "out-parallel", scratch / "out-parallel-1"
+    par = Runs("GNU parallel -j2", [gnu_parallel, "-j2", f"{PIPELINE} < {{}} > {par_out}/{{/.}}.tar", ":::", *shards],
+               par_out)
+    par1 = Runs("GNU parallel -j2, 1 task", [gnu_parallel, "-j2", f"{PIPELINE} < {{}} > {par1_out}/{{/.}}.tar", ":::",
+                                             shards[0]], par1_out)
+    loads = beside(benchmark, ours, [one, local, local1, par, par1], rounds=ROUNDS)
+
+    def per_task(n: Runs, first: Runs) -> float:
+        return (n.best()[0] - first.best()[0]) / (N_SHARDS - 1) * 1000
+
+    slurm_ms, local_ms, par_ms = per_task(ours, one), per_task(local, local1), per_task(par, par1)
+    ratio = slurm_ms / local_ms
+    benchmark.extra_info.update(slurm_ms_per_task=slurm_ms, local_ms_per_task=local_ms, parallel_ms_per_task=par_ms,
+                                slurm_over_local_per_task=ratio, slurm_startup_s=one.best()[0],
+                                local_startup_s=local1.best()[0], parallel_startup_s=par1.best()[0])
+    report("a Slurm array beside -j 2 and GNU parallel -j2", [
+        ours.line(), one.line(), local.line(), local1.line(), par.line(), par1.line(),
+        f"per task at parallelism 2: Slurm {slurm_ms:.1f} ms, tarmap -j 2 {local_ms:.1f} ms,"
+        f" GNU parallel {par_ms:.1f} ms",
+        f"Slurm / -j 2 per task: {ratio:.2f}x (target <= 1.3x: {verdict(ratio, 1.3)})",
+        f"start-up (1 task): Slurm {one.best()[0]:.2f} s, tarmap -j 2 {local1.best()[0]:.2f} s,"
+        f" GNU parallel {par1.best()[0]:.2f} s",
+    ], loads)
