@@ -99,6 +99,31 @@ def test_completion_scripts_for_zsh_and_fish(shell, marker):
     assert out.returncode == 0 and marker in out.stdout.decode()
 
 
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@pytest.mark.parametrize("shell,marker", [("zsh", "compdef _tarsplit_completion tarsplit"),
+                                          ("fish", "complete --command tarsplit"),
+                                          ("bash", "complete -o default -F _tarsplit_completion tarsplit")])
+def test_show_completion_prints_the_script_of_the_shell_named(shell, marker):
+    """From bash, with typer's shell detection on (as a user runs it): the
+    name given wins (it printed bash's script for zsh and fish)."""
+    out = run(["bash", "-c", f"tarsplit --show-completion {shell}"])
+    assert out.returncode == 0, out.stderr
+    assert marker in out.stdout.decode(), out.stdout.decode()[:300]
+    detected = run(["bash", "-c", "tarsplit --show-completion"])
+    assert detected.returncode == 0 and "_tarsplit_completion" in detected.stdout.decode()
+
+
+def test_show_completion_refuses_an_unknown_shell():
+    out = run(["tarsplit", "--show-completion", "tcsh"])
+    assert out.returncode == 2
+    assert out.stderr.decode().startswith("tarsplit: error: invalid value for '--show-completion': 'tcsh' must be bash,")
+
+
+def test_bash_completes_the_shell_names():
+    assert _complete("tarsplit", ["--show-completion", "z"]) == ["zsh"]
+    assert _complete("tarsplit", ["--install-completion", ""]) == ["bash", "zsh", "fish", "powershell", "pwsh"]
+
+
 def _script(tool: str, shell: str, tmp_path: Path) -> Path:
     out = run([tool, "--show-completion", shell], env={**tool_env(), "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"})
     assert out.returncode == 0, out.stderr

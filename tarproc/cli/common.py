@@ -97,7 +97,9 @@ EXIT_STATUS = """\
 class FamilyCommand(TyperCommand):
     """A tool's click command: arguments are shown as their name alone
     (``[INPUT]...``, ``DIR``), without typer's type (``<list[str]>``) or the
-    braces it puts around a required one (``{DIR}``)."""
+    braces it puts around a required one (``{DIR}``); ``--show-completion``
+    and ``--install-completion`` take an optional SHELL (see
+    :func:`_completion_option`)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -107,6 +109,68 @@ class FamilyCommand(TyperCommand):
                 param.get_usage_pieces = lambda ctx, shown=shown: [shown()]
                 param.display_type_rich = _no_type
                 param._usage_display_name = shown
+
+    def get_params(self, ctx):
+        # typer appends its completion options after the command is made
+        for i, param in enumerate(self.params):
+            if param.name in _COMPLETION_OPTIONS and not getattr(param, "family", False):
+                self.params[i] = _completion_option(param.name)
+        return super().get_params(ctx)
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, args if ctx.resilient_parsing else _shell_given(args))
+
+
+#: the shells typer writes completion scripts for
+SHELLS = ("bash", "zsh", "fish", "powershell", "pwsh")
+#: the value of ``--show-completion`` given alone: detect the shell
+_DETECT = "\0detect"
+_COMPLETION_OPTIONS = {
+    "show_completion": ("--show-completion", "Print the completion script for SHELL ({}) [default: the current"
+                        " shell], to copy it or customize the installation."),
+    "install_completion": ("--install-completion", "Install completion for SHELL ({}) [default: the current shell]."),
+}
+
+
+def _shell_given(args: list[str]) -> list[str]:
+    """``args`` with ``--show-completion`` / ``--install-completion`` given
+    a value: the word that follows (``--show-completion zsh``), else (none,
+    or an option) :data:`_DETECT` (typer's own options are flags that detect
+    the running shell and ignore a name that follows: ``--show-completion
+    zsh`` printed bash's script)."""
+    out: list[str] = []
+    options = {opt for opt, _ in _COMPLETION_OPTIONS.values()}
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + args[i:]
+        out.append(arg)
+        if arg in options and (i + 1 == len(args) or args[i + 1].startswith("-")):
+            out.append(_DETECT)
+    return out
+
+
+def _completion_option(name: str):
+    """``--show-completion [SHELL]`` or ``--install-completion [SHELL]``:
+    typer's callbacks given the shell's name, or True to detect it; its
+    values complete to :data:`SHELLS`."""
+    from typer.completion import install_callback, show_callback
+    from typer.core import TyperOption
+
+    opt, help = _COMPLETION_OPTIONS[name]
+    callback = show_callback if name == "show_completion" else install_callback
+
+    def given(ctx, param, value):
+        if value is None or ctx.resilient_parsing:
+            return value
+        if value != _DETECT and value not in SHELLS:
+            raise typer.BadParameter(f"{value!r} must be {_one_of(list(SHELLS))}", ctx, param)
+        return callback(ctx, param, True if value == _DETECT else value)
+
+    option = TyperOption(param_decls=[opt, name], type=str, callback=given, expose_value=False, metavar="[SHELL]",
+                         help=help.format(", ".join(SHELLS)), autocompletion=lambda ctx, args, incomplete: [
+                             s for s in SHELLS if s.startswith(incomplete)])
+    option.family = True
+    return option
 
 
 def _no_type(ctx) -> None:
