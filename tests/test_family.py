@@ -185,6 +185,11 @@ def test_fish_completes_options_and_choices_in_a_real_fish(tmp_path):
     assert "--storage-option" in _fish_complete("tarmap", "tarmap --stor", tmp_path)
 
 
+def test_bash_completes_tarprocs_modes():
+    assert _complete("tarproc", ["--mode", ""]) == ["tar", "lines", "pages", "keys"]
+    assert _complete("tarproc", ["--mode", "l"]) == ["lines"]
+
+
 def test_man_finds_the_pages_installed_in_the_venv():
     """`make install` (and `pip install .`, from setup.cfg's data files) put
     the pages in PREFIX/share/man/man1, which man-db finds from PREFIX/bin on PATH."""

@@ -815,7 +815,10 @@ class Counter:
 def usage_message(name: str, exc: TyperException) -> str:
     """A click usage error as one line, ``tool: error: message (see 'tool
     --help')``, in the form of every other error (click prints the usage,
-    a hint and ``Error: ...`` on four lines)."""
+    a hint and ``Error: ...`` on four lines). An unknown option suggests
+    only options close to it (:func:`close_options`)."""
+    if getattr(exc, "possibilities", None) and getattr(exc, "option_name", None):
+        exc.possibilities = close_options(exc.option_name, exc.possibilities)
     message = " ".join(exc.format_message().split())
     # typer's words for a bad choice: "Value error, 'x' is not one of 'a', 'b'."
     message = message.replace("Value error, ", "")
@@ -832,6 +835,21 @@ def usage_message(name: str, exc: TyperException) -> str:
         message = re.sub(r" \(Possible options: [^)]*\)", "", message)
         hint = f" ({original}; see '{name} --help')"
     return f"{name}: error: {message}{hint}"
+
+
+#: how alike (difflib's ratio, without the leading dashes) an option must be to be suggested
+SUGGEST_CUTOFF = 0.75
+
+
+def close_options(given: str, options) -> list[str]:
+    """The ``options`` close enough to the unknown option ``given`` to be
+    what was meant (``--outptu``: ``--output``), compared without their
+    dashes: click's own cutoff (0.6 on the whole names) offered ``--strict``
+    for ``--frobnicate``."""
+    import difflib
+
+    bare = {option.lstrip("-"): option for option in options}
+    return [bare[name] for name in difflib.get_close_matches(given.lstrip("-"), list(bare), cutoff=SUGGEST_CUTOFF)]
 
 
 def _one_of(choices: list[str]) -> str:
