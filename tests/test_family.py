@@ -340,6 +340,21 @@ def test_terminal_shows_a_bar_with_percentage_and_warnings_on_their_own_lines(to
     assert "README" in warnings[0]
 
 
+def test_a_pipeline_of_the_family_draws_one_labelled_bar(tmp_path, imagenet_shard):
+    """`tarcats ... -o - | tarsplit ...` on a terminal: tarcats (which knows
+    the input's size) draws its bar, labelled; tarsplit, reading the pipe
+    tarcats writes, draws none (both redrew one line, unlabelled)."""
+    line = f"tarcats {imagenet_shard} -o - | tarsplit -n 10 -o s-%d.tar"
+    text = _on_a_terminal(["bash", "-c", line], tmp_path, status=0)
+    segments = [s for s in re.split(r"[\r\n]+", text) if "|" in s]
+    assert segments and all(s.startswith("tarcats: ") for s in segments), text
+    assert any(re.search(r"^tarcats: +\d+%\|", s) for s in segments), text
+    assert len(list(tmp_path.glob("s-*.tar"))) == 4
+    # asked for, the second one draws its own, labelled
+    text = _on_a_terminal(["bash", "-c", line.replace("tarsplit", "tarsplit --progress")], tmp_path, status=0)
+    assert any(s.startswith("tarsplit: ") for s in re.split(r"[\r\n]+", text)), text
+
+
 # ------------------------------------------------------ output names
 # tarmap and tarshuffle have no --compress: each output is compressed by its name (the pattern's suffix)
 @pytest.mark.parametrize("tool", [t for t in TOOLS if t not in ("tarshow", "tar2json", "tarsplit", "tarmap", "tarshuffle")])

@@ -277,7 +277,9 @@ LowercaseFields = Annotated[
 Parallel = Annotated[int, typer.Option("-p", "--parallel", min=1, help="Worker processes.", metavar="N")]
 Progress = Annotated[
     Optional[bool],
-    typer.Option("--progress/--no-progress", help="Progress bar on stderr [default: when stderr is a terminal].", show_default=False),
+    typer.Option("--progress/--no-progress", help="Progress bar on stderr, labelled with the tool's name [default: when"
+                 " stderr is a terminal, unless another tool of the family writes our stdin: in 'tarproc ... -o - |"
+                 " tarsplit ...' only tarproc draws one].", show_default=False),
 ]
 Compression = enum.Enum("Compression", {name: name for name in COMPRESSIONS}, type=str)
 Compress = Annotated[
@@ -587,8 +589,15 @@ class Tool:
         if enabled is None:
             enabled = getattr(self.args, "progress", None)
         if enabled is None:
-            enabled = sys.stderr.isatty()
+            enabled = sys.stderr.isatty() and fed_by(sys.stdin) is None
         return bool(enabled)
+
+    def new_bar(self, **kwargs):
+        """A tqdm bar on stderr labelled with the tool's name (``tarsplit:
+        45%|...``), redrawn in place (``dynamic_ncols``, not left behind)."""
+        from tqdm import tqdm
+
+        return tqdm(file=sys.stderr, desc=self.name, dynamic_ncols=True, leave=False, **kwargs)
 
     @property
     def storage_options(self) -> dict:
@@ -648,13 +657,10 @@ class Tool:
     def _progress(self, iterable, shown: bool, unit: str, total, describe):
         bar = None
         if shown:
-            from tqdm import tqdm
-
             if self._counting:
-                bar = tqdm(file=sys.stderr, total=self._bytes_total, unit="B", unit_scale=True, unit_divisor=1024,
-                           dynamic_ncols=True, leave=False)
+                bar = self.new_bar(total=self._bytes_total, unit="B", unit_scale=True, unit_divisor=1024)
             else:
-                bar = tqdm(file=sys.stderr, unit=unit, total=total, dynamic_ncols=True, leave=False)
+                bar = self.new_bar(unit=unit, total=total)
             self._bar = bar
         n = 0
         try:
@@ -728,6 +734,45 @@ class Tool:
                 n = self.problems
                 self.error(f"{n} warning{'s' if n > 1 else ''} about skipped or lost data (not shown with -q)")
             raise typer.Exit(ExitStatus.ERROR)
+
+
+def fed_by(stream) -> str | None:
+    """The name of the tool of the family that writes ``stream`` (our
+    stdin) through a pipe, as in ``tarproc ... -o - | tarsplit ...``, or
+    None (not a pipe, another program, not Linux).
+
+    Only the first tool of such a pipeline draws a progress bar by default
+    (two bars would redraw one terminal line): the one reading the files
+    knows their sizes, so its bar has a percentage and an ETA. Found in
+    /proc: the process whose stdout is the pipe on our stdin, a console
+    script of the family (``python .../bin/TOOL``) not given ``--no-progress``.
+    """
+    from . import TOOLS
+
+    try:
+        mine = os.readlink(f"/proc/self/fd/{stream.fileno()}")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not mine.startswith("pipe:"):
+        return None
+    me = os.getpid()
+    try:
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit() and int(name) != me]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/1") != mine:
+                continue
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                argv = handle.read().split(b"\0")
+        except OSError:  # gone, or not ours to look at
+            continue
+        for arg in argv[:2]:
+            name = os.path.basename(arg).decode("utf-8", "replace")
+            if name in TOOLS:
+                return None if b"--no-progress" in argv else name
+    return None
 
 
 class _ByteMeter:
