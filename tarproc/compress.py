@@ -207,6 +207,14 @@ def decompressing_reader(stream: BinaryIO, source: str = "-", buffer_size: int =
     return io.BufferedReader(_Checked(_StreamDecompressor(raw, kind), kind, source), buffer_size)
 
 
+def stream_compression(reader) -> str:
+    """The compression :func:`decompressing_reader` detected for ``reader``
+    (one it returned): ``"none"``, ``"gzip"``, ``"bzip2"``, ``"xz"`` or
+    ``"zstd"``."""
+    raw = getattr(reader, "raw", None)
+    return raw._name if isinstance(raw, _Checked) else "none"
+
+
 _DECOMPRESS_ERRORS = (OSError, ValueError, EOFError, lzma.LZMAError, zlib.error, _isal_error, zstandard.ZstdError)
 
 

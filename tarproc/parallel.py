@@ -46,7 +46,8 @@ def _worker(specs: Sequence[str], out, strict: bool, chunk_bytes: int, chunk_sam
             storage_options: dict | None = None) -> None:
     """Read ``specs`` one after another and put ``(kind, payload)`` messages
     on ``out``: ``("s", [samples])``, ``("w", message)``, ``("end", spec)``
-    after a shard, ``("error", (class name, message))`` after a failed shard,
+    after a shard, ``("error", (class name, message, compression))`` after a
+    failed shard (:attr:`TarprocError.compression`),
     ``("crash", traceback)`` on an unexpected exception."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles ^C and kills us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -78,7 +79,7 @@ def _worker(specs: Sequence[str], out, strict: bool, chunk_bytes: int, chunk_sam
             except TarprocError as exc:
                 if chunk:
                     out.put(("s", chunk))
-                out.put(("error", (type(exc).__name__, str(exc))))
+                out.put(("error", (type(exc).__name__, str(exc), exc.compression)))
                 continue
             if chunk:
                 out.put(("s", chunk))
@@ -191,8 +192,10 @@ class ParallelReader:
             elif kind == "end":
                 return
             elif kind == "error":
-                name, message = payload
-                raise _error_class(name)(message)
+                name, message, compression = payload
+                error = _error_class(name)(message)
+                error.compression = compression
+                raise error
             else:
                 raise RuntimeError(f"reader worker {w} crashed:\n{payload}")
 

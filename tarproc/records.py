@@ -102,18 +102,45 @@ def check_record(task, input_identity: Mapping | None, storage_options: Mapping 
         (None: the input is gone, so nothing can be checked: not complete)
     :raises SourceError: a store could not be asked
     """
-    if input_identity is None:
-        return None
+    state, record = task_state(task, input_identity, storage_options)
+    return record if state == "complete" else None
+
+
+#: what :func:`task_state` calls a task, and why
+TASK_STATES = {
+    "complete": "the record and the output match the task",
+    "missing": "no completion record, or no output",
+    "stale": "the input, pipeline or output named in the record is not the task's now (e.g. the input changed)",
+    "truncated": "the output is shorter than the record says",
+    "changed": "the output is longer than the record says",
+    "no-input": "the input is gone",
+}
+
+
+def task_state(task, input_identity: Mapping | None, storage_options: Mapping | None = None) -> tuple[str, dict | None]:
+    """``(state, record)`` of a task: a key of :data:`TASK_STATES` and the
+    task's record (None when there is none); complete only as
+    :func:`check_record` says.
+
+    :param input_identity: :func:`tarproc.storage.identity` of the input now
+        (None: the input is gone)
+    :raises SourceError: a store could not be asked
+    """
     record = read_record(task.record, storage_options)
     if record is None or record.get("status") != "complete":
-        return None
+        return ("missing" if input_identity is not None else "no-input"), None
+    if input_identity is None:
+        return "no-input", record
     if record.get("input") != {"url": task.input, **dict(input_identity)}:
-        return None
+        return "stale", record
     if record.get("pipeline") != task.pipeline or record.get("output") != task.output:
-        return None
-    if size(task.output, storage_options) != record.get("bytes"):
-        return None
-    return record
+        return "stale", record
+    actual = size(task.output, storage_options)
+    if actual is None:
+        return "missing", record
+    if actual != record.get("bytes"):
+        return ("truncated" if actual < (record.get("bytes") or 0) else "changed"), record
+    return "complete", record
 
 
 def _open_text(path: str):

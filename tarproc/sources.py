@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 import braceexpand
 
 from . import procs
-from .compress import decompressing_reader
+from .compress import decompressing_reader, stream_compression
 from .errors import SourceError, TarprocError, UsageError, Warn
 from .samples import Note, Sample, group_samples
 from .storage import filesystem, local_path, url_kind
@@ -418,13 +418,20 @@ def iter_source_samples(
     :func:`open_source`.
 
     :raises TarprocError: see :func:`open_source`, :class:`tarproc.tario.TarReader`
-        and :func:`tarproc.samples.group_samples`
+        and :func:`tarproc.samples.group_samples`; an error raised while
+        reading has :attr:`TarprocError.compression` set (whether the
+        samples yielded before it were verified)
     """
     with open_source(spec, on_read, storage_options) as stream:
-        yield from group_samples(
-            iter_members(stream, spec, warn or _ignore), spec, warn, strict,
-            lowercase=lowercase, regroup=regroup, note=note,
-        )  # fmt: skip
+        try:
+            yield from group_samples(
+                iter_members(stream, spec, warn or _ignore), spec, warn, strict,
+                lowercase=lowercase, regroup=regroup, note=note,
+            )  # fmt: skip
+        except TarprocError as exc:  # say whether what was read before it is verified
+            if exc.compression is None:
+                exc.compression = stream_compression(stream)
+            raise
 
 
 def iter_samples(

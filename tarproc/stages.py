@@ -446,16 +446,75 @@ def interleave(iterables: Iterable[Iterable[Sample]]) -> Iterator[Sample]:
         queue.append(it)
 
 
+#: bytes of held samples kept in memory per shard before :class:`BadShards`
+#: spools them to a temporary file
+HOLD_MEMORY = 32 << 20
+
+
+class _Held:
+    """Samples held back, in order: in memory up to :data:`HOLD_MEMORY`
+    bytes, then pickled to an anonymous temporary file (removed when
+    closed, or by the system if the process dies: ``tempfile.TemporaryFile``)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._memory: list[Sample] = []
+        self._size = 0
+        self._file = None
+
+    def add(self, sample: Sample) -> None:
+        import pickle
+        import tempfile
+
+        self.count += 1
+        if self._file is None:
+            self._memory.append(sample)
+            self._size += sum(len(v) for v in sample.values())
+            if self._size <= HOLD_MEMORY:
+                return
+            self._file = tempfile.TemporaryFile(prefix="tarproc-held-")
+            for held in self._memory:
+                pickle.dump(held, self._file, protocol=pickle.HIGHEST_PROTOCOL)
+            self._memory = []
+            return
+        pickle.dump(sample, self._file, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def __iter__(self) -> Iterator[Sample]:
+        import pickle
+
+        if self._file is None:
+            yield from self._memory
+            return
+        self._file.seek(0)
+        for _ in range(self.count):
+            yield pickle.load(self._file)
+
+    def close(self) -> None:
+        self._memory = []
+        if self._file is not None:
+            self._file.close()
+
+
 class BadShards:
     """Tolerate up to ``limit`` corrupt input shards.
 
-    :meth:`guard` wraps one shard's sample iterator: when it raises a
-    :class:`TarprocError` (corrupt or truncated archive, bad compression, an
-    input that cannot be opened, samples that are not grouped), the samples
-    before the fault have already been passed on (the core drops the partial
-    sample), the shard is reported through ``warn`` and recorded in
-    :attr:`bad`, and the stream goes on with the next shard. The shard
-    beyond ``limit`` re-raises its error. :class:`UsageError` always propagates.
+    :meth:`guard` wraps one shard's sample iterator. With a ``limit`` it
+    holds the shard's samples back (in memory up to :data:`HOLD_MEMORY`
+    bytes, then in a temporary file) until the shard has been read to its
+    end, so that only verified samples go on: a compressed stream's bytes
+    are verified only by its check at the end (gzip's CRC-32 and length,
+    bzip2's stream CRC, xz's and zstd's checks), and 16 altered bytes inside
+    a ``.tgz`` decompress to altered samples long before the CRC fails.
+    When the shard raises a :class:`TarprocError` (corrupt or truncated
+    archive, bad compression, an input that cannot be opened, samples that
+    are not grouped), it is reported through ``warn`` and recorded in
+    :attr:`bad`, and the stream goes on with the next shard. What it
+    contributes: a compressed shard nothing (none of its samples can be
+    verified); an uncompressed tar the samples before the fault (a tar has
+    no data checksum: its headers' checksums are all that can be verified;
+    the partial sample is dropped by the core). The shard beyond ``limit``
+    re-raises its error. :class:`UsageError` always propagates. Without a
+    limit the samples pass straight on (the first error ends the run).
 
     :param limit: shards that may be bad (0: the first error ends the run)
     :param warn: called with a message per bad shard
@@ -468,27 +527,49 @@ class BadShards:
         self.bad: list[tuple[str, str]] = []
 
     def guard(self, samples: Iterable[Sample], source: str) -> Iterator[Sample]:
-        """Yield ``samples``; report and stop quietly on a shard error."""
-        count = 0
+        """Yield ``samples`` (held until the shard ends, with a limit);
+        report and stop quietly on a shard error."""
+        if self.limit <= 0:
+            yield from samples
+            return
+        held = _Held()
         try:
-            for sample in samples:
-                count += 1
-                yield sample
-        except UsageError:
-            raise
-        except TarprocError as exc:
-            if self.limit <= 0:
+            try:
+                for sample in samples:
+                    held.add(sample)
+            except UsageError:
                 raise
-            self.bad.append((source, str(exc)))
-            if len(self.bad) > self.limit:
-                error = type(exc)(f"{exc}; more than {self.limit} bad shards")
-                error.topic = "bad_shards"
-                raise error from None
-            if self.warn is not None:
-                message = str(exc)
-                if message.startswith(source + ": "):  # name the shard once
-                    message = message[len(source) + 2 :]
-                self.warn(f"bad shard {source} ({count} samples kept): {message}")
+            except TarprocError as exc:
+                self._bad(exc, source, held)
+                if exc.compression in (None, "none"):  # uncompressed (or nothing read)
+                    yield from held
+                return
+            yield from held
+        finally:
+            held.close()
+
+    def _bad(self, exc: TarprocError, source: str, held: _Held) -> None:
+        self.bad.append((source, str(exc)))
+        if len(self.bad) > self.limit:
+            error = type(exc)(f"{exc}; more than {self.limit} bad shards")
+            error.topic = "bad_shards"
+            raise error from None
+        if self.warn is None:
+            return
+        message = str(exc)
+        if message.startswith(source + ": "):  # name the shard once
+            message = message[len(source) + 2 :]
+        n = held.count
+        if n == 0:
+            kept = "no samples read"
+        elif exc.compression in (None, "none"):
+            kept = f"{n} samples before the fault kept: an uncompressed tar has no data checksum"
+            if exc.compression is None:
+                kept = f"{n} samples kept"
+        else:
+            kept = (f"{n} samples read, none kept: a {exc.compression} stream's bytes are verified only by"
+                    " the check at its end")
+        self.warn(f"bad shard {source} ({kept}): {message}")
 
 
 def open_shards(

@@ -31,6 +31,8 @@ MAX_RECORD = 1 << 20
 READ_CHUNK = 1 << 24
 
 ZERO_BLOCK = bytes(BLOCK)  # padding is a slice of it
+#: a GNU sparse member is expanded (holes as zero bytes) up to this many bytes; a larger one is skipped with a warning
+MAX_SPARSE = 1 << 32
 #: members smaller than this (bytes) are written in one piece with their header and padding
 SMALL_MEMBER = 1 << 16
 #: a sample's small members that add up to this many bytes or more go out
@@ -186,9 +188,14 @@ def parse_pax(data: bytes, offset: int) -> dict[str, str]:
         eq = keyval.find(b"=")
         if eq < 0:
             raise ArchiveError(f"malformed pax record at offset {offset}")
-        records[keyval[:eq].decode("utf-8", "surrogateescape")] = keyval[eq + 1 :].decode(
-            "utf-8", "surrogateescape"
-        )
+        key = keyval[:eq].decode("utf-8", "surrogateescape")
+        value = keyval[eq + 1 :].decode("utf-8", "surrogateescape")
+        if key in ("GNU.sparse.offset", "GNU.sparse.numbytes"):
+            # GNU sparse 0.0 repeats these two keys, in order: kept as 0.1's GNU.sparse.map
+            before = records.get("GNU.sparse.map")
+            records["GNU.sparse.map"] = value if before is None else f"{before},{value}"
+        else:
+            records[key] = value
         pos = end
     return records
 
@@ -224,9 +231,16 @@ class TarReader:
         :func:`tarproc.compress.decompressing_reader` for compressed input
     :param source: a name for messages
     :param warn: called with a one-line message for every member skipped
-        (links, devices, FIFOs, GNU sparse files, unknown types)
-    :raises ArchiveError: bad checksum, bad size or field, malformed pax
-        record, oversized long-name record, garbage after the end marker
+        (links, devices, FIFOs, unknown types, a GNU sparse file expanding
+        beyond :data:`MAX_SPARSE` bytes)
+
+    GNU sparse members (old GNU typeflag ``S``, pax formats 0.0, 0.1 and
+    1.0; GNU tar manual, "Storing Sparse Files") are read as the file they
+    stand for, holes as zero bytes.
+    :raises ArchiveError: bad checksum (``not a tar archive`` when the
+        first block is no tar header), bad size or field, malformed pax
+        record, oversized long-name record, a sparse map that does not fit
+        its member, garbage after the end marker
     :raises TruncatedError: the stream ends inside a header or data, or
         without the end-of-archive marker
     """
@@ -347,6 +361,8 @@ class TarReader:
             if not (_checksum_fast(header) or checksum_ok(header)):
                 if zero_blocks >= 2:
                     raise _garbage_after_end(self.source, start)
+                if start == 0 and header[257:262] != b"ustar":
+                    raise ArchiveError(f"{self.source}: not a tar archive (no tar header at offset 0)")
                 raise ArchiveError(f"{self.source}: bad header checksum at offset {start}")
             zero_blocks = 0
             typeflag = header[156:157]
@@ -398,12 +414,14 @@ class TarReader:
                     raw = _nts(header[345:500]) + b"/" + raw
                 name = raw.decode("utf-8", "surrogateescape")
             sparse = typeflag == b"S"
+            sparse_info: dict[str, str] = {}
             link_name = long_link
             if pax:
                 link_name = pax.get("linkpath", link_name)
                 if any(k.startswith("GNU.sparse.") for k in pax):
                     # GNU pax sparse formats 0.0/0.1/1.0: the stored data is not the file
-                    sparse = True
+                    sparse = typeflag in REGULAR_TYPES
+                    sparse_info = pax
                     name = pax.get("GNU.sparse.name", name)
                 pax = {}
             long_name = long_link = None
@@ -419,15 +437,17 @@ class TarReader:
                 yield Member(name, data, start if first is None else first, header)
                 first = None
                 continue
+            if sparse:
+                data = self._sparse_data(header, sparse_info, name, size, start)
+                if data is not None:
+                    yield Member(name, data, start if first is None else first, header)
+                first = None
+                continue
             first = None
             if typeflag == b"5":  # directory: ignored
                 self._skip(padded, "data", start)
                 continue
-            kind = "GNU sparse file" if sparse else _TYPE_NAMES.get(typeflag, f"unknown type {typeflag!r}")
-            if sparse:
-                extended = typeflag == b"S" and header[482]
-                while extended:  # old GNU sparse map continued in extension blocks
-                    extended = self._read_exact(BLOCK, "a sparse header", start)[504]
+            kind = _TYPE_NAMES.get(typeflag, f"unknown type {typeflag!r}")
             if typeflag in (b"1", b"2"):
                 target = link_name if link_name is not None else _decode(_nts(header[157:257]))
                 self.warn(f"{self.source}: skipping {kind} {name!r} -> {target!r} at offset {start}")
@@ -435,6 +455,89 @@ class TarReader:
                 self.warn(f"{self.source}: skipping {kind} {name!r} at offset {start}")
             # hard links and devices carry no data; sparse/unknown types may
             self._skip(padded if typeflag not in (b"1", b"2", b"3", b"4", b"6") else 0, "data", start)
+
+
+    def _sparse_map(self, header: bytes, info: dict[str, str], size: int, start: int) -> tuple[list, int, int]:
+        """``(map, real size, bytes of the map read from the data)`` of a GNU
+        sparse member: old GNU (typeflag ``S``: 4 map entries in the header,
+        21 in each extension block while ``isextended``), pax 0.0 (repeated
+        ``GNU.sparse.offset``/``numbytes``, see :func:`parse_pax`), 0.1
+        (``GNU.sparse.map``) or 1.0 (the map in decimal lines at the start
+        of the data, padded to a block). GNU tar manual, "Storing Sparse Files"."""
+        where = f"sparse member at offset {start}"
+        entries: list[tuple[int, int]] = []
+        if not info:  # old GNU
+            def take(block: bytes, count: int) -> None:
+                for i in range(count):
+                    entry = block[i * 24 : i * 24 + 24]
+                    if entry[0] == 0:  # an unused entry: the map ends
+                        return
+                    entries.append((_number(entry[:12], "sparse offset", start), _number(entry[12:], "sparse size", start)))
+
+            take(header[386:482], 4)
+            realsize = _number(header[483:495], "sparse real size", start)
+            extended = header[482]
+            while extended:
+                block = self._read_exact(BLOCK, "a sparse header", start)
+                take(block, 21)
+                extended = block[504]
+            return entries, realsize, 0
+        try:
+            if info.get("GNU.sparse.major") == "1" and info.get("GNU.sparse.minor", "0") == "0":
+                realsize = int(info["GNU.sparse.realsize"])
+                numbers: list[int] = []
+                text = b""
+                read = 0
+                count = None
+                while count is None or len(numbers) < 2 * count:
+                    if b"\n" not in text:
+                        if read + BLOCK > size or read >= MAX_RECORD:
+                            raise ArchiveError(f"{self.source}: bad map of the {where}")
+                        text += self._read_exact(BLOCK, "a sparse map", start)
+                        read += BLOCK
+                        continue
+                    line, text = text.split(b"\n", 1)
+                    if count is None:
+                        count = int(line)
+                    else:
+                        numbers.append(int(line))
+                return list(zip(numbers[::2], numbers[1::2])), realsize, read
+            numbers = [int(x) for x in info["GNU.sparse.map"].split(",")] if info.get("GNU.sparse.map") else []
+            realsize = int(info["GNU.sparse.size"])
+        except (KeyError, ValueError):
+            raise ArchiveError(f"{self.source}: bad map of the {where}") from None
+        if len(numbers) % 2:
+            raise ArchiveError(f"{self.source}: bad map of the {where}")
+        return list(zip(numbers[::2], numbers[1::2])), realsize, 0
+
+    def _sparse_data(self, header: bytes, info: dict[str, str], name: str, size: int, start: int) -> bytes | None:
+        """The bytes of a GNU sparse member (holes as zero bytes), or None
+        when it is skipped with a warning (it expands beyond
+        :data:`MAX_SPARSE` bytes); the stream is left at its padding.
+
+        :raises ArchiveError: a map that does not fit the member
+        """
+        entries, realsize, map_bytes = self._sparse_map(header, info, size, start)
+        stored = size - map_bytes
+        end = 0
+        for offset, n in entries:
+            if offset < end or n < 0 or offset + n > realsize:
+                raise ArchiveError(f"{self.source}: bad map of the sparse member {name!r} at offset {start}")
+            end = offset + n
+        if sum(n for _, n in entries) != stored or realsize < 0:
+            raise ArchiveError(f"{self.source}: the map of the sparse member {name!r} at offset {start}"
+                               f" does not add up to its {stored} stored bytes")
+        self._pad = ((size + BLOCK - 1) & ~(BLOCK - 1)) - size
+        self._pad_start = start
+        if realsize > MAX_SPARSE:
+            self.warn(f"{self.source}: skipping GNU sparse file {name!r} at offset {start}: it expands to"
+                      f" {realsize} bytes (more than {MAX_SPARSE})")
+            self._skip(stored, "data", start)
+            return None
+        data = bytearray(realsize)
+        for offset, n in entries:
+            data[offset : offset + n] = self._read_exact(n, "data", start)
+        return bytes(data)
 
 
 def iter_members(stream: BinaryIO, source: str = "-", warn: Warn = _no_warn) -> Iterator[Member]:

@@ -223,6 +223,19 @@ def output_name(pattern: str, index: int, spec: str) -> str:
         raise UsageError(f"output pattern {pattern!r}: {exc}", topic="output_pattern") from None
 
 
+def _telling_apart(pattern: str, first: str, second: str) -> str:
+    """What to put in an output pattern so that the outputs of inputs
+    ``first`` and ``second`` differ: the fields whose values differ for
+    them (``{index}`` always does), not those the pattern has already."""
+    a, b = basename(first), basename(second)
+    values = {"stem": (stem(a), stem(b)), "basename": (a, b)}
+    same = [f"{{{field}}}" for field, (x, y) in values.items() if x == y and f"{{{field}" in pattern]
+    fields = ["{index}"] + [f"{{{field}}}" for field, (x, y) in values.items() if x != y and f"{{{field}" not in pattern]
+    use = fields[0] if len(fields) == 1 else ", ".join(fields[:-1]) + " or " + fields[-1]
+    why = f"{' and '.join(same)} {'is' if len(same) == 1 else 'are'} the same for {first!r} and {second!r}; " if same else ""
+    return f"{why}use {use}"
+
+
 def make_tasks(inputs: Iterable[str], pattern: str, pipeline: str, records_dir: str | None = None) -> list[Task]:
     """The deterministic task list: task ``i`` is the ``i``-th input as given
     (brace patterns already expanded).
@@ -233,17 +246,20 @@ def make_tasks(inputs: Iterable[str], pattern: str, pipeline: str, records_dir: 
     check_pattern(pattern)
     tasks = []
     seen: dict[str, int] = {}
+    inputs_seen: list[str] = []
     for index, spec in enumerate(inputs):
         if spec == "-":
             raise UsageError("'-' (stdin) is not an input of a task: each task reads its input itself", topic="stdin_input")
         output = output_name(pattern, index, spec)
         key = output if is_url(output) else os.path.abspath(local_path(output))
         if key in seen:
+            other = inputs_seen[seen[key]]
             raise UsageError(
                 f"output pattern {pattern!r} maps tasks {seen[key]} and {index} to the same output {output!r}"
-                " (use {index}, {basename} or {stem})", topic="output_pattern"
+                f" ({_telling_apart(pattern, other, spec)})", topic="output_pattern"
             )
         seen[key] = index
+        inputs_seen.append(spec)
         tasks.append(Task(index, spec, output, pipeline, records.record_path(output, index, records_dir)))
     return tasks
 
@@ -624,6 +640,17 @@ def is_complete(task: Task, options: TaskOptions) -> dict | None:
     """
     storage = dict(options.storage_options or {})
     return records.check_record(task, identity(task.input, storage), storage)
+
+
+def task_state(task: Task, options: TaskOptions) -> tuple[str, dict | None]:
+    """``(state, record)``: why the task is complete or not
+    (:func:`tarproc.records.task_state`; ``complete`` exactly when
+    :func:`is_complete` returns the record).
+
+    :raises TarprocError: a store could not be asked
+    """
+    storage = dict(options.storage_options or {})
+    return records.task_state(task, identity(task.input, storage), storage)
 
 
 #: the :class:`TaskContext` of tasks whose caller cannot pass one: a Dask

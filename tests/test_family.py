@@ -99,6 +99,31 @@ def test_completion_scripts_for_zsh_and_fish(shell, marker):
     assert out.returncode == 0 and marker in out.stdout.decode()
 
 
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@pytest.mark.parametrize("shell,marker", [("zsh", "compdef _tarsplit_completion tarsplit"),
+                                          ("fish", "complete --command tarsplit"),
+                                          ("bash", "complete -o default -F _tarsplit_completion tarsplit")])
+def test_show_completion_prints_the_script_of_the_shell_named(shell, marker):
+    """From bash, with typer's shell detection on (as a user runs it): the
+    name given wins (it printed bash's script for zsh and fish)."""
+    out = run(["bash", "-c", f"tarsplit --show-completion {shell}"])
+    assert out.returncode == 0, out.stderr
+    assert marker in out.stdout.decode(), out.stdout.decode()[:300]
+    detected = run(["bash", "-c", "tarsplit --show-completion"])
+    assert detected.returncode == 0 and "_tarsplit_completion" in detected.stdout.decode()
+
+
+def test_show_completion_refuses_an_unknown_shell():
+    out = run(["tarsplit", "--show-completion", "tcsh"])
+    assert out.returncode == 2
+    assert out.stderr.decode().startswith("tarsplit: error: invalid value for '--show-completion': 'tcsh' must be bash,")
+
+
+def test_bash_completes_the_shell_names():
+    assert _complete("tarsplit", ["--show-completion", "z"]) == ["zsh"]
+    assert _complete("tarsplit", ["--install-completion", ""]) == ["bash", "zsh", "fish", "powershell", "pwsh"]
+
+
 def _script(tool: str, shell: str, tmp_path: Path) -> Path:
     out = run([tool, "--show-completion", shell], env={**tool_env(), "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"})
     assert out.returncode == 0, out.stderr
@@ -158,6 +183,11 @@ def test_fish_completes_options_and_choices_in_a_real_fish(tmp_path):
     assert _fish_complete("tarsplit", "tarsplit --maxs", tmp_path) == ["--maxshards", "--maxsize"]
     assert sorted(_fish_complete("tarsort", "tarsort --type ", tmp_path)) == ["float", "int", "str"]
     assert "--storage-option" in _fish_complete("tarmap", "tarmap --stor", tmp_path)
+
+
+def test_bash_completes_tarprocs_modes():
+    assert _complete("tarproc", ["--mode", ""]) == ["tar", "lines", "pages", "keys"]
+    assert _complete("tarproc", ["--mode", "l"]) == ["lines"]
 
 
 def test_man_finds_the_pages_installed_in_the_venv():
@@ -314,6 +344,21 @@ def test_terminal_shows_a_bar_with_percentage_and_warnings_on_their_own_lines(to
     warnings = [s for s in segments if "warning" in s]
     assert warnings and all(s.startswith(f"{tool}: warning: ") for s in warnings), text
     assert "README" in warnings[0]
+
+
+def test_a_pipeline_of_the_family_draws_one_labelled_bar(tmp_path, imagenet_shard):
+    """`tarcats ... -o - | tarsplit ...` on a terminal: tarcats (which knows
+    the input's size) draws its bar, labelled; tarsplit, reading the pipe
+    tarcats writes, draws none (both redrew one line, unlabelled)."""
+    line = f"tarcats {imagenet_shard} -o - | tarsplit -n 10 -o s-%d.tar"
+    text = _on_a_terminal(["bash", "-c", line], tmp_path, status=0)
+    segments = [s for s in re.split(r"[\r\n]+", text) if "|" in s]
+    assert segments and all(s.startswith("tarcats: ") for s in segments), text
+    assert any(re.search(r"^tarcats: +\d+%\|", s) for s in segments), text
+    assert len(list(tmp_path.glob("s-*.tar"))) == 4
+    # asked for, the second one draws its own, labelled
+    text = _on_a_terminal(["bash", "-c", line.replace("tarsplit", "tarsplit --progress")], tmp_path, status=0)
+    assert any(s.startswith("tarsplit: ") for s in re.split(r"[\r\n]+", text)), text
 
 
 # ------------------------------------------------------ output names

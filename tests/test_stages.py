@@ -214,8 +214,9 @@ def test_bad_shards_keep_good_samples_and_count(tmp_path):
     out = list(open_shards([good1, bad, good1], bad=guard))
     assert keys(out) == keys(make_samples(4, "g1_")) + [f"bad_{i:03d}" for i in range(6)] + keys(make_samples(4, "g1_"))
     assert [s for s, _ in guard.bad] == [bad]
-    assert len(messages) == 1 and "6 samples kept" in messages[0] and "cut" in messages[0]
-    assert messages[0].startswith(f"bad shard {bad} (6 samples kept): ") and messages[0].count(bad) == 1
+    assert len(messages) == 1 and "cut" in messages[0]
+    assert messages[0].startswith(f"bad shard {bad} (6 samples before the fault kept: an uncompressed tar has no data"
+                                  " checksum): ") and messages[0].count(bad) == 1
 
 
 def test_bad_shards_limit(tmp_path):
@@ -241,6 +242,28 @@ def test_bad_shards_let_usage_errors_through():
 
     with pytest.raises(UsageError):
         list(BadShards(5).guard(failing(), "x"))
+
+
+def test_bad_shards_hold_a_shard_beyond_memory_in_a_temporary_file(tmp_path, monkeypatch):
+    import tarproc.stages as stages
+
+    monkeypatch.setattr(stages, "HOLD_MEMORY", 100)  # a few samples in memory, the rest pickled to a file
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    samples = make_samples(50)
+    opened = []
+    real = tempfile.TemporaryFile
+
+    def spy(*args, **kwargs):
+        opened.append(real(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", spy)
+    assert list(BadShards(1).guard(iter(samples), "x")) == samples
+    assert len(opened) == 1 and opened[0].closed  # spooled, then closed (an anonymous file: no name left)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_open_shards_interleaved(tmp_path):
@@ -341,7 +364,7 @@ def test_parallel_refuses_stdin():
 def test_parallel_error_classes(tmp_path):
     garbage = tmp_path / "garbage.tar"
     garbage.write_bytes(b"x" * 2048)
-    with pytest.raises(ArchiveError, match="bad header checksum"):
+    with pytest.raises(ArchiveError, match="not a tar archive"):
         list(parallel_samples([str(garbage), str(garbage)], 2))
     with pytest.raises(SourceError, match="cannot open"):
         list(parallel_samples([str(tmp_path / "none.tar"), str(garbage)], 2))

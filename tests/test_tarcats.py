@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import re
 import tarfile
 from pathlib import Path
 
@@ -305,6 +306,57 @@ def test_max_bad_shards_keeps_good_samples(small, tmp_path):
     assert "bad shard" in result.stderr and "cut-c-0.tar" in result.stderr and "garbage.tar" in result.stderr
     over = invoke([small[0], bad, str(garbage), "--max-bad-shards", "1", "-o", "-"])
     assert over.exit_code == 3 and "; more than 1 bad shards; --max-bad-shards N allows more" in over.stderr
+
+
+def _tar_of(samples: list[dict]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for sample in samples:
+            for field in ("bin", "cls"):
+                info = tarfile.TarInfo(f"{sample['__key__']}.{field}")
+                info.size = len(sample[field])
+                tar.addfile(info, io.BytesIO(sample[field]))
+    return buf.getvalue()
+
+
+def corrupt_tgz(tmp_path: Path, n: int = 200) -> tuple[str, list[dict]]:
+    """A .tgz of ``n`` samples (6 MB, more than the reader's buffers) with 16
+    bytes overwritten inside sample 5's data: stored deflate blocks (level
+    0), so the stream decompresses and only the CRC-32 at its end fails, the
+    way 16 bytes overwritten in a real-JPEG .tgz showed up (194 samples kept,
+    one with altered bytes)."""
+    samples = [{"__key__": f"s{i:03d}", "bin": bytes([i]) * 30000, "cls": b"%d" % i} for i in range(n)]
+    buf = io.BytesIO(_tar_of(samples))
+    data = bytearray(gzip.compress(buf.getvalue(), compresslevel=0, mtime=0))
+    at = data.index(bytes([5]) * 64) + 16  # inside one stored block, whatever their size
+    data[at : at + 16] = b"\xee" * 16
+    path = tmp_path / "bad.tgz"
+    path.write_bytes(bytes(data))
+    return str(path), samples
+
+
+@pytest.mark.parametrize("parallel", ["1", "2"])
+def test_max_bad_shards_keeps_no_unverified_sample_of_a_corrupt_tgz(small, tmp_path, parallel):
+    bad, originals = corrupt_tgz(tmp_path)
+    out = tmp_path / "out.tar"
+    result = run(["tarcats", "-p", parallel, small[0], bad, "--max-bad-shards", "1", "-o", str(out)])
+    assert result.returncode == 1, result.stderr
+    stderr = result.stderr.decode()
+    read = re.search(rf"bad shard {re.escape(bad)} \((\d+) samples read, none kept: a gzip stream's bytes are verified"
+                     r" only by the check at its end\): corrupt gzip stream: CRC-32 or length check failed", stderr)
+    assert read and int(read.group(1)) > 100, stderr  # read (the old code kept them, s005 altered), not kept
+    written = samples_of(out.read_bytes())
+    assert keys(written) == ["a0", "a1", "a2", "a3"]  # nothing of bad.tgz, which decompressed with altered bytes
+
+
+def test_max_bad_shards_passes_a_good_tgz_on_whole(small, tmp_path):
+    bad, originals = corrupt_tgz(tmp_path)
+    good = tmp_path / "good.tgz"
+    good.write_bytes(gzip.compress(_tar_of(originals), mtime=0))
+    result = run(["tarcats", str(good), small[0], "--max-bad-shards", "1", "-o", "-"])
+    assert result.returncode == 0, result.stderr
+    written = samples_of(result.stdout)
+    assert written[:200] == originals and keys(written[200:]) == ["a0", "a1", "a2", "a3"]
 
 
 def test_max_bad_shards_counts_missing_inputs(small, tmp_path):

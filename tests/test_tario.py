@@ -196,21 +196,94 @@ def test_signed_checksum_accepted():
     assert ours(bytes(header) + bytes(2 * BLOCK)) == [("é.txt", b"")]
 
 
-def test_old_gnu_sparse_member_skipped_with_extension_blocks():
+def test_old_gnu_sparse_member_with_extension_blocks():
     """An old-format GNU sparse member whose map continues in extension
-    blocks is skipped whole, and the next member is read."""
-    header = bytearray(member_header("sparse.bin", 1024))
+    blocks (4 entries in the header, 21 in each extension block) is read
+    with its holes as zero bytes, and the next member is read."""
+    chunks = [(i * 1000, 10) for i in range(30)]  # 4 in the header, 21 + 5 in two extension blocks
+    entry = b"".join(b"%011o\0%011o\0" % pair for pair in chunks)
+    header = bytearray(member_header("sparse.bin", 300))
     header[156:157] = b"S"
+    header[386:482] = entry[: 4 * 24]
     header[482] = 1  # isextended
+    header[483:495] = b"%011o\0" % 30000
     header[148:156] = b"%06o\0 " % tario._byte_sum(bytes(header))
-    extension = bytearray(BLOCK)
-    extension[504] = 1
-    last = bytes(BLOCK)
+    first = bytearray(BLOCK)
+    first[: 21 * 24] = entry[4 * 24 : 25 * 24]
+    first[504] = 1
+    second = bytearray(BLOCK)
+    second[: 5 * 24] = entry[25 * 24 :]
+    stored = b"".join(bytes([i + 1]) * 10 for i in range(30))
     tail = member_header("next.txt", 2) + b"ok" + bytes(510) + bytes(2 * BLOCK)
-    data = bytes(header) + bytes(extension) + last + bytes(1024) + tail
+    data = bytes(header) + bytes(first) + bytes(second) + stored + bytes(BLOCK - 300) + tail
+    expected = bytearray(30000)
+    for i, (offset, n) in enumerate(chunks):
+        expected[offset : offset + n] = bytes([i + 1]) * n
     warnings = []
-    assert ours(data, warnings.append) == [("next.txt", b"ok")]
-    assert warnings == ["test: skipping GNU sparse file 'sparse.bin' at offset 0"]
+    assert ours(data, warnings.append) == [("sparse.bin", bytes(expected)), ("next.txt", b"ok")]
+    assert warnings == []
+    # a map that does not add up to the stored bytes is bad data
+    header[495 - 12 : 495] = b"%011o\0" % 100  # a real size the map overflows
+    header[148:156] = b"%06o\0 " % tario._byte_sum(bytes(header))
+    with pytest.raises(tario.ArchiveError, match="bad map of the sparse member 'sparse.bin' at offset 0"):
+        ours(bytes(header) + bytes(first) + bytes(second) + stored + bytes(BLOCK - 300) + tail)
+
+
+def _sparse_files(directory: Path) -> list[Path]:
+    """Two sparse files: one with two data runs and a hole at its end, one
+    with 40 runs (more than an old GNU header and one extension block hold)."""
+    one = directory / "holes.bin"
+    with open(one, "wb") as handle:
+        handle.seek(100_000)
+        handle.write(b"hello" * 1000)
+        handle.seek(3_000_000)
+        handle.write(b"world" * 300)
+        handle.truncate(5_000_000)
+    many = directory / "many.bin"
+    with open(many, "wb") as handle:
+        for i in range(40):
+            handle.seek(i * 70_000)
+            handle.write(bytes([i + 1]) * 1000)
+        handle.truncate(3_000_000)
+    return [one, many]
+
+
+GNU_SPARSE_FORMATS = [["--format=pax", "--sparse-version=0.0"], ["--format=pax", "--sparse-version=0.1"],
+                      ["--format=pax", "--sparse-version=1.0"], ["-H", "gnu"]]
+
+
+def _gnu_tar() -> str | None:
+    tar = shutil.which("tar")
+    if tar is None or b"GNU tar" not in subprocess.run([tar, "--version"], capture_output=True).stdout:
+        return None
+    return tar
+
+
+@pytest.mark.skipif(_gnu_tar() is None, reason="needs GNU tar")
+@pytest.mark.parametrize("options", GNU_SPARSE_FORMATS, ids=["pax-0.0", "pax-0.1", "pax-1.0", "old-gnu"])
+def test_gnu_sparse_members_made_by_gnu_tar_are_read(tmp_path, options):
+    files = _sparse_files(tmp_path)
+    archive = tmp_path / "sparse.tar"
+    subprocess.run([_gnu_tar(), "--sparse", *options, "-cf", str(archive), "-C", str(tmp_path), "holes.bin", "many.bin"],
+                   check=True)
+    assert archive.stat().st_size < 1_000_000  # stored sparse: only the data runs
+    warnings = []
+    assert ours(archive.read_bytes(), warnings.append) == [(f.name, f.read_bytes()) for f in files]
+    assert warnings == []
+
+
+@pytest.mark.skipif(_gnu_tar() is None, reason="needs GNU tar")
+def test_tools_copy_gnu_sparse_members_whole(tmp_path):
+    from conftest import run
+
+    files = _sparse_files(tmp_path)
+    archive = tmp_path / "sparse.tar"
+    subprocess.run([_gnu_tar(), "--sparse", "-H", "gnu", "-cf", str(archive), "-C", str(tmp_path), "holes.bin",
+                    "many.bin"], check=True)
+    out = run(["tarcats", str(archive), "-o", "-"])
+    assert out.returncode == 0 and out.stderr == b"", out.stderr
+    with tarfile.open(fileobj=io.BytesIO(out.stdout)) as tf:
+        assert [(m.name, tf.extractfile(m).read()) for m in tf] == [(f.name, f.read_bytes()) for f in files]
 
 
 def test_zero_blocks_read_through_and_concatenation():
@@ -239,16 +312,14 @@ def test_cpython_testtar():
         pytest.skip("CPython's test package (test/testtar.tar) is not installed")
     data = path.read_bytes()
     with tarfile.open(path) as tf:
-        # sparse files are skipped by our reader (with a warning): tarfile expands them
-        expected = [(m.name, tf.extractfile(m).read()) for m in tf if m.isreg() and m.sparse is None]
+        # sparse files (old GNU, pax 0.0, 0.1, 1.0) are expanded, by tarfile and by us
+        expected = [(m.name, tf.extractfile(m).read()) for m in tf if m.isreg()]
         sparse = [m.name for m in tf if m.isreg() and m.sparse is not None]
     warnings = []
     got = ours(data, warnings.append)
     assert got == expected
-    assert len(got) >= 20
-    for name in sparse:
-        assert any(f"skipping GNU sparse file {name!r}" in w for w in warnings), name
-    assert not [w for w in warnings if "unknown type" in w]
+    assert len(got) >= 20 and len(sparse) >= 4
+    assert not [w for w in warnings if "unknown type" in w or "sparse" in w]
     assert any("hard link" in w for w in warnings) and any("character device" in w for w in warnings)
 
 

@@ -287,6 +287,22 @@ def test_usage_errors(shards, tmp_path):
     assert not (tmp_path / "same.tar").exists()
 
 
+def test_a_collision_suggests_the_fields_that_tell_the_inputs_apart(shards, tmp_path):
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "x.tar").write_bytes(shards[0].read_bytes())
+    (tmp_path / "a" / "x.tgz").write_bytes(shards[4].read_bytes())
+    a, b, c = tmp_path / "a" / "x.tar", tmp_path / "b" / "x.tar", tmp_path / "a" / "x.tgz"
+    same = tarmap(a, b, "-o", f"{tmp_path}/out/{{stem}}.tar", "-c", "cat")
+    assert same.returncode == 2
+    assert same.stderr.decode().splitlines() == [
+        f"tarmap: error: output pattern '{tmp_path}/out/{{stem}}.tar' maps tasks 0 and 1 to the same output"
+        f" '{tmp_path}/out/x.tar' ({{stem}} is the same for '{a}' and '{b}'; use {{index}}); given with -o"]
+    stems = tarmap(a, c, "-o", f"{tmp_path}/out/{{stem}}.tar", "-c", "cat")
+    assert stems.returncode == 2 and "({stem} is the same for" in stems.stderr.decode()
+    assert "; use {index} or {basename})" in stems.stderr.decode()
+
+
 def test_files_from_and_summary(shards, tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text("".join(f"{p}\n" for p in shards[:3]) + "# comment\n\n")
@@ -307,7 +323,26 @@ def test_files_from_and_summary(shards, tmp_path):
     lines = summary.stdout.decode().splitlines()
     assert lines[0] == f"0\tcomplete\t5\t{shards[0].stat().st_size}\t{out}/part-0000.tar"
     assert lines[3] == f"3\tmissing\t-\t-\t{out}/part-0005.tar"
-    assert b"3 of 4 tasks complete, 15 samples" in summary.stderr
+    assert b"3 of 4 tasks complete (1 missing), 15 samples" in summary.stderr
+
+
+def test_summary_says_stale_and_truncated_not_missing(shards, tmp_path):
+    inputs = []
+    for i in range(4):
+        inputs.append(tmp_path / f"in-{i}.tar")
+        inputs[-1].write_bytes(shards[i].read_bytes())
+    out = tmp_path / "out"
+    args = [*inputs, "-o", f"{out}/{{stem}}.tar", "-c", "cat"]
+    assert tarmap(*args).returncode == 0
+    inputs[1].write_bytes(shards[7].read_bytes())  # a changed input
+    with open(out / "in-2.tar", "r+b") as handle:  # a cut output
+        handle.truncate(1024)
+    (out / "in-3.tar").unlink()
+    summary = tarmap(*args, "--summary")
+    assert summary.returncode == 1
+    assert [line.split("\t")[:2] for line in summary.stdout.decode().splitlines()] == [
+        ["0", "complete"], ["1", "stale"], ["2", "truncated"], ["3", "missing"]]
+    assert b"1 of 4 tasks complete (1 missing, 1 stale, 1 truncated)," in summary.stderr
 
 
 def test_library_run_task_and_stale_attempts(shards, tmp_path):

@@ -165,6 +165,27 @@ def test_failed_sample_is_left_out_and_reported(imagenet_shard, work, tmp_path):
     assert all(original[n] == d for n, d in failed)
 
 
+def test_failed_file_is_made_only_when_a_sample_fails(imagenet_shard, work, tmp_path):
+    args = ["--count", "3", "-o", "out.tar", "--failed", "failed.tar", "-w", str(work), str(imagenet_shard)]
+    ok = run(["tarproc", "-c", "true", *args], cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert not (tmp_path / "failed.tar").exists() and not (tmp_path / "failed.tar.partial").exists()
+    (tmp_path / "failed.tar").write_bytes(b"an earlier run's failures")
+    again = run(["tarproc", "-c", "true", *args], cwd=tmp_path)
+    assert again.returncode == 0 and not (tmp_path / "failed.tar").exists()  # this run has none
+    failing = run(["tarproc", "-c", _fail_cmd(imagenet_shard), "-q", *args], cwd=tmp_path)
+    assert failing.returncode == 1
+    assert keys_of((tmp_path / "failed.tar").read_bytes()) == shard_keys(imagenet_shard)[1:2]
+
+
+def test_an_unknown_option_suggests_only_a_close_one(imagenet_shard):
+    far = run(["tarproc", "--frobnicate", "-c", "true", str(imagenet_shard)])
+    assert far.returncode == 2
+    assert far.stderr.decode() == "tarproc: error: no such option: --frobnicate (see 'tarproc --help')\n"
+    near = run(["tarproc", "--outptu", "x.tar", "-c", "true", str(imagenet_shard)])
+    assert near.returncode == 2 and "--output" in near.stderr.decode(), near.stderr
+
+
 def test_failure_report_shows_last_lines(imagenet_shard, work):
     out = run(["tarproc", "-c", _fail_cmd(imagenet_shard), "--count", "2", "-w", str(work), str(imagenet_shard)])
     assert out.returncode == 1

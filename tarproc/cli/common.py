@@ -97,7 +97,9 @@ EXIT_STATUS = """\
 class FamilyCommand(TyperCommand):
     """A tool's click command: arguments are shown as their name alone
     (``[INPUT]...``, ``DIR``), without typer's type (``<list[str]>``) or the
-    braces it puts around a required one (``{DIR}``)."""
+    braces it puts around a required one (``{DIR}``); ``--show-completion``
+    and ``--install-completion`` take an optional SHELL (see
+    :func:`_completion_option`)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -107,6 +109,68 @@ class FamilyCommand(TyperCommand):
                 param.get_usage_pieces = lambda ctx, shown=shown: [shown()]
                 param.display_type_rich = _no_type
                 param._usage_display_name = shown
+
+    def get_params(self, ctx):
+        # typer appends its completion options after the command is made
+        for i, param in enumerate(self.params):
+            if param.name in _COMPLETION_OPTIONS and not getattr(param, "family", False):
+                self.params[i] = _completion_option(param.name)
+        return super().get_params(ctx)
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, args if ctx.resilient_parsing else _shell_given(args))
+
+
+#: the shells typer writes completion scripts for
+SHELLS = ("bash", "zsh", "fish", "powershell", "pwsh")
+#: the value of ``--show-completion`` given alone: detect the shell
+_DETECT = "\0detect"
+_COMPLETION_OPTIONS = {
+    "show_completion": ("--show-completion", "Print the completion script for SHELL ({}) [default: the current"
+                        " shell], to copy it or customize the installation."),
+    "install_completion": ("--install-completion", "Install completion for SHELL ({}) [default: the current shell]."),
+}
+
+
+def _shell_given(args: list[str]) -> list[str]:
+    """``args`` with ``--show-completion`` / ``--install-completion`` given
+    a value: the word that follows (``--show-completion zsh``), else (none,
+    or an option) :data:`_DETECT` (typer's own options are flags that detect
+    the running shell and ignore a name that follows: ``--show-completion
+    zsh`` printed bash's script)."""
+    out: list[str] = []
+    options = {opt for opt, _ in _COMPLETION_OPTIONS.values()}
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + args[i:]
+        out.append(arg)
+        if arg in options and (i + 1 == len(args) or args[i + 1].startswith("-")):
+            out.append(_DETECT)
+    return out
+
+
+def _completion_option(name: str):
+    """``--show-completion [SHELL]`` or ``--install-completion [SHELL]``:
+    typer's callbacks given the shell's name, or True to detect it; its
+    values complete to :data:`SHELLS`."""
+    from typer.completion import install_callback, show_callback
+    from typer.core import TyperOption
+
+    opt, help = _COMPLETION_OPTIONS[name]
+    callback = show_callback if name == "show_completion" else install_callback
+
+    def given(ctx, param, value):
+        if value is None or ctx.resilient_parsing:
+            return value
+        if value != _DETECT and value not in SHELLS:
+            raise typer.BadParameter(f"{value!r} must be {_one_of(list(SHELLS))}", ctx, param)
+        return callback(ctx, param, True if value == _DETECT else value)
+
+    option = TyperOption(param_decls=[opt, name], type=str, callback=given, expose_value=False, metavar="[SHELL]",
+                         help=help.format(", ".join(SHELLS)), autocompletion=lambda ctx, args, incomplete: [
+                             s for s in SHELLS if s.startswith(incomplete)])
+    option.family = True
+    return option
 
 
 def _no_type(ctx) -> None:
@@ -213,7 +277,9 @@ LowercaseFields = Annotated[
 Parallel = Annotated[int, typer.Option("-p", "--parallel", min=1, help="Worker processes.", metavar="N")]
 Progress = Annotated[
     Optional[bool],
-    typer.Option("--progress/--no-progress", help="Progress bar on stderr [default: when stderr is a terminal].", show_default=False),
+    typer.Option("--progress/--no-progress", help="Progress bar on stderr, labelled with the tool's name [default: when"
+                 " stderr is a terminal, unless another tool of the family writes our stdin: in 'tarproc ... -o - |"
+                 " tarsplit ...' only tarproc draws one].", show_default=False),
 ]
 Compression = enum.Enum("Compression", {name: name for name in COMPRESSIONS}, type=str)
 Compress = Annotated[
@@ -523,8 +589,15 @@ class Tool:
         if enabled is None:
             enabled = getattr(self.args, "progress", None)
         if enabled is None:
-            enabled = sys.stderr.isatty()
+            enabled = sys.stderr.isatty() and fed_by(sys.stdin) is None
         return bool(enabled)
+
+    def new_bar(self, **kwargs):
+        """A tqdm bar on stderr labelled with the tool's name (``tarsplit:
+        45%|...``), redrawn in place (``dynamic_ncols``, not left behind)."""
+        from tqdm import tqdm
+
+        return tqdm(file=sys.stderr, desc=self.name, dynamic_ncols=True, leave=False, **kwargs)
 
     @property
     def storage_options(self) -> dict:
@@ -584,13 +657,10 @@ class Tool:
     def _progress(self, iterable, shown: bool, unit: str, total, describe):
         bar = None
         if shown:
-            from tqdm import tqdm
-
             if self._counting:
-                bar = tqdm(file=sys.stderr, total=self._bytes_total, unit="B", unit_scale=True, unit_divisor=1024,
-                           dynamic_ncols=True, leave=False)
+                bar = self.new_bar(total=self._bytes_total, unit="B", unit_scale=True, unit_divisor=1024)
             else:
-                bar = tqdm(file=sys.stderr, unit=unit, total=total, dynamic_ncols=True, leave=False)
+                bar = self.new_bar(unit=unit, total=total)
             self._bar = bar
         n = 0
         try:
@@ -664,6 +734,45 @@ class Tool:
                 n = self.problems
                 self.error(f"{n} warning{'s' if n > 1 else ''} about skipped or lost data (not shown with -q)")
             raise typer.Exit(ExitStatus.ERROR)
+
+
+def fed_by(stream) -> str | None:
+    """The name of the tool of the family that writes ``stream`` (our
+    stdin) through a pipe, as in ``tarproc ... -o - | tarsplit ...``, or
+    None (not a pipe, another program, not Linux).
+
+    Only the first tool of such a pipeline draws a progress bar by default
+    (two bars would redraw one terminal line): the one reading the files
+    knows their sizes, so its bar has a percentage and an ETA. Found in
+    /proc: the process whose stdout is the pipe on our stdin, a console
+    script of the family (``python .../bin/TOOL``) not given ``--no-progress``.
+    """
+    from . import TOOLS
+
+    try:
+        mine = os.readlink(f"/proc/self/fd/{stream.fileno()}")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not mine.startswith("pipe:"):
+        return None
+    me = os.getpid()
+    try:
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit() and int(name) != me]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/1") != mine:
+                continue
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                argv = handle.read().split(b"\0")
+        except OSError:  # gone, or not ours to look at
+            continue
+        for arg in argv[:2]:
+            name = os.path.basename(arg).decode("utf-8", "replace")
+            if name in TOOLS:
+                return None if b"--no-progress" in argv else name
+    return None
 
 
 class _ByteMeter:
@@ -751,7 +860,10 @@ class Counter:
 def usage_message(name: str, exc: TyperException) -> str:
     """A click usage error as one line, ``tool: error: message (see 'tool
     --help')``, in the form of every other error (click prints the usage,
-    a hint and ``Error: ...`` on four lines)."""
+    a hint and ``Error: ...`` on four lines). An unknown option suggests
+    only options close to it (:func:`close_options`)."""
+    if getattr(exc, "possibilities", None) and getattr(exc, "option_name", None):
+        exc.possibilities = close_options(exc.option_name, exc.possibilities)
     message = " ".join(exc.format_message().split())
     # typer's words for a bad choice: "Value error, 'x' is not one of 'a', 'b'."
     message = message.replace("Value error, ", "")
@@ -768,6 +880,21 @@ def usage_message(name: str, exc: TyperException) -> str:
         message = re.sub(r" \(Possible options: [^)]*\)", "", message)
         hint = f" ({original}; see '{name} --help')"
     return f"{name}: error: {message}{hint}"
+
+
+#: how alike (difflib's ratio, without the leading dashes) an option must be to be suggested
+SUGGEST_CUTOFF = 0.75
+
+
+def close_options(given: str, options) -> list[str]:
+    """The ``options`` close enough to the unknown option ``given`` to be
+    what was meant (``--outptu``: ``--output``), compared without their
+    dashes: click's own cutoff (0.6 on the whole names) offered ``--strict``
+    for ``--frobnicate``."""
+    import difflib
+
+    bare = {option.lstrip("-"): option for option in options}
+    return [bare[name] for name in difflib.get_close_matches(given.lstrip("-"), list(bare), cutoff=SUGGEST_CUTOFF)]
 
 
 def _one_of(choices: list[str]) -> str:

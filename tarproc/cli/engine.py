@@ -322,9 +322,7 @@ class TaskBar:
         self.done = self.skipped = self.failed = self.samples = self.bytes = 0
         self.bar = None
         if tool._progress_enabled():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="task", file=sys.stderr, dynamic_ncols=True, leave=False)
+            self.bar = tool.new_bar(total=total, unit="task")
             tool._bar = self.bar  # messages (Tool.say) go above the bar
 
     def update(self, result) -> None:

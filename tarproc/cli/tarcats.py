@@ -124,7 +124,9 @@ MaxBad = Annotated[
     typer.Option(
         "--max-bad-shards",
         min=0,
-        help="Report and skip up to N corrupt inputs (keeping their samples before the fault); exit status 1 if any.",
+        help="Report and skip up to N corrupt inputs; exit status 1 if any. Only verified samples are kept: a"
+        " compressed input is checked only at its end (gzip CRC-32), so a bad one contributes none (its samples are"
+        " held until then, in a temporary file beyond 32 MiB); a bad uncompressed tar those before the fault.",
         metavar="N",
     ),
 ]

@@ -113,10 +113,8 @@ def tarcheck(tool: Tool, require: RequireOpt = None, decode: DecodeOpt = None, r
             pool = ProcessPool(min(jobs, len(specs)))
 
         bar = None
-        if tool._progress_enabled():  # shards checked of all, samples and bytes (tqdm, on stderr)
-            from tqdm import tqdm
-
-            bar = tool._bar = tqdm(total=len(specs), unit="shard", file=sys.stderr, dynamic_ncols=True, leave=False)
+        if tool._progress_enabled():  # shards checked of all, samples and bytes (tqdm, on stderr, labelled)
+            bar = tool._bar = tool.new_bar(total=len(specs), unit="shard")
         seen = {"samples": 0, "bytes": 0}
 
         def progress(shard) -> None:

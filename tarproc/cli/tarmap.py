@@ -105,7 +105,7 @@ def tarmap(
         Optional[str], typer.Option("--failed-list", metavar="FILE", help="At the end, the failed tasks' inputs, one per line (for -T).")
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the tasks (index, input, output, run/skip) and exit.")] = False,
-    summary: Annotated[bool, typer.Option("--summary", help="Print each task's state from its record and totals; run nothing.")] = False,
+    summary: Annotated[bool, typer.Option("--summary", help="Print each task's state from its record (complete; missing: no record or output; stale: the input, pipeline or output changed; truncated or changed: the output's size differs; no-input) and totals; run nothing.")] = False,
 ) -> None:
     a = tool.args
     with tool.run(engine.HINTS):
@@ -139,23 +139,24 @@ def tarmap(
         if dry_run or summary:
             complete = 0
             samples = size = 0
+            states: dict[str, int] = {}
             for task in task_list:
-                record = tasks.is_complete(task, options)
-                if record is not None:
+                state, record = tasks.task_state(task, options)
+                states[state] = states.get(state, 0) + 1
+                if state == "complete":
                     complete += 1
                     samples += record["samples"]
                     size += record["bytes"]
                 if dry_run:
-                    state = "skip" if record is not None and not force else "run"
-                    print(f"{task.index}\t{task.input}\t{task.output}\t{state}")
+                    print(f"{task.index}\t{task.input}\t{task.output}\t{'skip' if state == 'complete' and not force else 'run'}")
+                elif state == "complete":
+                    print(f"{task.index}\tcomplete\t{record['samples']}\t{record['bytes']}\t{task.output}")
                 else:
-                    if record is None:
-                        print(f"{task.index}\tmissing\t-\t-\t{task.output}")
-                    else:
-                        print(f"{task.index}\tcomplete\t{record['samples']}\t{record['bytes']}\t{task.output}")
+                    print(f"{task.index}\t{state}\t-\t-\t{task.output}")
             if summary:
-                print(f"tarmap: {complete} of {len(task_list)} tasks complete, {samples} samples, {engine.human(size)}",
-                      file=sys.stderr)
+                others = ", ".join(f"{n} {state}" for state, n in sorted(states.items()) if state != "complete")
+                print(f"tarmap: {complete} of {len(task_list)} tasks complete{f' ({others})' if others else ''},"
+                      f" {samples} samples, {engine.human(size)}", file=sys.stderr)
                 if complete < len(task_list):
                     raise typer.Exit(ExitStatus.ERROR)
             else:

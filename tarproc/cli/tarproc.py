@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import gc
 import os
 import shutil
@@ -79,6 +80,39 @@ EXAMPLES = """\
 app = make_app(HELP, EXAMPLES)
 
 
+class _FailedSamples:
+    """``--failed FILE``: a :class:`tarproc.sinks.TarSink` opened at the
+    first failed sample, so that a run where none fails makes no empty FILE;
+    closing it then removes a local FILE an earlier run left (it would list
+    failures this run does not have)."""
+
+    def __init__(self, target: str, mtime: int, storage_options: dict):
+        self.target = target
+        self.mtime = mtime
+        self.storage_options = storage_options
+        self.sink = None
+
+    def write(self, sample) -> None:
+        if self.sink is None:
+            self.sink = open_sink(self.target, mtime=self.mtime, storage_options=self.storage_options)
+        self.sink.write(sample)
+
+    def close(self) -> None:
+        if self.sink is not None:
+            self.sink.close()
+            return
+        path = local_path(self.target)
+        if path is not None and os.path.isfile(path):
+            os.unlink(path)
+
+    def abort(self) -> None:
+        if self.sink is not None:
+            self.sink.abort()
+
+#: --mode: a choice, so shells complete its values
+Mode = enum.Enum("Mode", {name: name for name in ("tar",) + TEXT_MODES}, type=str)
+
+
 
 @command(app, shared="read count skip parallel write")
 def tarproc(
@@ -97,13 +131,13 @@ def tarproc(
     batch: Annotated[Optional[int], typer.Option("--batch", min=1, metavar="N", help="Run the command once per N samples, in a directory of sample directories 000000/, 000001/, ...")] = None,
     map_function: Annotated[Optional[str], typer.Option("--map", metavar="PATH.py:NAME|MODULE:NAME", help="Run a Python function sample dict -> dict | list | None in the workers instead of a command.")] = None,
     map_batch: Annotated[Optional[int], typer.Option("--map-batch", min=1, metavar="N", help="Pass the --map function lists of N samples (it returns one entry per sample).")] = None,
-    failed: Annotated[Optional[str], typer.Option("--failed", metavar="FILE", help="Write the failed input samples to this tar.")] = None,
+    failed: Annotated[Optional[str], typer.Option("--failed", metavar="FILE", help="Write the failed input samples to this tar, made at the first failure: a run where no sample fails leaves no FILE (and removes one an earlier run left).")] = None,
     timeout: Annotated[Optional[float], typer.Option("--timeout", min=0, metavar="SECONDS", help="Kill a command's process group after this many seconds (the sample fails).")] = None,
     add_log: Annotated[Optional[str], typer.Option("--add-log", metavar="EXT", help="Also store the command's output in the sample as field EXT.")] = None,
     subdirs: Annotated[bool, typer.Option("-S", "--subdirs", help="Each subdirectory holding __key__ and BASE.* becomes an output sample (files directly in the sample directory are not collected).")] = False,
     workdir: Annotated[Optional[str], typer.Option("-w", "--workdir", metavar="DIR", help="Where sample directories are made [default: $TMPDIR].")] = None,
     keep: Annotated[bool, typer.Option("--keep", "--keepdir", help="Keep the sample directories (for debugging).")] = False,
-    mode: Annotated[str, typer.Option("--mode", metavar="tar|lines|pages|keys", help="Input: tar shards; or text whose lines (lines) or form-feed pages (pages) become samples with a txt field and numbered keys, or whose lines are keys of samples with no field (keys).")] = "tar",
+    mode: Annotated[Mode, typer.Option("--mode", metavar="tar|lines|pages|keys", help="Input: tar shards; or text whose lines (lines) or form-feed pages (pages) become samples with a txt field and numbered keys, or whose lines are keys of samples with no field (keys).")] = Mode.tar,
     command_output: Annotated[Optional[str], typer.Option("-O", "--command-output", metavar="FILE", help="Append the commands' output to FILE instead of stderr.")] = None,
     working_dir: Annotated[Optional[str], typer.Option("--working_dir", "--working-dir", hidden=True)] = None,
 ) -> None:
@@ -130,8 +164,7 @@ def tarproc(
                 "--working_dir is the original tarproc's spelling: use -w/--workdir DIR"
                 " (an existing directory: unlike the original, tarproc does not create it)"
             )
-        if mode not in ("tar",) + TEXT_MODES:
-            raise UsageError(f"--mode must be tar, lines, pages or keys, not {mode!r}")
+        mode = mode.value
         policy = ErrorPolicy(errors, retries, max_errors, halt_after)
         if output is not None:
             refuse_terminal(output)
@@ -167,7 +200,7 @@ def tarproc(
         try:
             log_file = open(command_output, "ab") if command_output is not None else None
             sink = tool.open_output(output, terminal=False) if output is not None else None
-            failed_sink = open_sink(failed, mtime=tool.args.mtime, storage_options=tool.storage_options) if failed else None
+            failed_sink = _FailedSamples(failed, tool.args.mtime, tool.storage_options) if failed else None
             text = mode != "tar"
             samples = tool.skip_count(iter_text_samples(specs, mode, tool.storage_options) if text else tool.read(specs))
             # the start-up's objects (typer, click, the job) live to the end: no

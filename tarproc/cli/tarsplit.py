@@ -53,7 +53,7 @@ EXAMPLES = """\
   tarproc -c 'convert sample.jpg -resize 256x256 sample.jpg' -o - in.tar | tarsplit -s 1GB -o 'small-{shard:04d}.tgz'
   tarsplit 'raw-{000..099}.tar' -s 500M -o out -C 'gsutil cp {shard} gs://bucket/ && rm {shard}'
   tarsplit in.tar -n 100 -o 'pipe:aws s3 cp - s3://bucket/part-%04d.tar'
-  tarsplit in.tar -n 5000 -z -o shards/train --manifest shards/manifest.jsonl -v"""
+  mkdir -p shards && tarsplit in.tar -n 5000 -z -o shards/train --manifest shards/manifest.jsonl -v"""
 
 app = make_app(HELP, EXAMPLES)
 
