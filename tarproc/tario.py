@@ -21,7 +21,7 @@ from typing import BinaryIO
 from collections.abc import Iterator
 
 from .errors import ArchiveError, TruncatedError, UsageError, Warn
-from .iov import write_all
+from .iov import whole_writes, write_all
 
 BLOCK = 512
 #: cap on a pax extended header or GNU long-name record, in bytes
@@ -576,7 +576,9 @@ class TarWriter:
     POSIX ustar) is written only by :meth:`finish`, so a stream cut short by
     an error is recognisably incomplete.
 
-    :param stream: a writable binary stream; it is not closed
+    :param stream: a writable binary stream; it is not closed. A raw
+        (unbuffered) one is wrapped so that a short write is resumed
+        (:func:`tarproc.iov.whole_writes`)
     :param mtime: modification time stored in every header, seconds
     :param mode: permission bits stored in every header
     :param fd: the blocking file descriptor ``stream`` writes to, when
@@ -589,6 +591,7 @@ class TarWriter:
     """
 
     def __init__(self, stream: BinaryIO, mtime: int = 0, mode: int = 0o444, fd: int | None = None):
+        stream = whole_writes(stream)
         self.stream = stream
         self.mtime = mtime
         self.mode = mode

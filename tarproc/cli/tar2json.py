@@ -13,6 +13,7 @@ import typer
 from ..create import parse_fields
 from ..describe import is_text
 from ..errors import UsageError
+from ..iov import whole_writes
 from .common import Tool, command, make_app, run_app
 
 app = make_app(
@@ -77,7 +78,7 @@ def tar2json(
                 raise UsageError("-k names no field besides __key__")
         specs = tool.input_specs()
         samples = tool.samples(specs)
-        out = sys.stdout.buffer
+        out = whole_writes(sys.stdout.buffer)  # raw under PYTHONUNBUFFERED: resume short writes
         if available:
             seen: dict[str, int] = {}
             for sample in samples:

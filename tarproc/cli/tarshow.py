@@ -10,6 +10,7 @@ import typer
 
 from ..describe import Stats, contact_sheet, format_summary, summarize
 from ..errors import UsageError
+from ..iov import whole_writes
 from .common import Tool, command, make_app, run_app
 
 app = make_app(
@@ -77,7 +78,7 @@ def tarshow(
             tool.warn(message)
 
         samples = tool.samples(specs, warn)
-        out = sys.stdout.buffer
+        out = whole_writes(sys.stdout.buffer)  # raw under PYTHONUNBUFFERED: resume short writes
         if sheet:
             limit = tool.args.count if tool.args.count is not None else 64
             n = contact_sheet(samples, sheet, limit=limit, columns=columns, thumb=thumb, field=image_field, warn=tool.warn)

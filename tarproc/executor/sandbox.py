@@ -98,6 +98,11 @@ class CommandSpec:
 
 
 def write_file(path: str, data) -> None:
+    """Create the file ``path`` with ``data`` (bytes-like); writes are
+    resumed after a short one.
+
+    :raises OSError:
+    """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     try:
         view = memoryview(data)
@@ -147,15 +152,21 @@ def read_regular(path: str) -> bytes | None:
         # the usual file takes a single read() and no extra one to see EOF
         data = os.read(fd, st.st_size + 1)
         if len(data) <= st.st_size:
+            if len(data) < st.st_size and data:  # one read(2) takes at most 0x7ffff000 bytes
+                return _read_rest(fd, [data])
             return data
-        chunks = [data]
-        while True:  # the file grew meanwhile (a background writer)
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
+        return _read_rest(fd, [data])  # the file grew meanwhile (a background writer)
     finally:
         os.close(fd)
+
+
+def _read_rest(fd: int, chunks: list) -> bytes:
+    """``chunks`` and the rest of ``fd`` to its end, joined."""
+    while True:
+        chunk = os.read(fd, 1 << 24)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 def _kind(mode: int) -> str:
