@@ -56,6 +56,7 @@ from typing import BinaryIO
 from . import errors
 from .errors import OutputError, SourceError, TarprocError, UsageError, Warn
 from .iov import whole_writes, write_out
+from .spool import LargeField
 from .samples import Sample, group_samples, member_parts, sample_members
 from .sinks import PARTIAL, AtomicOutput, TarSink
 from .storage import filesystem, is_url, local_path
@@ -332,7 +333,10 @@ class _Buffers:
         before = len(part)
         for name, data in sample_members(sample):
             part += member_header(name, len(data))
-            part += data
+            if data.__class__ is LargeField:  # staged in memory like any field: in pieces from its file
+                data.write_to(part.extend)
+            else:
+                part += data
             pad = -len(data) % BLOCK
             if pad:
                 part += bytes(pad)

@@ -1,16 +1,22 @@
 """Big fields through the real tools (issue 19).
 
-Fields over 2 GiB (slow): Linux moves at most 0x7ffff000 bytes
+Item 1, fields over 2 GiB (slow): Linux moves at most 0x7ffff000 bytes
 (2,147,479,552) per ``write(2)``/``read(2)``, and a raw stream's ``write``
 (``sys.stdout.buffer`` under ``PYTHONUNBUFFERED``) returns what one call
 took; every tool must resume, or the member is cut and the run still exits
 0. The input is a sparse tar (a header, a hole, a tail), so it costs no
 disk; each output is checked member by member (name, size, last bytes, and
 the end-of-archive marker after them: anything cut or shifted shows).
+
+Item 2, memory: a member beyond :data:`tarproc.spool.THRESHOLD` is
+file-backed, so a tool's peak RSS stays far below the member's size (here
+with the threshold lowered to 1 MiB and a 64 MiB member; the 2 GiB figures
+are in ``tests/bench/test_bench_bigmember.py``).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -174,3 +180,116 @@ def test_tarshow_field_to_stdout(big):
     proc.wait(timeout=60)
     assert proc.returncode == 0, proc.stderr.read().decode()
     assert [n, last.hex()] == expected()[0][1:]
+
+
+# ------------------------------------------------------------ item 2: memory
+
+MID = 64 << 20  # the member of the memory test: 64 MiB
+
+
+@pytest.fixture(scope="module")
+def mid(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("mid") / "mid.tar"
+    write_sparse_tar(path, MID)
+    return path
+
+
+def peak_rss(cmd: list[str], cwd: Path, env: dict) -> int:
+    """Peak RSS in bytes of ``cmd`` and of each process it waited for (the
+    largest one: ``getrusage(RUSAGE_CHILDREN)`` of a fresh interpreter)."""
+    probe = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL);"
+             " print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", probe, *cmd], cwd=cwd, env=env, capture_output=True, timeout=300)
+    status, kib = out.stdout.split()
+    assert int(status) == 0, out.stderr.decode()
+    return int(kib) * 1024  # Linux: KiB
+
+
+@pytest.mark.parametrize("cmd", [
+    ["tarcats", "{in}", "-o", "out.tar"],
+    ["tarcats", "{in}", "-o", "-"],
+    ["tarshow", "{in}"],
+    ["tarsplit", "{in}", "-n", "1", "-o", "part-%d.tar"],
+], ids=["tarcats", "tarcats-stdout", "tarshow", "tarsplit"])
+def test_big_member_memory_is_bounded(mid, tmp_path, cmd):
+    """With ``TARPROC_LARGE_FIELD`` at 1 MiB, a 64 MiB member costs less
+    than its size (it was read into memory twice: 151 MiB peak, 22 MiB of
+    them the interpreter's);
+    the output keeps every byte, and no spool file is left behind."""
+    path = mid
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = unbuffered()
+    env["TARPROC_LARGE_FIELD"] = str(1 << 20)
+    env["TMPDIR"] = str(tmp)
+    rss = peak_rss([str(path) if a == "{in}" else a for a in cmd], tmp_path, env)
+    assert rss < MID, f"peak RSS {rss / 2**20:.0f} MiB for a {MID >> 20} MiB member"
+    for name in ("out.tar", "part-0.tar"):
+        if (tmp_path / name).exists():
+            assert check_file(tmp_path / name) == expected(MID)
+    assert os.listdir(tmp) == []
+
+
+def _tar(members: list[tuple[str, bytes]]) -> bytes:
+    from tarproc.tario import TarWriter
+
+    out = io.BytesIO()
+    writer = TarWriter(out)
+    for name, data in members:
+        writer.add(name, data)
+    writer.finish()
+    return out.getvalue()
+
+
+@pytest.fixture
+def spooling(monkeypatch, tmp_path):
+    """The reader's threshold lowered to 70,000 bytes in this process, the
+    spool directory in ``tmp_path/spool``; yields that directory."""
+    from tarproc import spool, tario
+
+    directory = tmp_path / "spool"
+    monkeypatch.setattr(tario, "_LARGE", 70_000)
+    monkeypatch.setattr(spool, "_DIRECTORY", str(directory))
+    monkeypatch.setattr(spool, "_made", 0)
+    return directory
+
+
+def test_reader_spools_a_large_member_and_removes_its_file(spooling):
+    """A member over the threshold is a file-backed LargeField with the same
+    bytes, written back identically; its file goes with it."""
+    import gc
+
+    from tarproc.describe import describe_bytes
+    from tarproc.samples import group_samples
+    from tarproc.spool import LargeField
+    from tarproc.tario import iter_members
+
+    big = bytes(range(256)) * 400 + b"END"
+    text = b"first line\n" + b"more text\n" * 10_000
+    raw = _tar([("k.bin", big), ("k.txt", text), ("k.cls", b"7")])
+    [sample] = list(group_samples(iter_members(io.BytesIO(raw))))
+    assert [type(sample[f]) for f in ("bin", "txt", "cls")] == [LargeField, LargeField, bytes]
+    field = sample["bin"]
+    assert len(field) == len(big) and bytes(field) == big and field == big and field != big[:-1] + b"X"
+    assert field[:4] == big[:4] and field[-3:] == b"END" and field.startswith(big[:9]) and field.endswith(b"END")
+    assert describe_bytes(field) == describe_bytes(big)  # binary: its first bytes
+    assert describe_bytes(sample["txt"]) == "'first line'..."
+    assert _tar([("k.bin", sample["bin"]), ("k.txt", sample["txt"]), ("k.cls", sample["cls"])]) == raw
+    assert len(os.listdir(spooling)) == 2
+    del sample, field
+    gc.collect()
+    assert os.listdir(spooling) == []
+
+
+def test_cut_inside_a_spooled_member_is_the_same_error_and_leaves_nothing(spooling, monkeypatch):
+    from tarproc import tario
+    from tarproc.errors import TruncatedError
+
+    raw = _tar([("k.bin", bytes(200_000))])[:150_000]
+    with pytest.raises(TruncatedError) as spooled:
+        list(tario.iter_members(io.BytesIO(raw), "in.tar"))
+    assert os.listdir(spooling) == []
+    monkeypatch.setattr(tario, "_LARGE", 1 << 30)
+    with pytest.raises(TruncatedError) as read:
+        list(tario.iter_members(io.BytesIO(raw), "in.tar"))
+    assert str(spooled.value) == str(read.value) == "in.tar: stream is cut inside data at offset 150000 (member header at offset 0)"

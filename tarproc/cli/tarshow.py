@@ -11,6 +11,7 @@ import typer
 from ..describe import Stats, contact_sheet, format_summary, summarize
 from ..errors import UsageError
 from ..iov import whole_writes
+from ..spool import LargeField
 from .common import Tool, command, make_app, run_app
 
 app = make_app(
@@ -97,7 +98,10 @@ def tarshow(
                 if value is None:
                     missing += 1
                     continue
-                out.write(value)
+                if value.__class__ is LargeField:
+                    value.write_to(out.write)  # in pieces from its file
+                else:
+                    out.write(value)
                 written += 1
             if missing and not written:  # most likely a misspelt field: say so with the exit status
                 tool.warn(f"no sample has a field {field!r} ({missing} samples read)")

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 from .. import procs
 from ..samples import Sample, key_problem
+from ..spool import LargeField
 from . import direct, guard
 from .results import Result, settle
 
@@ -98,13 +99,17 @@ class CommandSpec:
 
 
 def write_file(path: str, data) -> None:
-    """Create the file ``path`` with ``data`` (bytes-like); writes are
-    resumed after a short one.
+    """Create the file ``path`` with ``data`` (bytes-like, or a
+    :class:`tarproc.spool.LargeField`, copied from its file in the kernel);
+    writes are resumed after a short one.
 
     :raises OSError:
     """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     try:
+        if data.__class__ is LargeField:
+            data.copy_to_fd(fd)
+            return
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
@@ -113,7 +118,7 @@ def write_file(path: str, data) -> None:
 
 
 def _as_bytes(value):
-    if isinstance(value, (bytes, bytearray, memoryview)):
+    if isinstance(value, (bytes, bytearray, memoryview)) or value.__class__ is LargeField:
         return value
     return str(value).encode("utf-8", "surrogateescape")
 
