@@ -42,7 +42,8 @@ from dataclasses import dataclass
 
 from .. import procs
 from ..samples import Sample, key_problem
-from ..spool import LargeField
+from ..spool import THRESHOLD as _LARGE
+from ..spool import LargeField, spool_file
 from . import direct, guard
 from .results import Result, settle
 
@@ -142,9 +143,12 @@ def write_sample(directory: str, sample: Sample, base: str) -> str:
     return source
 
 
-def read_regular(path: str) -> bytes | None:
+def read_regular(path: str) -> bytes | LargeField | None:
     """The bytes of a regular file, or None if it is anything else (the
-    file is opened without following symlinks or blocking on a FIFO)."""
+    file is opened without following symlinks or blocking on a FIFO). A
+    file larger than :data:`tarproc.spool.THRESHOLD` bytes is moved to the
+    spool directory and given as a :class:`tarproc.spool.LargeField`
+    (never read into memory)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
@@ -153,6 +157,8 @@ def read_regular(path: str) -> bytes | None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return None
+        if st.st_size > _LARGE:
+            return spool_file(path)
         # ask for one byte more than the size: a short read is the end, so
         # the usual file takes a single read() and no extra one to see EOF
         data = os.read(fd, st.st_size + 1)

@@ -69,6 +69,7 @@ COMMANDS = {
     "tarcats-stdout": ["tarcats", "{in}", "-o", "-"],
     "tarshow": ["tarshow", "{in}"],
     "tarsplit": ["tarsplit", "{in}", "-n", "1", "-o", "part-%d.tar"],
+    "tarproc-true": ["tarproc", "-c", "true", "-o", "out.tar", "{in}"],
 }
 
 
