@@ -21,6 +21,7 @@ from collections.abc import Iterable
 
 from .errors import TarprocError, Warn
 from .samples import Sample
+from .spool import LargeField
 
 _NOT_LOADED = object()
 #: ``PIL.Image`` (optional: image sizes and contact sheets), None without
@@ -219,7 +220,12 @@ def describe_bytes(data: bytes, width: int = 60) -> str:
     - NumPy: ``npy float32 (3, 224, 224)``; pickle: ``pickle protocol 4``
     - other known magic numbers: ``gzip``, ``zstd``, ``zip``, ``PDF``, ``tar``...
     - anything else: ``binary`` and its first bytes in hex
+
+    A :class:`tarproc.spool.LargeField` is described from its first
+    :data:`LARGE_PREVIEW` bytes (text: its first line, and ``...``).
     """
+    if data.__class__ is LargeField:
+        return _describe_large(data, width)
     if not data:
         return "empty"
     fmt = image_format(data)
@@ -250,6 +256,27 @@ def describe_bytes(data: bytes, width: int = 60) -> str:
             return _quote(first[:room]) + "..." + suffix
         return _quote(first) + suffix
     return "binary " + data[:8].hex(" ") + (" ..." if len(data) > 8 else "")
+
+
+#: bytes of a file-backed field's head that :func:`describe_bytes` looks at
+LARGE_PREVIEW = 1 << 20
+
+
+def _describe_large(data: LargeField, width: int) -> str:
+    head = data.head(LARGE_PREVIEW)
+    if head[:1] == b"\x80" and 2 <= head[1] <= 5 and data.endswith(b"."):
+        return f"pickle protocol {head[1]}"
+    text = None
+    if b"\x00" not in head:
+        try:
+            text = head.decode("utf-8")
+        except UnicodeDecodeError as exc:  # text whose head is cut inside a character is text
+            if exc.start >= len(head) - 3 and exc.end == len(head):
+                text = head[: exc.start].decode("utf-8", "replace")
+    if text is None:
+        return describe_bytes(head, width)
+    first = (text.splitlines() or [""])[0]
+    return _quote(first[: max(width - 5, 10)]) + "..."
 
 
 def _quote(text: str) -> str:
@@ -472,7 +499,8 @@ def contact_sheet(
         if name is None:
             continue
         try:
-            with Image.open(io.BytesIO(sample[name])) as image:
+            value = sample[name]
+            with Image.open(value.path if value.__class__ is LargeField else io.BytesIO(value)) as image:
                 image.draft("RGB", (thumb, thumb))  # fast JPEG downscale
                 image = image.convert("RGB")
                 # scale to fit the cell, small images (MNIST...) up as well

@@ -55,6 +55,8 @@ from typing import BinaryIO
 
 from . import errors
 from .errors import OutputError, SourceError, TarprocError, UsageError, Warn
+from .iov import whole_writes, write_out
+from .spool import LargeField
 from .samples import Sample, group_samples, member_parts, sample_members
 from .sinks import PARTIAL, AtomicOutput, TarSink
 from .storage import filesystem, is_url, local_path
@@ -331,7 +333,10 @@ class _Buffers:
         before = len(part)
         for name, data in sample_members(sample):
             part += member_header(name, len(data))
-            part += data
+            if data.__class__ is LargeField:  # staged in memory like any field: in pieces from its file
+                data.write_to(part.extend)
+            else:
+                part += data
             pad = -len(data) % BLOCK
             if pad:
                 part += bytes(pad)
@@ -351,7 +356,7 @@ class _Buffers:
         try:
             with open(path, "wb", buffering=0) as handle:
                 for part in self.parts:
-                    handle.write(part)
+                    write_out(handle.write, part)  # raw: a part over 2 GiB takes several write(2)s
         except OSError as exc:
             raise OutputError(f"{path}: cannot write spilled run: {exc.strerror}") from None
         self.runs.append((path, lengths))
@@ -828,7 +833,7 @@ def worker_main(argv: list[str] | None = None) -> int:
                 return reduce_to_stream(staged, args.partition, out, args.seed, not args.no_shuffle, buffer_size,
                                         tmpdir, args.mtime, storage)
         if output is None:
-            work(sys.stdout.buffer)
+            work(whole_writes(sys.stdout.buffer))  # raw under PYTHONUNBUFFERED: resume short writes
             sys.stdout.buffer.flush()
         else:
             reduce = args.phase == "reduce"

@@ -26,6 +26,7 @@ from . import procs
 from .procs import host_name, pid_alive
 from .compress import compressing_writer, compression_for_name, output_compression
 from .errors import OutputError, check_interrupted
+from .iov import whole_writes
 from .samples import Sample, sample_members
 from .storage import filesystem, is_url, local_path
 from .tario import TarWriter
@@ -62,6 +63,7 @@ class TarSink:
         self.path: str | None = None
         self._proc: subprocess.Popen | None = None
         self._atomic: AtomicOutput | None = None
+        self._stdout = target == "-"
         if target == "-" or target.startswith("pipe:"):
             compression = compression or "none"
         elif os.path.exists(target) and not os.path.isfile(target):  # a device or FIFO
@@ -70,7 +72,8 @@ class TarSink:
             compression = output_compression(target, compression)
         self.compression = compression
         if target == "-":
-            self._raw: BinaryIO = sys.stdout.buffer
+            # raw (unbuffered) under PYTHONUNBUFFERED: its writes may be short (tarproc.iov)
+            self._raw: BinaryIO = whole_writes(sys.stdout.buffer)
         elif target.startswith("pipe:"):
             try:
                 # its own process group: abort() can stop the whole command, not just bash
@@ -169,7 +172,7 @@ class TarSink:
                 os.replace(self.path + PARTIAL, self.path)
             elif self._atomic is not None:
                 self._atomic.commit()
-            elif self._raw is sys.stdout.buffer:
+            elif self._stdout:
                 self._raw.flush()
             else:
                 self._raw.close()
@@ -192,7 +195,7 @@ class TarSink:
                 self._proc.wait()
             elif self._atomic is not None:
                 self._atomic.discard()  # an object store: the upload is aborted, nothing at the key
-            elif self._raw is sys.stdout.buffer:
+            elif self._stdout:
                 self._raw.flush()
             else:  # a file (NAME.partial) or a device/FIFO opened by us, as in close()
                 if self._stream is not self._raw:

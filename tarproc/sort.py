@@ -192,7 +192,8 @@ class ExternalSorter:
         with open(path, "rb", buffering=RUN_BUFFER) as handle:
             loads = pickle.loads
             for member in iter_members(handle, path):
-                yield loads(member.data)
+                data = member.data
+                yield loads(data if data.__class__ is bytes else data.read())  # a spooled record: loaded
         if remove:
             os.unlink(path)
 

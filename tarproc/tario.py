@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from typing import BinaryIO
 from collections.abc import Iterator
 
+from . import spool
 from .errors import ArchiveError, TruncatedError, UsageError, Warn
-from .iov import write_all
+from .iov import whole_writes, write_all, write_out
+from .spool import LargeField
 
 BLOCK = 512
 #: cap on a pax extended header or GNU long-name record, in bytes
@@ -33,6 +35,7 @@ READ_CHUNK = 1 << 24
 ZERO_BLOCK = bytes(BLOCK)  # padding is a slice of it
 #: a GNU sparse member is expanded (holes as zero bytes) up to this many bytes; a larger one is skipped with a warning
 MAX_SPARSE = 1 << 32
+_LARGE = spool.THRESHOLD
 #: members smaller than this (bytes) are written in one piece with their header and padding
 SMALL_MEMBER = 1 << 16
 #: a sample's small members that add up to this many bytes or more go out
@@ -68,7 +71,9 @@ class Member:
     """One regular-file member of a tar stream.
 
     :ivar name: member path, decoded as UTF-8 with surrogateescape
-    :ivar data: the member's bytes
+    :ivar data: the member's bytes; for a member larger than
+        :data:`tarproc.spool.THRESHOLD` bytes, a file-backed
+        :class:`tarproc.spool.LargeField` (``bytes(data)`` loads it)
     :ivar offset: byte offset of its first header (the pax or GNU long-name
         header when there is one, like :attr:`tarfile.TarInfo.offset`) in
         the decompressed stream
@@ -77,7 +82,7 @@ class Member:
     """
 
     name: str
-    data: bytes
+    data: bytes | LargeField
     offset: int = 0
     header: bytes = b""
 
@@ -224,8 +229,10 @@ def _cut_marker(source: str, offset: int) -> TruncatedError:
 class TarReader:
     """Iterate the regular-file members of an (uncompressed) tar stream.
 
-    Memory is bounded by the largest member (plus one read buffer); sizes are
-    checked against what the stream actually holds, never allocated up front.
+    Memory is bounded by :data:`tarproc.spool.THRESHOLD` (plus one read
+    buffer): a larger member is copied in pieces to a spool file and given
+    as a :class:`tarproc.spool.LargeField`. Sizes are checked against what
+    the stream actually holds, never allocated up front.
 
     :param stream: a binary stream with ``read(n)``; see
         :func:`tarproc.compress.decompressing_reader` for compressed input
@@ -273,6 +280,31 @@ class TarReader:
             got += len(chunk)
         self.offset += n
         return b"".join(parts)
+
+    def _spool(self, n: int, start: int) -> LargeField:
+        """A member's ``n`` data bytes copied to a spool file, in pieces
+        (:class:`TruncatedError` as :meth:`_read_exact`'s; the file is
+        removed on any error)."""
+        fd, path = spool.new_file()
+        field = LargeField(path, n)  # owned: removed with the field, also on an error
+        try:
+            with open(fd, "wb", buffering=0) as out:
+                write = out.write
+                got = 0
+                while got < n:
+                    chunk = self._read(min(n - got, spool.CHUNK))
+                    if not chunk:
+                        raise TruncatedError(
+                            f"{self.source}: stream is cut inside data at offset {self.offset + got}"
+                            f" (member header at offset {start})"
+                        )
+                    write_out(write, chunk)
+                    got += len(chunk)
+        except BaseException:
+            del field
+            raise
+        self.offset += n
+        return field
 
     def _skip(self, n: int, what: str, start: int) -> None:
         while n > 0:
@@ -431,7 +463,10 @@ class TarReader:
                     first = None
                     self._skip(padded, "data", start)
                     continue
-                data = self._read_exact(size, "data", start)
+                if size <= _LARGE:
+                    data = self._read_exact(size, "data", start)
+                else:
+                    data = self._spool(size, start)
                 self._pad = padded - size
                 self._pad_start = start
                 yield Member(name, data, start if first is None else first, header)
@@ -679,7 +714,9 @@ class TarWriter:
     POSIX ustar) is written only by :meth:`finish`, so a stream cut short by
     an error is recognisably incomplete.
 
-    :param stream: a writable binary stream; it is not closed
+    :param stream: a writable binary stream; it is not closed. A raw
+        (unbuffered) one is wrapped so that a short write is resumed
+        (:func:`tarproc.iov.whole_writes`)
     :param mtime: modification time stored in every header, seconds
     :param mode: permission bits stored in every header
     :param fd: the blocking file descriptor ``stream`` writes to, when
@@ -692,6 +729,7 @@ class TarWriter:
     """
 
     def __init__(self, stream: BinaryIO, mtime: int = 0, mode: int = 0o444, fd: int | None = None):
+        stream = whole_writes(stream)
         self.stream = stream
         self.mtime = mtime
         self.mode = mode
@@ -702,8 +740,9 @@ class TarWriter:
         self.members_written = 0
         self.finished = False
 
-    def add(self, name: str, data: bytes) -> None:
-        """Write one member: header(s), data, zero padding to 512 bytes."""
+    def add(self, name: str, data: bytes | LargeField) -> None:
+        """Write one member: header(s), data, zero padding to 512 bytes. A
+        :class:`tarproc.spool.LargeField` is copied from its file in pieces."""
         header = member_header(name, len(data), self.mode, self.mtime)
         pad = -len(data) % BLOCK
         write = self.stream.write
@@ -713,7 +752,10 @@ class TarWriter:
             self.bytes_written += len(chunk)
         else:
             write(header)
-            write(data)
+            if data.__class__ is LargeField:
+                data.write_to(write)  # in pieces, from its file
+            else:
+                write(data)
             if pad:
                 write(ZERO_BLOCK[:pad])
             self.bytes_written += len(header) + len(data) + pad

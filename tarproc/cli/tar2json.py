@@ -13,6 +13,8 @@ import typer
 from ..create import parse_fields
 from ..describe import is_text
 from ..errors import UsageError
+from ..iov import whole_writes
+from ..spool import LargeField
 from .common import Tool, command, make_app, run_app
 
 app = make_app(
@@ -77,7 +79,7 @@ def tar2json(
                 raise UsageError("-k names no field besides __key__")
         specs = tool.input_specs()
         samples = tool.samples(specs)
-        out = sys.stdout.buffer
+        out = whole_writes(sys.stdout.buffer)  # raw under PYTHONUNBUFFERED: resume short writes
         if available:
             seen: dict[str, int] = {}
             for sample in samples:
@@ -94,6 +96,8 @@ def tar2json(
 
         def value_of(name: str, data: bytes, key: str):
             nonlocal bad_json
+            if data.__class__ is LargeField:  # a line holds the whole value: load it
+                data = data.read()
             if is_text(data):
                 text = data.decode("utf-8")
                 if parse_json and _is_json_field(name):
@@ -137,6 +141,8 @@ def tar2json(
             cells = [_tsv_escape(key)]
             for name in tsv_columns:
                 data = sample.get(name)
+                if data.__class__ is LargeField:
+                    data = data.read()
                 if data is None:
                     cells.append("")
                 elif is_text(data):

@@ -10,6 +10,8 @@ import typer
 
 from ..describe import Stats, contact_sheet, format_summary, summarize
 from ..errors import UsageError
+from ..iov import whole_writes
+from ..spool import LargeField
 from .common import Tool, command, make_app, run_app
 
 app = make_app(
@@ -77,7 +79,7 @@ def tarshow(
             tool.warn(message)
 
         samples = tool.samples(specs, warn)
-        out = sys.stdout.buffer
+        out = whole_writes(sys.stdout.buffer)  # raw under PYTHONUNBUFFERED: resume short writes
         if sheet:
             limit = tool.args.count if tool.args.count is not None else 64
             n = contact_sheet(samples, sheet, limit=limit, columns=columns, thumb=thumb, field=image_field, warn=tool.warn)
@@ -96,7 +98,10 @@ def tarshow(
                 if value is None:
                     missing += 1
                     continue
-                out.write(value)
+                if value.__class__ is LargeField:
+                    value.write_to(out.write)  # in pieces from its file
+                else:
+                    out.write(value)
                 written += 1
             if missing and not written:  # most likely a misspelt field: say so with the exit status
                 tool.warn(f"no sample has a field {field!r} ({missing} samples read)")

@@ -51,7 +51,7 @@ import re
 import signal
 import subprocess
 
-from .. import procs
+from .. import iov, procs
 
 #: one token of a plain line: an operator, a run of blanks, a plain word, or anything else
 _TOKEN = re.compile(r"(&&)|([;\n])|([ \t]+)|([A-Za-z0-9_./:,+%@=-]+)|(.)", re.S)
@@ -255,7 +255,7 @@ def _note(fd: int, line: int, pid: int, signum: int, words: list[str]) -> None:
     except ValueError:
         what = f"Unknown signal {signum}"
     text = what if signum == signal.SIGTERM else f"bash: line {line}: {pid:5d} {what:<24}{' '.join(words)}"
-    os.write(fd, text.encode("utf-8", "surrogateescape") + b"\n")
+    iov.write_all(fd, [text.encode("utf-8", "surrogateescape") + b"\n"])
 
 
 def plan(argv: list[str]) -> Plan | None:

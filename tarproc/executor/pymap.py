@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 from ..errors import UsageError
 from ..samples import Sample, key_problem
+from ..spool import LargeField
 from .results import Result, settle
 
 
@@ -59,6 +60,8 @@ def _bytes_sample(sample: Sample) -> Sample:
     for k, v in copy.items():
         if type(v) is memoryview:
             copy[k] = bytes(v)
+        elif type(v) is LargeField:  # the function gets bytes, as webdataset's would
+            copy[k] = v.read()
     return copy
 
 

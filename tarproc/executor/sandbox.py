@@ -42,6 +42,8 @@ from dataclasses import dataclass
 
 from .. import procs
 from ..samples import Sample, key_problem
+from ..spool import THRESHOLD as _LARGE
+from ..spool import LargeField, spool_file
 from . import direct, guard
 from .results import Result, settle
 
@@ -98,8 +100,17 @@ class CommandSpec:
 
 
 def write_file(path: str, data) -> None:
+    """Create the file ``path`` with ``data`` (bytes-like, or a
+    :class:`tarproc.spool.LargeField`, copied from its file in the kernel);
+    writes are resumed after a short one.
+
+    :raises OSError:
+    """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     try:
+        if data.__class__ is LargeField:
+            data.copy_to_fd(fd)
+            return
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
@@ -108,7 +119,7 @@ def write_file(path: str, data) -> None:
 
 
 def _as_bytes(value):
-    if isinstance(value, (bytes, bytearray, memoryview)):
+    if isinstance(value, (bytes, bytearray, memoryview)) or value.__class__ is LargeField:
         return value
     return str(value).encode("utf-8", "surrogateescape")
 
@@ -132,9 +143,12 @@ def write_sample(directory: str, sample: Sample, base: str) -> str:
     return source
 
 
-def read_regular(path: str) -> bytes | None:
+def read_regular(path: str) -> bytes | LargeField | None:
     """The bytes of a regular file, or None if it is anything else (the
-    file is opened without following symlinks or blocking on a FIFO)."""
+    file is opened without following symlinks or blocking on a FIFO). A
+    file larger than :data:`tarproc.spool.THRESHOLD` bytes is moved to the
+    spool directory and given as a :class:`tarproc.spool.LargeField`
+    (never read into memory)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
@@ -143,19 +157,27 @@ def read_regular(path: str) -> bytes | None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return None
+        if st.st_size > _LARGE:
+            return spool_file(path)
         # ask for one byte more than the size: a short read is the end, so
         # the usual file takes a single read() and no extra one to see EOF
         data = os.read(fd, st.st_size + 1)
         if len(data) <= st.st_size:
+            if len(data) < st.st_size and data:  # one read(2) takes at most 0x7ffff000 bytes
+                return _read_rest(fd, [data])
             return data
-        chunks = [data]
-        while True:  # the file grew meanwhile (a background writer)
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
+        return _read_rest(fd, [data])  # the file grew meanwhile (a background writer)
     finally:
         os.close(fd)
+
+
+def _read_rest(fd: int, chunks: list) -> bytes:
+    """``chunks`` and the rest of ``fd`` to its end, joined."""
+    while True:
+        chunk = os.read(fd, 1 << 24)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 def _kind(mode: int) -> str:

@@ -8,6 +8,12 @@ sample's own buffers (no join, no pickling of the bytes) and read into one
 buffer. Receivers get :class:`memoryview` slices of that buffer (the worker
 writes files from them) or, with ``copy``, bytes (what the parent hands on).
 
+A :class:`tarproc.spool.LargeField` (a file-backed field) crosses as its
+path and size in the skeleton, never as bytes: workers share the parent's
+file system. The parent keeps owning the files of its tasks' fields; a
+worker hands the files of its results' fields over to the parent (it
+releases them when it packs them, the parent owns them when it unpacks).
+
 A task's raw part may instead be in the worker's :class:`Arena`, memory it
 shares with the parent: the message then carries only the skeleton and
 where the bytes are (raw length 0), and the parent pays one ``memcpy``
@@ -24,6 +30,7 @@ import pickle
 import struct
 
 from .. import iov
+from ..spool import LargeField
 from .results import Result
 
 HEADER = struct.Struct("<QQ")
@@ -33,11 +40,14 @@ _RAW = None  # marks a value sent in the raw part
 _SHARED = (bytes, str)
 
 
-def _flatten(sample: dict, lengths: list, buffers: list, source: dict | None = None) -> list:
+def _flatten(sample: dict, lengths: list, buffers: list, source: dict | None = None,
+             hand_over: bool = False) -> list:
     """The entries of ``sample`` for a skeleton: ``(name, value)`` for a value
     sent inline (``(name, None, None)`` for None, which the raw marker would
     take for bytes), ``(name, None)`` for bytes in the raw part, ``(name,)`` for
-    bytes equal to ``source``'s field of that name (not sent at all). A
+    bytes equal to ``source``'s field of that name (not sent at all),
+    ``(name, path, size, None)`` for a :class:`LargeField` (released when
+    ``hand_over``: the receiver owns its file then). A
     sample whose every value is ``source``'s is a tuple of its names instead
     (the usual output of a command that leaves the fields alone)."""
     entries = []
@@ -50,6 +60,10 @@ def _flatten(sample: dict, lengths: list, buffers: list, source: dict | None = N
             buffers.append(value)
             lengths.append(len(value) if type(value) is not memoryview else value.nbytes)
             entries.append((name, _RAW))
+        elif value.__class__ is LargeField:
+            if hand_over:
+                value.release()
+            entries.append((name, value.path, value.size, None))
         elif value is _RAW:
             entries.append((name, None, None))
         else:
@@ -72,6 +86,9 @@ def _rebuild(entries: list | tuple, raw: memoryview, lengths: list, pos: list, c
             continue
         if size == 3:  # an inline None
             sample[entry[0]] = None
+            continue
+        if size == 4:  # a file-backed field: the parent (copy) owns its file
+            sample[entry[0]] = LargeField(entry[1], entry[2], owned=copy)
             continue
         name, value = entry
         if value is _RAW:
@@ -135,7 +152,7 @@ def pack_results(results: list, inputs: dict | None = None) -> list:
         lengths.append(len(r.log))
         buffers.append(r.log)
         source = inputs.get(r.index) if inputs else None
-        outputs = [_flatten(out, lengths, buffers, source) for out in r.outputs]
+        outputs = [_flatten(out, lengths, buffers, source, True) for out in r.outputs]
         skeleton.append((tuple(getattr(r, f) for f in _FIELDS), outputs))
     return pack(skeleton, lengths, buffers)
 
