@@ -8,6 +8,7 @@ and the progress bar of tasks. Their values are in ``tool.args``."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
@@ -153,7 +154,8 @@ def make_pool(tool: Tool):
     """The pool tasks run on: Dask (``--dask``) or local processes (``-j``,
     default: the number of CPUs)."""
     if tool.args.dask is not None:
-        return schedule.DaskPool(tool.args.dask)
+        pool = schedule.DaskPool(tool.args.dask)
+        return pool if dask_shares_filesystem(tool.args.dask) else SeenOutputs(pool)
     return schedule.LocalPool(tool.args.jobs or os.cpu_count() or 1)
 
 
@@ -185,22 +187,108 @@ def pod_argv(tool: Tool, name: str) -> list[str]:
     return argv
 
 
-def warn_pod_paths(tool: Tool, *paths: tuple[str, str | None]) -> None:
-    """Warn, once per ``(what, path)``, for the inputs (INPUT..., ``-T``
-    files) and the given paths that are local: each pod sees its own file
-    system, so a local output or staging area is lost with the pod unless
-    every pod mounts it (a shared volume); an object-store URL needs no
-    volume. A warning, not an error: the path may be such a volume."""
+def _local_paths(tool: Tool, paths) -> list[tuple[str, str]]:
+    """``(what, path)`` of the inputs (INPUT..., one line for all, and
+    ``-T`` files) and the given ``(what, path)`` pairs that are local paths."""
     a = tool.args
     local_inputs = [spec for spec in a.inputs or [] if input_kind(spec) == "file"]
     listed = [("-T file list", path) for path in a.input_list or []]
     if local_inputs:
         more = f" (and {len(local_inputs) - 1} more)" if len(local_inputs) > 1 else ""
         listed.insert(0, ("input", local_inputs[0] + more))
-    for what, path in [*listed, *paths]:
-        if path is not None and input_kind(path) == "file":
-            tool.warn(f"{what} {path!r} is a local path: every pod must mount it (a shared volume), or use an"
-                      " object-store URL", problem=False)
+    return [(what, path) for what, path in [*listed, *paths] if path is not None and input_kind(path) == "file"]
+
+
+def warn_pod_paths(tool: Tool, *paths: tuple[str, str | None]) -> None:
+    """Warn, once per ``(what, path)``, for the inputs (INPUT..., ``-T``
+    files) and the given paths that are local: each pod sees its own file
+    system, so a local output or staging area is lost with the pod unless
+    every pod mounts it (a shared volume); an object-store URL needs no
+    volume. A warning, not an error: the path may be such a volume."""
+    for what, path in _local_paths(tool, paths):
+        tool.warn(f"{what} {path!r} is a local path: every pod must mount it (a shared volume), or use an"
+                  " object-store URL", problem=False)
+
+
+def dask_shares_filesystem(address: str) -> bool:
+    """Whether the workers of the Dask scheduler at ``address`` can be
+    assumed to see this machine's files: ``local:N`` (workers started here)
+    and a scheduler on a loopback address (``127.0.0.0/8``, ``::1``,
+    ``localhost``) do; any other address may have workers anywhere, with a
+    ``/tmp`` and working directory of their own."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    if address.startswith("local:"):
+        return True
+    host = urlsplit(address if "://" in address else f"tcp://{address}").hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_worker_paths(tool: Tool, *paths: tuple[str, str | None]) -> None:
+    """Before any task runs on an engine whose workers do not share this
+    machine's file system (``--dask`` at an address that is not loopback,
+    :func:`dask_shares_filesystem`): warn, as :func:`warn_pod_paths` does for
+    pods, for each local input, ``-T`` list and given path (output, records,
+    staging). A warning, not an error: the workers may mount the path too (a
+    shared file system); when they do not, :class:`SeenOutputs` turns each
+    output this machine cannot see into a failed task."""
+    if tool.args.dask is None or dask_shares_filesystem(tool.args.dask):
+        return
+    for what, path in _local_paths(tool, paths):
+        tool.warn(f"{what} {path!r} is a local path: the Dask workers at {tool.args.dask} have file systems of their"
+                  " own, so every worker and this machine must share it (a shared file system), or use an"
+                  " object-store URL", problem=False)
+
+
+def client_sees_output(result, where: str):
+    """``result`` (a :class:`tarproc.tasks.TaskResult`), or, when it says
+    complete or skipped and its output is a local path that this machine
+    cannot see, the same result marked failed (retryable, exit status 1):
+    the task ran on a worker (``where``) with a file system of its own, so
+    its output and record lie there only, and a re-run would skip it on
+    that worker."""
+    if not result.ok or input_kind(result.output) != "file":
+        return result
+    path = result.output[7:] if result.output.startswith("file://") else result.output
+    if os.path.exists(path):
+        return result
+    return dataclasses.replace(
+        result, status="failed", record=None, topic="dask",
+        message=(f"its output {result.output!r} is {result.status} on the {where} but not on this machine: the workers"
+                 " do not share this file system; use an object-store URL or a path every worker and this machine"
+                 " share"))
+
+
+class SeenOutputs:
+    """A pool (:mod:`tarproc.schedule`) whose results pass through
+    :func:`client_sees_output`: a task never counts as complete while its
+    local output lies on a worker only."""
+
+    def __init__(self, pool, where: str = "Dask worker"):
+        self.pool = pool
+        self.where = where
+
+    @property
+    def window(self) -> int:
+        return self.pool.window
+
+    def submit(self, fn, *args):
+        return self.pool.submit(fn, *args)
+
+    def wait_any(self, futures: set) -> set:
+        return self.pool.wait_any(futures)
+
+    def outcome(self, future):
+        return client_sees_output(self.pool.outcome(future), self.where)
+
+    def close(self, cancel: bool = False) -> None:
+        self.pool.close(cancel)
 
 
 def job_manifest(tool: Tool, name: str, argv: list[str], completions: int) -> dict:

@@ -118,6 +118,7 @@ def tarmap(
             sys.stdout.write(k8s.to_yaml(engine.job_manifest(tool, a.k8s_job, argv, len(task_list))))
             return
 
+        engine.warn_worker_paths(tool, ("output", output), ("records", a.records_dir))
         if a.dask is None and not summary:
             # inputs on this machine must exist (a Dask worker or a pod may see other files)
             check_inputs_exist([task_list[engine.task_index(a.index)].input] if a.index is not None and

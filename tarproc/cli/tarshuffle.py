@@ -154,6 +154,7 @@ def tarshuffle(
             rekey, a.strict, buffer_size, tmpdir, a.records_dir,
         )
         options = job.options(engine.retry_policy(tool), storage, tool.quiet)
+        engine.warn_worker_paths(tool, ("output", job.pattern), ("staging", job.staging), ("records", a.records_dir))
 
         if a.k8s_job is not None:
             _print_jobs(tool, job)
