@@ -52,7 +52,7 @@ SUITES = {(3, 11): "bookworm", (3, 13): "trixie"}
 #: the files that go into the image (the build context, see .containerignore)
 CONTEXT = ("Containerfile", "setup.cfg", "pyproject.toml", "README.md")
 #: what podman writes outside --root/--runroot (removed afterwards when we created it)
-PODMAN_LEFTOVERS = ("/run/libpod", "/run/containers", "/var/lib/containers/cache")
+PODMAN_LEFTOVERS = ("/run/libpod", "/run/containers", "/var/lib/containers/cache", "/var/lib/containers")
 
 
 def mirror() -> str:
@@ -243,7 +243,11 @@ def clean_leftovers(before: set[str]) -> None:
     :data:`PODMAN_LEFTOVERS` that did not exist before)."""
     for path in PODMAN_LEFTOVERS:
         if path not in before and os.path.exists(path):
-            shutil.rmtree(path, ignore_errors=True)
+            if path == "/var/lib/containers":  # only when podman left nothing else there
+                if not os.listdir(path):
+                    os.rmdir(path)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
