@@ -11,7 +11,7 @@ TEST_WORKERS ?= 2
 MANDIR := $(VENV)/share/man/man1
 MANPAGES := $(patsubst man/%,$(MANDIR)/%,$(wildcard man/*.1))
 
-.PHONY: install test bench man demo lint clean imagemagick
+.PHONY: install test test-engines image bench man demo lint clean imagemagick
 
 install: $(STAMP) $(MANPAGES)
 	@./.ci/debian-packages >/dev/null 2>&1 || true
@@ -32,7 +32,21 @@ imagemagick:
 	@./.ci/imagemagick >/dev/null || true
 
 test: install imagemagick
-	$(BIN)/pytest -q -n $(TEST_WORKERS) tests --ignore=tests/bench
+	$(BIN)/pytest -q -n $(TEST_WORKERS) -m 'not engines' tests --ignore=tests/bench
+
+# the tests marked `engines`: the container image built and run with podman
+# (tests/container.py), Dask workers that share nothing (tests/daskcluster.py)
+test-engines: install imagemagick
+	@./.ci/container-tools >/dev/null || true
+	$(BIN)/pytest -q -n 0 -m engines tests --ignore=tests/bench
+
+# the container image (Containerfile) with podman, buildah or docker; the
+# build's RUN steps use the host's network (never a bridge this machine would get)
+CONTAINER ?= $(firstword $(shell command -v podman buildah docker 2>/dev/null))
+IMAGE ?= tarproc:latest
+BASE ?= docker.io/library/python:3.11-slim-bookworm
+image:
+	$(CONTAINER) build --network host --build-arg BASE=$(BASE) -f Containerfile -t $(IMAGE) .
 
 bench: install imagemagick
 	$(BIN)/pytest tests/bench --benchmark-enable --benchmark-columns=min,median,mean,ops,rounds -p no:cacheprovider --benchmark-json=.benchmarks/latest.json -s

@@ -653,6 +653,23 @@ def task_state(task: Task, options: TaskOptions) -> tuple[str, dict | None]:
     return records.task_state(task, identity(task.input, storage), storage)
 
 
+def client_sees_output(result: TaskResult, where: str) -> TaskResult:
+    """``result``, or, when it says complete or skipped and its output is a
+    local path that this machine cannot see, the same result marked failed
+    (retryable, exit status 1): the task ran on a worker (``where``) with a
+    file system of its own, so its output and record lie there only, and a
+    re-run would skip it on that worker. :func:`tarproc.engines.run.run_all`
+    applies it on engines whose workers do not share this file system."""
+    path = local_path(result.output) if result.ok else None
+    if path is None or os.path.exists(path):
+        return result
+    return dataclasses.replace(
+        result, status="failed", record=None, topic="engine",
+        message=(f"its output {result.output!r} is {result.status} on the {where} but not on this machine: the workers"
+                 " do not share this file system; use an object-store URL or a path every worker and this machine"
+                 " share"))
+
+
 #: the :class:`TaskContext` of tasks whose caller cannot pass one: a Dask
 #: worker's tasks (:mod:`tarproc.engines.dask` sets the worker's own, so an
 #: interrupt there stops its pipelines). A context variable: each thread

@@ -99,6 +99,7 @@ def testdata() -> Path:
 
 # servers shared by the whole session (one moto S3 server, one Dask cluster): registered here, once,
 # so that modules using them do not each start their own (a fixture imported into two modules is two)
-from daskcluster import _dask_session, dask_cluster  # noqa: E402,F401
+from daskcluster import _dask_session, dask_cluster, share_nothing_cluster  # noqa: E402,F401
 from s3server import s3_server  # noqa: E402,F401
 from slurmcluster import slurm  # noqa: E402,F401
+from container import tarproc_image  # noqa: E402,F401

@@ -24,6 +24,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from ..tasks import TaskResult, client_sees_output
 from . import Engine, create
 
 
@@ -110,6 +111,8 @@ def run_all(
                     if on_error is None:
                         raise
                     result = on_error(item, exc)
+                if not pool.shares_filesystem and isinstance(result, TaskResult):
+                    result = client_sees_output(result, f"{pool.name} worker")  # not complete where it is not seen
                 summary.results.append(result)
                 if on_result is not None:
                     on_result(item, result)
