@@ -48,7 +48,10 @@ def job_manifest(
     """The Job manifest as a dict (``batch/v1`` ``Job``).
 
     :param name: the Job's name (a DNS-1123 label, at most 63 characters)
-    :param command: the container's command (argv), run once per index;
+    :param command: the argv run once per index, as the container's
+        ``args`` (not ``command``, which would replace the image's entrypoint:
+        the project's image runs tini as PID 1 to reap what sample commands
+        leave; an image without an entrypoint runs ``args`` itself);
         its program's name (``tarmap``, ``tarshuffle``) names the container
         and the ``app.kubernetes.io/name`` label
     :param completions: number of tasks (indexes ``0 .. completions-1``)
@@ -79,7 +82,7 @@ def job_manifest(
         variables.append({"name": key, "value": value})
     program = os.path.basename(command[0]) if command else ""
     program = program if _NAME.match(program) else CONTAINER
-    container: dict = {"name": program, "image": image, "command": list(command)}
+    container: dict = {"name": program, "image": image, "args": list(command)}
     if variables:
         container["env"] = variables
     if env_from_secrets:

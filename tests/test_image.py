@@ -178,12 +178,11 @@ def test_k8s_pod_command_runs_in_the_image(tarproc_image, gm_env, tmp_path):
     manifest = yaml.safe_load(result.stdout)
     (container,) = manifest["spec"]["template"]["spec"]["containers"]
     assert container["image"] == tarproc_image.name
-    command = container["command"]
-    assert "args" not in container
+    command = container["args"]
+    assert "command" not in container  # the image's entrypoint (tini) stays PID 1
 
     def pod(index: int) -> subprocess.CompletedProcess:
-        return tarproc_image.run([], "--entrypoint", json.dumps(command), "-e", f"JOB_COMPLETION_INDEX={index}",
-                                 "-v", f"{data}:/data")
+        return tarproc_image.run(command, "-e", f"JOB_COMPLETION_INDEX={index}", "-v", f"{data}:/data")
 
     for i in range(manifest["spec"]["completions"]):
         done = pod(i)

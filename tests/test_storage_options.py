@@ -173,7 +173,7 @@ def test_k8s_pods_get_the_options_on_their_command_line(s3, shards, tmp_path):
     assert [w.split(" is written")[0] for w in warnings] == ["tarmap: warning: --storage-option key=...",
                                                              "tarmap: warning: --storage-option secret=..."]
     assert all("--env-from-secret" in w and "testing" not in w for w in warnings)
-    command = _container(yaml.safe_load(result.stdout))["command"]
+    command = _container(yaml.safe_load(result.stdout))["args"]
     assert command[command.index("--storage-option") + 1] == f"endpoint_url={server.endpoint}"
     # the pod's command, run here as index 1: it reaches the server through its options alone
     pod = run(command, env={**env, "JOB_COMPLETION_INDEX": "1"}, timeout=120)
@@ -185,7 +185,7 @@ def test_k8s_pods_get_the_options_on_their_command_line(s3, shards, tmp_path):
                 "--image", "img:1"], env=env)
     assert jobs.returncode == 0, jobs.stderr
     for manifest in yaml.safe_load_all(jobs.stdout):
-        command = _container(manifest)["command"]
+        command = _container(manifest)["args"]
         assert command[command.index("--storage-option") + 1] == f"endpoint_url={server.endpoint}"
 
 

@@ -98,7 +98,7 @@ def test_container_command_for_every_index_makes_every_output_once(shards, tmp_p
     out = tmp_path / "out"
     data = manifest(shards, out)
     container = data["spec"]["template"]["spec"]["containers"][0]
-    command = container["command"]
+    command = container["args"]
 
     def pod(index: int) -> subprocess.CompletedProcess:
         env = tool_env()

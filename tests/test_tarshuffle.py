@@ -196,7 +196,7 @@ def test_k8s_jobs(inputs, tmp_path):
     assert [d["metadata"]["name"] for d in docs] == ["shuf-map", "shuf-reduce"]
     assert [d["spec"]["completions"] for d in docs] == [SHARDS, 6]  # 240 samples / 40
     for doc, phase in zip(docs, ["map", "reduce"]):
-        command = doc["spec"]["template"]["spec"]["containers"][0]["command"]
+        command = doc["spec"]["template"]["spec"]["containers"][0]["args"]
         assert command[:2] == ["tarshuffle", inputs[0]]
         assert command[-4:] == ["--phase", phase, "--index", "env"]
         assert "--shards" in command and command[command.index("--shards") + 1] == "6"  # counted once, here
