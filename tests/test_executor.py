@@ -389,3 +389,30 @@ def test_signals_wait_while_workers_are_forked():
         assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_run_samples_works_in_a_worker_thread(tmp_path, parallel):
+    # issue 16: the library installs no signal handler unless asked, so a thread (a thread pool, a Dask
+    # worker, a web service) can run it; Python allows signal.signal() only in the main thread
+    import concurrent.futures
+    import signal
+    import threading
+
+    def job(name: str):
+        spec = spec_for(tmp_path / name, "tr a-z A-Z < sample.txt > sample.up; rm sample.bin")
+        got = [(inp["__key__"], result.outputs) for inp, result in run_samples(spec, make_samples(6), parallel)]
+        assert os.listdir(spec.root) == []
+        return got
+
+    expected = [(f"k{i:04d}", [{"__key__": f"k{i:04d}", "__source__": "gen", "txt": f"sample {i}".encode(),
+                                "up": f"SAMPLE {i}".encode()}]) for i in range(6)]
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    got = {}
+    thread = threading.Thread(target=lambda: got.setdefault("thread", job("thread")))
+    thread.start()
+    thread.join(60)
+    assert got.get("thread") == expected
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        assert pool.submit(job, "pool").result(timeout=60) == expected
+    assert {s: signal.getsignal(s) for s in before} == before
