@@ -416,3 +416,29 @@ def test_run_samples_works_in_a_worker_thread(tmp_path, parallel):
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         assert pool.submit(job, "pool").result(timeout=60) == expected
     assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_process_gives_library_users_the_tools_safety(tmp_path):
+    # issue 16: the run loop is the library's: a key that comes back from another input stops the run
+    # and no output is committed; a run that ends well commits, with the failed inputs saved apart
+    from conftest import tar_members
+
+    from tarproc.errors import DuplicateKeyError
+    from tarproc.executor import CommandJob, ErrorPolicy
+    from tarproc.executor.process import process
+    from tarproc.sinks import TarSink
+
+    out, failed = tmp_path / "out.tar", tmp_path / "failed.tar"
+    spec = spec_for(tmp_path, "echo x > sample.out")
+    repeated = [{"__key__": "a", "__source__": "s1", "txt": b"1"}, {"__key__": "a", "__source__": "s2", "txt": b"2"}]
+    with pytest.raises(DuplicateKeyError, match="'a'"):
+        process(CommandJob(spec, ErrorPolicy()), repeated, TarSink(str(out)), failed=TarSink(str(failed)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["root"]
+    spec = spec_for(tmp_path, 'test "$(cat __key__)" != b')
+    reports = []
+    summary = process(CommandJob(spec, ErrorPolicy()), [{"__key__": k, "txt": b"x"} for k in "abcd"],
+                      TarSink(str(out)), failed=TarSink(str(failed)), parallel=2, report=reports.append)
+    assert (summary.read, summary.written, summary.failed, summary.empty) == (4, 3, 1, 0)
+    assert [r.key for r in reports] == ["b"]
+    assert [name for name, _ in tar_members(out.read_bytes())] == ["a.txt", "c.txt", "d.txt"]
+    assert [name for name, _ in tar_members(failed.read_bytes())] == ["b.txt"]
