@@ -425,7 +425,7 @@ def test_process_gives_library_users_the_tools_safety(tmp_path):
 
     from tarproc.errors import DuplicateKeyError
     from tarproc.executor import CommandJob, ErrorPolicy
-    from tarproc.executor.process import process
+    from tarproc.executor.runloop import process
     from tarproc.sinks import TarSink
 
     out, failed = tmp_path / "out.tar", tmp_path / "failed.tar"

@@ -14,7 +14,7 @@ from ..create import TEXT_MODES, iter_text_samples
 from ..errors import DuplicateKeyError, UsageError
 from ..executor import CommandJob, CommandSpec, ErrorPolicy, print_log
 from ..executor.policy import HALT_AFTER, KEEP
-from ..executor.process import Summary, process
+from ..executor.runloop import Summary, process
 from ..executor.sandbox import script_argv
 from ..procs import SHELL
 from ..sinks import PARTIAL, open_sink

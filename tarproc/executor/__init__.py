@@ -16,7 +16,11 @@ Seams, one module each:
 - :mod:`.guard` is the signal safety (SIGINT/SIGTERM kill the running
   command's process group before anything else);
 - :mod:`.policy` is the failure policy: a ``handler(result) -> action``
-  callable (retry, skip, keep, abort) and the run-level limits.
+  callable (retry, skip, keep, abort) and the run-level limits (the one
+  stop rule);
+- :mod:`.runloop` is the run loop every caller shares (the ``tarproc``
+  tool too): :func:`process` runs a job into a sink with the output-key
+  ledger, held failure reports, a sink for failed inputs and the counts.
 
 Only the parent writes output. :func:`run_samples` keeps at most ``window``
 samples in flight, so the reader never runs more than a few samples per
@@ -31,9 +35,10 @@ from collections.abc import Iterable, Iterator
 
 from ..samples import Sample, key_problem
 from .policy import ABORT, KEEP, RETRY, SKIP, ErrorPolicy, abort_on_failure, keep_failed, skip_failed
+from . import guard
+from .runloop import Summary, process
 from .results import Result
 from .sandbox import CommandJob, CommandSpec
-from . import guard
 from .schedule import run_pool, run_serial
 
 
@@ -130,5 +135,6 @@ def print_log(data: bytes) -> None:
 
 __all__ = [
     "ABORT", "KEEP", "RETRY", "SKIP", "CommandJob", "CommandSpec", "ErrorPolicy", "Result",
-    "abort_on_failure", "keep_failed", "key_problem", "print_log", "run_sample", "run_samples", "skip_failed",
+    "Summary", "abort_on_failure", "keep_failed", "key_problem", "print_log", "process", "run_sample", "run_samples",
+    "skip_failed",
 ]

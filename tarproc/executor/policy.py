@@ -104,7 +104,7 @@ class ErrorPolicy:
         """Whether a failure seen now (before :meth:`observe` counts it) may
         still be one of the first ``halt_after`` samples that all failed and
         stop the run: its report waits until a success, or the end, decides
-        (:func:`tarproc.executor.process.process`)."""
+        (:func:`tarproc.executor.runloop.process`)."""
         return bool(self.halt_after) and not self.ok and self.failed < self.halt_after
 
     def observe(self, result, what: str = "the command") -> None:
