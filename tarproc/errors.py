@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import enum
 import signal
+import weakref
 
 
 #: the warning callback every library function takes: called with one line
@@ -145,32 +146,59 @@ class Interrupted(BaseException):
     """Raised in the main process when SIGTERM arrives (SIGINT raises
     :class:`KeyboardInterrupt`); the CLI exits with 143."""
 
-    #: the signal that interrupted this process, once a handler has raised
-    #: for it (:func:`raise_interrupted`): an exception raised while a
-    #: finaliser (``__del__``) runs is only printed by Python, so an output
-    #: checks this before it is committed (:func:`check_interrupted`)
-    received: int | None = None
-
     def __init__(self, signum: int = 15):
         super().__init__(signum)
         self.signum = signum
 
 
+class InterruptRecord:
+    """The signal that arrived while one run was open (an output being
+    written, a run of samples), once a handler has raised for it
+    (:func:`raise_interrupted`).
+
+    An exception raised while a finaliser (``__del__``) runs is only printed
+    by Python, so an output checks its record (:meth:`check`) before it is
+    committed. The record belongs to that run alone: :meth:`close` drops it
+    when the run ends, and a run opened after a caught interrupt (a
+    notebook's Ctrl-C) starts with a clean one, so its output commits.
+
+    :ivar signum: the first signal recorded, or None
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        _OPEN_RECORDS.add(self)
+
+    def check(self) -> None:
+        """Raise again for a signal whose exception was lost; nothing when
+        none came while this run was open.
+
+        :raises KeyboardInterrupt: SIGINT came
+        :raises Interrupted: another signal came
+        """
+        if self.signum is not None:
+            raise_interrupted(self.signum)
+
+    def close(self) -> None:
+        """The run has ended: later signals are not its business."""
+        _OPEN_RECORDS.discard(self)
+
+
+#: the records of the runs open now (weak: a run dropped without close() goes too)
+_OPEN_RECORDS: weakref.WeakSet = weakref.WeakSet()
+
+
 def raise_interrupted(signum: int) -> None:
     """What a handler of SIGINT or SIGTERM raises in the main process
-    (:class:`KeyboardInterrupt`, :class:`Interrupted`), recorded first.
+    (:class:`KeyboardInterrupt`, :class:`Interrupted`), recorded first in
+    the record of every run open now (:class:`InterruptRecord`).
 
     :raises KeyboardInterrupt: for SIGINT
     :raises Interrupted: for any other signal
     """
-    Interrupted.received = signum
+    for record in list(_OPEN_RECORDS):
+        if record.signum is None:
+            record.signum = signum
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise Interrupted(signum)
-
-
-def check_interrupted() -> None:
-    """Raise again for a signal whose exception was lost (see
-    :attr:`Interrupted.received`); nothing when none came."""
-    if Interrupted.received is not None:
-        raise_interrupted(Interrupted.received)

@@ -25,7 +25,7 @@ from typing import BinaryIO, NoReturn
 from . import procs
 from .procs import host_name, pid_alive
 from .compress import compressing_writer, compression_for_name, output_compression
-from .errors import OutputError, check_interrupted
+from .errors import InterruptRecord, OutputError
 from .iov import whole_writes
 from .samples import Sample, sample_members
 from .storage import filesystem, is_url, local_path
@@ -60,6 +60,8 @@ class TarSink:
                  storage_options: dict | None = None):
         target = pipe_spelling(target)
         self.target = target
+        #: the signals that come while this output is open (see :meth:`close`)
+        self.interrupts = InterruptRecord()
         self.path: str | None = None
         self._proc: subprocess.Popen | None = None
         self._atomic: AtomicOutput | None = None
@@ -156,7 +158,8 @@ class TarSink:
         """
         if self.closed:
             return
-        check_interrupted()  # a signal whose exception a finaliser swallowed: never commit the output
+        self.interrupts.check()  # a signal whose exception a finaliser swallowed: never commit the output
+        self.interrupts.close()
         self.closed = True
         try:
             self.writer.finish()
@@ -185,6 +188,7 @@ class TarSink:
         ``pipe:`` command is terminated (SIGTERM) before its input is closed,
         so that it does not take the cut stream for a complete one (an upload
         is not completed)."""
+        self.interrupts.close()
         if self.closed:
             return
         self.closed = True

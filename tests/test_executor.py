@@ -389,3 +389,56 @@ def test_signals_wait_while_workers_are_forked():
         assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_run_samples_works_in_a_worker_thread(tmp_path, parallel):
+    # issue 16: the library installs no signal handler unless asked, so a thread (a thread pool, a Dask
+    # worker, a web service) can run it; Python allows signal.signal() only in the main thread
+    import concurrent.futures
+    import signal
+    import threading
+
+    def job(name: str):
+        spec = spec_for(tmp_path / name, "tr a-z A-Z < sample.txt > sample.up; rm sample.bin")
+        got = [(inp["__key__"], result.outputs) for inp, result in run_samples(spec, make_samples(6), parallel)]
+        assert os.listdir(spec.root) == []
+        return got
+
+    expected = [(f"k{i:04d}", [{"__key__": f"k{i:04d}", "__source__": "gen", "txt": f"sample {i}".encode(),
+                                "up": f"SAMPLE {i}".encode()}]) for i in range(6)]
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    got = {}
+    thread = threading.Thread(target=lambda: got.setdefault("thread", job("thread")))
+    thread.start()
+    thread.join(60)
+    assert got.get("thread") == expected
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        assert pool.submit(job, "pool").result(timeout=60) == expected
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_process_gives_library_users_the_tools_safety(tmp_path):
+    # issue 16: the run loop is the library's: a key that comes back from another input stops the run
+    # and no output is committed; a run that ends well commits, with the failed inputs saved apart
+    from conftest import tar_members
+
+    from tarproc.errors import DuplicateKeyError
+    from tarproc.executor import CommandJob, ErrorPolicy
+    from tarproc.executor.runloop import process
+    from tarproc.sinks import TarSink
+
+    out, failed = tmp_path / "out.tar", tmp_path / "failed.tar"
+    spec = spec_for(tmp_path, "echo x > sample.out")
+    repeated = [{"__key__": "a", "__source__": "s1", "txt": b"1"}, {"__key__": "a", "__source__": "s2", "txt": b"2"}]
+    with pytest.raises(DuplicateKeyError, match="'a'"):
+        process(CommandJob(spec, ErrorPolicy()), repeated, TarSink(str(out)), failed=TarSink(str(failed)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["root"]
+    spec = spec_for(tmp_path, 'test "$(cat __key__)" != b')
+    reports = []
+    summary = process(CommandJob(spec, ErrorPolicy()), [{"__key__": k, "txt": b"x"} for k in "abcd"],
+                      TarSink(str(out)), failed=TarSink(str(failed)), parallel=2, report=reports.append)
+    assert (summary.read, summary.written, summary.failed, summary.empty) == (4, 3, 1, 0)
+    assert [r.key for r in reports] == ["b"]
+    assert [name for name, _ in tar_members(out.read_bytes())] == ["a.txt", "c.txt", "d.txt"]
+    assert [name for name, _ in tar_members(failed.read_bytes())] == ["b.txt"]

@@ -13,6 +13,7 @@ import tarfile
 
 import pytest
 import zstandard
+from conftest import tar_members
 
 from tarproc.errors import UsageError, OutputError
 from tarproc.sinks import PARTIAL, TarSink, open_sink
@@ -25,11 +26,6 @@ SAMPLES = [
 ]
 EXPECTED = [(f"{s['__key__']}.{f}", s[f].encode() if isinstance(s[f], str) else s[f])
             for s in SAMPLES for f in ("jpg", "cls", "json")]
-
-
-def tar_members(data: bytes) -> list[tuple[str, bytes]]:
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tf:
-        return [(m.name, tf.extractfile(m).read()) for m in tf if m.isreg()]
 
 
 def write(target: str, samples=SAMPLES, **kwargs) -> TarSink:
@@ -314,7 +310,6 @@ def test_an_interrupt_whose_exception_was_lost_is_never_committed(tmp_path, monk
     from tarproc import errors
     from tarproc.sinks import TarSink
 
-    monkeypatch.setattr(errors.Interrupted, "received", None)
     out = tmp_path / "out.tar"
     sink = TarSink(str(out))
     sink.write({"__key__": "a", "txt": b"x"})
@@ -328,3 +323,39 @@ def test_an_interrupt_whose_exception_was_lost_is_never_committed(tmp_path, monk
         sink.close()
     sink.abort()
     assert not out.exists() and not (tmp_path / "out.tar.partial").exists()
+
+
+#: run_samples' keyword for its own signal handlers (the handlers that record a signal)
+SIGNALS = {"handle_signals": True}
+
+
+def test_a_caught_interrupt_does_not_stop_a_later_output(tmp_path):
+    """issue 16: a KeyboardInterrupt out of run_samples that the caller
+    caught (a notebook's Ctrl-C) is that run's: an output opened afterwards
+    in the same process commits."""
+    import os
+    import signal
+
+    from tarproc.executor import run_samples
+    from tarproc.executor.pymap import MapJob
+    from tarproc.sinks import TarSink
+
+    interrupted = tmp_path / "interrupted.tar"
+    first = TarSink(str(interrupted))
+
+    def ctrl_c(sample):
+        os.kill(os.getpid(), signal.SIGINT)
+        return sample
+
+    with pytest.raises(KeyboardInterrupt):
+        for _, result in run_samples(MapJob(ctrl_c), [{"__key__": "a", "txt": b"x"}], **SIGNALS):
+            first.write(result.outputs[0])
+    with pytest.raises(KeyboardInterrupt):
+        first.close()  # opened before the signal: never committed
+    first.abort()
+    out = tmp_path / "later.tar"
+    sink = TarSink(str(out))
+    sink.write({"__key__": "b", "txt": b"y"})
+    sink.close()
+    assert [name for name, _ in tar_members(out.read_bytes())] == ["b.txt"]
+    assert not interrupted.exists()

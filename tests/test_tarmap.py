@@ -150,7 +150,7 @@ def test_sigterm_then_rerun_every_output_once_and_identical(shards, expected, tm
     time.sleep(0.3)  # two pipelines are running now
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 143, stderr
+    assert proc.returncode == -signal.SIGTERM, stderr  # killed by it after the cleanup: 143 in a shell
     assert b"tarmap: error: terminated" in stderr
     time.sleep(0.2)
     assert leftovers(tmp_path) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -298,13 +299,13 @@ def test_sigterm_kills_children_and_removes_temp_dirs(imagenet_shard, work, tmp_
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=20)
-    assert proc.returncode == 143, err
+    assert proc.returncode == -signal.SIGTERM, err  # 143 in a shell
     assert b"Traceback" not in err
     assert not sleeping(marker)
     assert not (tmp_path / "out.tar").exists()
 
 
-def test_sigint_exits_130(imagenet_shard, work, tmp_path):
+def test_sigint_ends_it_by_the_signal(imagenet_shard, work, tmp_path):
     marker = f"34.{uuid.uuid4().int % 10**6}"
     proc = subprocess.Popen(
         ["tarproc", "-c", f"sleep {marker}", "-o", "out.tar", "-w", str(work), str(imagenet_shard)],
@@ -316,7 +317,7 @@ def test_sigint_exits_130(imagenet_shard, work, tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=20)
-    assert proc.returncode == 130, err
+    assert proc.returncode == -signal.SIGINT, err  # 130 in a shell
     assert not sleeping(marker)
 
 
@@ -442,3 +443,117 @@ def test_member_named_like_a_meta_entry_is_read_as_one(tmp_path, work):
     assert b"Traceback" not in out.stderr
     assert out.stderr.count(b"read 2 meta members ('k.__key__'") == 1, out.stderr
     assert [n for n, _ in tar_members(out.stdout)] == ["k.txt", "j.txt"]
+
+
+def test_every_line_runs_in_bash_as_with_the_shell_by_its_path(imagenet_shard, tmp_path):
+    # issue 16: `groupkill` (only line: kill -TERM 0) kills its whole process group; run by bash, that
+    # group is bash's, so every sample fails "killed by signal 15", whether --shell names bash or its path
+    import shutil
+    import stat
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    groupkill = bin_dir / "groupkill"
+    groupkill.write_text("#!/bin/sh\nkill -TERM 0\n")
+    groupkill.chmod(groupkill.stat().st_mode | stat.S_IXUSR)
+    env = tool_env(str(bin_dir))
+    runs = []
+    for shell in (None, shutil.which("bash")):
+        out = tmp_path / f"out-{len(runs)}.tar"
+        args = ["tarproc", "--count", "2", "-c", "groupkill; touch sample.after", "-o", str(out), str(imagenet_shard)]
+        if shell:
+            args[1:1] = ["--shell", shell]
+        proc = run(args, env=env)
+        runs.append((proc.returncode, proc.stderr, out.read_bytes() if out.exists() else None))
+    assert runs[0] == runs[1]
+    code, stderr, data = runs[0]
+    assert code == 1 and stderr.decode().count("failed: killed by signal 15") == 2, stderr
+    assert data is not None and tar_members(data) == []
+
+
+
+def test_ctrl_c_stops_a_bash_loop_over_the_tool(imagenet_shard, work, tmp_path):
+    # issue 19: Ctrl-C (SIGINT to the foreground process group) while the first tarproc of a loop runs;
+    # bash goes on with the loop when its child exits 130, and stops when the child dies of SIGINT
+    marker = f"35.{uuid.uuid4().int % 10**6}"
+    loop = (f'for i in 1 2 3; do tarproc --count 1 -w {work} -c "test $i != 1 || sleep {marker}" -o out-$i.tar'
+            f' {imagenet_shard}; echo "next $?"; done; echo finished')
+    proc = subprocess.Popen(["bash", "-c", loop], cwd=tmp_path, env=tool_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not sleeping(marker):
+            assert time.monotonic() < deadline and proc.poll() is None, "the command never started"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert (proc.returncode, out) == (-signal.SIGINT, b""), err
+    assert err.decode().endswith("tarproc: error: interrupted\n"), err
+    assert not sleeping(marker)
+    assert list(tmp_path.glob("out-*")) == []
+
+
+def test_sigterm_ends_it_by_the_signal_and_a_shell_sees_143(imagenet_shard, work, tmp_path):
+    marker = f"36.{uuid.uuid4().int % 10**6}"
+    proc = subprocess.Popen(
+        ["bash", "-c", f'tarproc -c "sleep {marker}" -o out.tar -w {work} {imagenet_shard}; echo "status $?"'],
+        cwd=tmp_path, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 20
+    while not sleeping(marker):
+        assert time.monotonic() < deadline, "the command never started"
+        time.sleep(0.05)
+    ps = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "tarproc"], capture_output=True, text=True).stdout.split()
+    assert len(ps) == 1, ps
+    os.kill(int(ps[0]), signal.SIGTERM)
+    out, err = proc.communicate(timeout=20)
+    assert out == b"status 143\n", err
+    assert b"tarproc: error: terminated\n" in err and b"Traceback" not in err
+
+
+def test_summary_counts_what_is_written_and_warns_about_files_left_behind(imagenet_shard, work, tmp_path):
+    # issue 19: `rm sample.*` leaves nothing to write: not "5 out"
+    out = run(["tarproc", "-v", "--count", "5", "-c", "rm sample.*", "-o", "out.tar", "-w", str(work),
+               str(imagenet_shard)], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert b"tarproc: 5 samples in, 0 out (5 left with no field: not written), 0 failed" in out.stderr
+    assert tar_members((tmp_path / "out.tar").read_bytes()) == []
+    # a file that is not sample.*: collected nowhere, so said once, with a count, never per sample
+    out = run(["tarproc", "--count", "5", "-c", "cp sample.jpg image.ppm; rm sample.jpg; mkdir tmp", "-o", "-",
+               "-w", str(work), str(imagenet_shard)])
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == (b"tarproc: warning: 5 samples left files that are not collected"
+                          b" (only sample.* files are): image.ppm tmp\n")
+    assert len(keys_of(out.stdout)) == 5 and not any(name.endswith(".ppm") for name, _ in tar_members(out.stdout))
+    # none left: no warning
+    out = run(["tarproc", "--count", "2", "-c", "mv sample.jpg sample.img", "-o", "-", "-w", str(work), str(imagenet_shard)])
+    assert out.returncode == 0 and out.stderr == b"", out.stderr
+
+
+@pytest.mark.parametrize("executable", [True, False])
+def test_a_script_runs_by_its_shebang_line(imagenet_shard, work, tmp_path, executable):
+    # issue 19: -s script.py with `#!/usr/bin/env python3` is Python, as ./script.py would be; a script
+    # without #! still runs in bash
+    script = tmp_path / "upper.py"
+    script.write_text("#!/usr/bin/env python3\nimport sys\n"
+                      "open('sample.up', 'w').write(open('__key__').read().upper() + ' ' + sys.executable)\n")
+    if executable:
+        script.chmod(0o755)
+    out = run(["tarproc", "--count", "2", "-s", str(script), "-o", "-", "-w", str(work), str(imagenet_shard)])
+    assert out.returncode == 0, out.stderr
+    ups = [data.decode() for name, data in tar_members(out.stdout) if name.endswith(".up")]
+    assert len(ups) == 2 and all(" /" in up and up.split()[0].isupper() for up in ups), ups
+    plain = tmp_path / "plain.sh"
+    plain.write_text('echo "$BASH_VERSION" > sample.shell\n')
+    out = run(["tarproc", "--count", "1", "-s", str(plain), "-o", "-", "-w", str(work), str(imagenet_shard)])
+    assert out.returncode == 0, out.stderr
+    assert [data for name, data in tar_members(out.stdout) if name.endswith(".shell")][0].strip() != b""
+    # persistent: the same program, exec'd by the shell's subshell
+    out = run(["tarproc", "--persistent", "--count", "2", "-s", str(script), "-o", "-", "-w", str(work),
+               str(imagenet_shard)])
+    assert out.returncode == 0, out.stderr
+    assert len([name for name, _ in tar_members(out.stdout) if name.endswith(".up")]) == 2

@@ -114,7 +114,7 @@ def test_sigterm_in_either_phase_then_rerun(inputs, reference, tmp_path, phase):
         wait_for(lambda: len(list(out.glob("train-*.tar.tarmap.json"))) >= 1, what="a reduce record")
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 143, stderr.decode()
+    assert proc.returncode == -signal.SIGTERM, stderr.decode()  # 143 in a shell
     done = sorted(out.glob("train-*.tar"))
     assert len(done) < N  # it was stopped mid-way...
     assert staging.exists() and not list(out.rglob("*.partial*"))  # ...with no attempt file left

@@ -89,8 +89,10 @@ EXIT_STATUS = """\
 2    usage error: bad option or argument.
 3    the input data is bad (corrupt or truncated archive, malformed
      samples): retrying cannot help.
-130  interrupted by SIGINT; 143 by SIGTERM (temporary files removed,
-     child processes killed, no complete-looking output left).
+130  interrupted by SIGINT; 143 by SIGTERM, as a shell reports it: the tool
+     cleans up (temporary files removed, child processes killed, no
+     complete-looking output left), then dies of the signal itself, so a
+     shell loop or script stops on Ctrl-C.
 141  the downstream pipe was closed (quiet, like coreutils killed by SIGPIPE)."""
 
 
@@ -922,4 +924,29 @@ def run_app(app: typer.Typer, name: str) -> None:
     except BrokenPipeError:
         _silence_stdout()
         status = ExitStatus.SIGPIPE
+    if status in (ExitStatus.SIGINT, ExitStatus.SIGTERM):
+        die_of_signal(status - 128)
     sys.exit(status if isinstance(status, int) else 0)
+
+
+def die_of_signal(signum: int) -> None:
+    """End this process by ``signum`` itself, once the cleanup is done: the
+    default action restored, the signal raised again. A caller then sees a
+    death by the signal (``WIFSIGNALED``; ``-2`` in Python, 130 in a shell),
+    as from GNU tools and Python's own default: bash stops a loop or a
+    script whose foreground child died of SIGINT ("wait and cooperative
+    exit"), which a plain ``exit 130`` does not make it do. Returns only if
+    the signal could not end the process (it is ignored or blocked in a way
+    we cannot undo); the caller then exits with ``128 + signum``."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    try:
+        signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+        os.kill(os.getpid(), signum)
+    except (OSError, ValueError):
+        return
+    time.sleep(1)  # the signal is delivered before kill(2) returns; this is only a guard

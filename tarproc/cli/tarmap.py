@@ -76,9 +76,10 @@ EXIT_STATUS_NOTE = """\
 1    some tasks failed (each named on stderr) or were not run.
 2    usage error.
 3    --index mode: the task failed permanently (bad input data).
-130  interrupted by SIGINT; 143 by SIGTERM (running pipelines get SIGTERM
-     and 5 s to clean up, then SIGKILL; no complete-looking output left,
-     completed tasks keep their records)."""
+130  interrupted by SIGINT; 143 by SIGTERM, as a shell reports it: the tool
+     cleans up (running pipelines get SIGTERM and 5 s to clean up, then
+     SIGKILL; no complete-looking output left, completed tasks keep their
+     records), then dies of the signal itself."""
 
 app = make_app(HELP, EXAMPLES, EXIT_STATUS_NOTE)  # tarmap's statuses differ from a filter's
 

@@ -12,10 +12,12 @@ from typing import Annotated, Optional
 import typer
 
 from ..create import TEXT_MODES, iter_text_samples
-from ..errors import CommandError, DuplicateKeyError, UsageError
-from ..executor import CommandJob, CommandSpec, ErrorPolicy, print_log, run_samples
+from ..errors import DuplicateKeyError, UsageError
+from ..executor import CommandJob, CommandSpec, ErrorPolicy, print_log
 from ..executor.policy import HALT_AFTER, KEEP
-from ..samples import KeyLedger, duplicate_message
+from ..executor.runloop import Summary, process
+from ..executor.sandbox import script_argv
+from ..procs import SHELL
 from ..sinks import PARTIAL, open_sink
 from ..storage import local_path
 from ..tempdirs import make_run_dir
@@ -34,21 +36,22 @@ HELP = """Run a shell command on every sample of tar shards and re-pack the resu
 Each sample is extracted into a fresh directory as BASE.EXT files (sample.jpg,
 sample.cls, ...) plus __key__ and __source__; the command runs there; every
 regular file BASE.EXT left there becomes a field of the output sample, under
-the key read back from __key__ (so a command may rename a sample). The
+the key read back from __key__ (so a command may rename a sample). A sample
+left with no field is not written (-v counts it); other files are not
+collected (one warning per run counts the samples and names the files). The
 command's stdout and stderr go to stderr (one sample's output together),
 never to stdout, which carries only tar bytes.
 
 The command runs in the sample's directory: give your own script with -s FILE
-(or an absolute path), not -c ./script.sh. --persistent runs each sample's
-command in a subshell of one long-lived shell per worker; --batch N runs it
-once per N samples in a directory of sample directories 000000/, 000001/...;
---map runs a Python function sample -> dict | list | None instead.
+(or an absolute path), not -c ./script.sh. A script runs by its #! line, as
+./script.sh would (bash when it has none; --shell names another).
+--persistent runs each sample's command in a subshell of one long-lived shell
+per worker; --batch N runs it once per N samples in a directory of sample
+directories 000000/, 000001/...; --map runs a Python function
+sample -> dict | list | None instead.
 
-A command of plain words joined by ';', '&&' or newlines (no quotes, $,
-globs, redirections or pipes) whose programs bash finds as files runs
-without a bash per sample, with bash 5.2's meaning (status, environment,
-messages; as GNU make runs a line without shell syntax itself); give
---shell with bash's path (--shell /bin/bash) to start bash every time.
+Every command line runs in the shell (--shell, default bash: one 'bash -c CMD'
+per sample), as GNU parallel and the original tarproc do.
 
 A failed sample (non-zero exit, --timeout) is run again up to --retries N
 times, then left out and reported with its key, status and last lines of
@@ -118,8 +121,8 @@ Mode = enum.Enum("Mode", {name: name for name in ("tar",) + TEXT_MODES}, type=st
 def tarproc(
     tool: Tool,
     cmd: Annotated[Optional[str], typer.Option("-c", "--command", metavar="CMD", help="Shell command run in each sample's directory.")] = None,
-    script: Annotated[Optional[str], typer.Option("-s", "--script", metavar="FILE", help="Script run (with --shell) in each sample's directory.")] = None,
-    shell: Annotated[str, typer.Option("--shell", "--interpreter", metavar="SHELL", help="Shell that runs the command.")] = "bash",
+    script: Annotated[Optional[str], typer.Option("-s", "--script", metavar="FILE", help="Script run in each sample's directory: by its #! line (bash without one), or by --shell.")] = None,
+    shell: Annotated[Optional[str], typer.Option("--shell", "--interpreter", metavar="SHELL", help="Shell that runs the command (and -s FILE, instead of its #! line). [default: bash]")] = None,
     output: Annotated[Optional[str], typer.Option("-o", "--output", metavar="OUT", help="Output: '-' for stdout, a file (compressed by suffix), 'pipe:CMD'. Omitted: no archive.")] = None,
     base: Annotated[str, typer.Option("-b", "--base", metavar="NAME", help="File stem of the fields in the sample directory.")] = "sample",
     unordered: Annotated[bool, typer.Option("--unordered", help="Write samples as they finish instead of in input order.")] = False,
@@ -179,9 +182,15 @@ def tarproc(
             if script is not None:
                 if not os.path.isfile(script):
                     raise UsageError(f"--script {script!r}: no such file")
-                argv = [shell, os.path.abspath(script)]
+                try:
+                    argv = script_argv(script, shell)
+                except (OSError, ValueError) as exc:
+                    raise UsageError(f"--script {script!r}: {getattr(exc, 'strerror', None) or exc}") from None
+                if shell is None and argv[0] not in (SHELL, argv[-1]) and shutil.which(argv[0]) is None:
+                    raise UsageError(f"--script {script!r}: the interpreter of its #! line, {argv[0]!r}, is not found")
             else:
-                argv = [shell, "-c", cmd]
+                argv = [shell or SHELL, "-c", cmd]
+            shell = shell or SHELL
             if shutil.which(shell) is None:
                 raise UsageError(f"--shell {shell!r}: not found on PATH")
             workdir = workdir or tempfile.gettempdir()
@@ -189,14 +198,21 @@ def tarproc(
                 raise UsageError(f"--workdir {workdir!r}: no such directory (create it first)")
             root = make_run_dir("tarproc-", workdir)  # removes those of killed runs (tarproc.tempdirs)
             spec = CommandSpec(argv, root, base, timeout, add_log, subdirs, keep, collect=output is not None,
-                               persistent=persistent, batch=batch or 0)
+                               persistent=persistent, batch=batch or 0, shell=shell)
             job = CommandJob(spec, policy)
-        stats = {"in": 0, "out": 0, "failed": 0, "retries": 0}
-        written = KeyLedger()  # output keys and their inputs, to refuse one that comes back
-        sink = failed_sink = results = log_file = None
-        # failures of a run that has seen no success yet wait here: if the
-        # first --halt-after samples all fail, one message replaces them
-        held: list = []
+        summary = Summary()
+        sink = failed_sink = log_file = None
+
+        def done(result) -> None:
+            if not result.failed:
+                if log_file is not None:
+                    log_file.write(result.log)
+                elif result.log and not tool.quiet:
+                    with tool.stderr():
+                        print_log(result.log)
+            if keep and result.directory:
+                tool.info(f"kept {result.directory}", 2)
+
         try:
             log_file = open(command_output, "ab") if command_output is not None else None
             sink = tool.open_output(output, terminal=False) if output is not None else None
@@ -206,120 +222,41 @@ def tarproc(
             # the start-up's objects (typer, click, the job) live to the end: no
             # collection needs to scan them again, here or in the forked workers
             gc.freeze()
-            results = run_samples(job, samples, tool.args.parallel, ordered=not unordered)
-            for inp, result in tool.progress(results, describe=_describe_result):
-                stats["in"] += 1
-                stats["retries"] += result.attempts - 1
-                for message in result.warnings:
-                    tool.warn(message)
-                # the usual case, one output with a new key, is checked here
-                # once; the sink loop below then need not look it up again
-                outputs = result.outputs
-                fresh = False
-                if sink is not None:
-                    fresh = len(outputs) == 1 and written.first_source(outputs[0]["__key__"]) is None
-                    if not fresh and _check_output_keys(result, written):
-                        result.action = policy.final(result)
-                if result.failed:
-                    stats["failed"] += 1
-                    if halt_after and stats["failed"] == stats["in"] <= halt_after:
-                        held.append(result)
-                    else:
-                        _flush_held(tool, held, tool.verbose)
-                        _report_failure(tool, result, tool.verbose)
-                    if failed_sink is not None:
-                        failed_sink.write(inp)
-                    if result.action != KEEP:
-                        continue
-                else:
-                    if held:
-                        _flush_held(tool, held, tool.verbose)
-                    if log_file is not None:
-                        log_file.write(result.log)
-                    elif result.log and not tool.quiet:
-                        with tool.stderr():
-                            print_log(result.log)
-                if keep and result.directory:
-                    tool.info(f"kept {result.directory}", 2)
-                if sink is not None:
-                    if fresh:
-                        out = outputs[0]
-                        written.add(out["__key__"], str(out.get("__source__", "-")))
-                        sink.write(out)
-                        stats["out"] += 1
-                        continue
-                    for out in outputs:
-                        if written.first_source(out["__key__"]) is not None:
-                            continue  # reported as a failure above (--errors ignore: still left out)
-                        written.add(out["__key__"], str(out.get("__source__", "-")))
-                        sink.write(out)
-                        stats["out"] += 1
-            _flush_held(tool, held, tool.verbose)
+            process(job, samples, sink, failed=failed_sink, parallel=tool.args.parallel, ordered=not unordered,
+                    handle_signals=True, report=lambda result: _report_failure(tool, result, tool.verbose),
+                    done=done, warn=tool.warn, progress=lambda pairs: tool.progress(pairs, describe=_describe_result),
+                    summary=summary)
+        except DuplicateKeyError as exc:
+            raise DuplicateKeyError(
+                f"{exc} (make them unique first: tarcats --rekey '{{shard}}/{{key}}' INPUTS -o - | tarproc ...)",
+                exc.key, exc.first, exc.again,
+            ) from None
+        except BaseException:
             if sink is not None:
-                sink.close()
+                sink.abort()  # opened, and the run never started
             if failed_sink is not None:
-                failed_sink.close()
-        except BaseException as exc:
-            if not (isinstance(exc, CommandError) and exc.topic == "halt_after"):
-                _flush_held(tool, held, tool.verbose)
-            if sink is not None:
-                sink.abort()
-            if failed_sink is not None:
-                if isinstance(exc, CommandError):
-                    # stopped by --errors abort / --max-errors / --halt-after: the
-                    # failed samples seen so far are all there is, so finish the file
-                    failed_sink.close()
-                else:
-                    failed_sink.abort()
+                failed_sink.abort()
             raise
         finally:
             if log_file is not None:
                 log_file.close()
-            if results is not None:
-                results.close()  # stops the workers and kills running commands before the cleanup
             if root is not None:
                 if keep:
                     tool.info(f"sample directories kept in {root}", 0)
                 else:
                     shutil.rmtree(root, ignore_errors=True)
-            retried = f", {stats['retries']} retries" if stats["retries"] else ""
+            leftover = summary.leftover_warning(base)
+            if leftover is not None:
+                tool.warn(leftover, problem=False)
+            retried = f", {summary.retries} retries" if summary.retries else ""
+            empty = f" ({summary.empty} left with no field: not written)" if summary.empty else ""
             tool.info(
-                f"{stats['in']} samples in, {stats['out']} out, {stats['failed']} failed{retried}, {tool.elapsed():.2f} s"
+                f"{summary.read} samples in, {summary.written} out{empty}, {summary.failed} failed{retried},"
+                f" {tool.elapsed():.2f} s"
             )
-        if stats["failed"] and errors != "ignore":
-            tool.error(f"{stats['failed']} of {stats['in']} samples failed")
+        if summary.failed and errors != "ignore":
+            tool.error(f"{summary.failed} of {summary.read} samples failed")
             raise typer.Exit(1)
-
-
-def _check_output_keys(result, written: KeyLedger) -> bool:
-    """Stop on an output key already written from another input (shards made
-    independently repeat keys: dropping samples would lose data); fail a
-    result whose output key was already written from its own input (or
-    repeats within its outputs): a key that comes back makes the output
-    ungrouped, or repeats a field, and readers would reject the whole shard.
-    Called for every result but the usual one (one output with a new key),
-    which the CLI loop lets through itself.
-
-    :raises DuplicateKeyError:
-    """
-    outputs = result.outputs
-    keys = [out["__key__"] for out in outputs]
-    for i, key in enumerate(keys):
-        first = written.first_source(key)
-        again = str(result.outputs[i].get("__source__", "-"))
-        if first is not None and first != again:
-            raise DuplicateKeyError(
-                duplicate_message(key, first, again)
-                + " (make them unique first: tarcats --rekey '{shard}/{key}' INPUTS -o - | tarproc ...)",
-                key, first, again,
-            )  # fmt: skip
-        if first is not None or key in keys[:i]:
-            if not result.failed:
-                result.failed = True
-                result.reason = f"output key {key!r} was already written"
-                return True
-            return False
-    return False
 
 
 def _local_path(spec: str) -> str | None:
@@ -351,11 +288,6 @@ def _check_clashes(output: str | None, failed: str | None, specs: list[str]) -> 
         if path in seen:
             raise UsageError(f"--failed {target!r} is the same file as {seen[path]} {output!r}")
         seen[path] = option
-
-
-def _flush_held(tool: Tool, held: list, verbose: int) -> None:
-    while held:
-        _report_failure(tool, held.pop(0), verbose)
 
 
 def _describe_result(item) -> str:

@@ -78,9 +78,10 @@ EXIT_STATUS_NOTE = """\
 2    usage error.
 3    a task failed permanently: bad input data, or a key found in two
      inputs (see --rekey).
-130  interrupted by SIGINT; 143 by SIGTERM (running tasks get SIGTERM and
-     5 s to remove their partial files, then SIGKILL; no complete-looking
-     output left, completed tasks keep their records)."""
+130  interrupted by SIGINT; 143 by SIGTERM, as a shell reports it: the tool
+     cleans up (running tasks get SIGTERM and 5 s to remove their partial
+     files, then SIGKILL; no complete-looking output left, completed tasks
+     keep their records), then dies of the signal itself."""
 
 app = make_app(HELP, EXAMPLES, EXIT_STATUS_NOTE)
 

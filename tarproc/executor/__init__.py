@@ -5,8 +5,8 @@ Seams, one module each:
 - :mod:`.sandbox` prepares a sample's directory, executes the command
   (one process per sample, or a persistent shell per worker; one run per
   sample, or per batch of samples) and collects the outputs: the safety
-  rules live there; :mod:`.direct` runs a plain ``bash -c`` line's
-  programs without bash, with bash's meaning;
+  rules live there; every ``-c`` line runs in the shell (``bash -c CMD``),
+  as GNU parallel and ``xargs sh -c`` do;
 - :mod:`.pymap` runs a Python function on samples, with no directory and
   no process;
 - :mod:`.schedule` hands self-contained work items to a job, in this
@@ -16,7 +16,11 @@ Seams, one module each:
 - :mod:`.guard` is the signal safety (SIGINT/SIGTERM kill the running
   command's process group before anything else);
 - :mod:`.policy` is the failure policy: a ``handler(result) -> action``
-  callable (retry, skip, keep, abort) and the run-level limits.
+  callable (retry, skip, keep, abort) and the run-level limits (the one
+  stop rule);
+- :mod:`.runloop` is the run loop every caller shares (the ``tarproc``
+  tool too): :func:`process` runs a job into a sink with the output-key
+  ledger, held failure reports, a sink for failed inputs and the counts.
 
 Only the parent writes output. :func:`run_samples` keeps at most ``window``
 samples in flight, so the reader never runs more than a few samples per
@@ -26,10 +30,13 @@ worker ahead of the writer.
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Iterable, Iterator
 
 from ..samples import Sample, key_problem
 from .policy import ABORT, KEEP, RETRY, SKIP, ErrorPolicy, abort_on_failure, keep_failed, skip_failed
+from . import guard
+from .runloop import Summary, process
 from .results import Result
 from .sandbox import CommandJob, CommandSpec
 from .schedule import run_pool, run_serial
@@ -56,6 +63,7 @@ def run_samples(
     ordered: bool = True,
     window: int | None = None,
     handler=None,
+    handle_signals: bool = False,
 ) -> Iterator[tuple[Sample, Result]]:
     """Run ``job`` for every sample; yield ``(input sample, result)``.
 
@@ -68,6 +76,14 @@ def run_samples(
     :param handler: the failure handler for a :class:`CommandSpec` (see
         :mod:`.policy`; default: skip failed samples); an
         :class:`ErrorPolicy` also stops the run on its limits
+    :param handle_signals: while the run lasts, SIGINT and SIGTERM kill the
+        running command's process group before they raise
+        (:class:`KeyboardInterrupt`, :class:`tarproc.errors.Interrupted`):
+        the tools ask for it. Only in the main thread (Python runs signal
+        handlers there alone); by default the library leaves this process's
+        handlers alone, so it runs in any thread (a thread pool, a Dask
+        worker). Pool workers are processes of the run's own and always
+        stop their commands on SIGTERM.
 
     A failing command, or a sample directory that cannot be written, gives a
     failed :class:`Result` (``result.action`` says what the handler
@@ -87,19 +103,26 @@ def run_samples(
     policy = getattr(job, "handler", None)
     observe = getattr(policy, "observe", None)
     what = job.describe() if hasattr(job, "describe") else "the command"
-    if parallel <= 1:
-        results = run_serial(job, samples)
-    else:
-        sys.stdout.flush()  # nothing buffered may be written twice by a forked worker
-        sys.stderr.flush()
-        results = run_pool(job, samples, parallel, ordered, window)
+    previous = None
+    if handle_signals and threading.current_thread() is threading.main_thread():
+        previous = guard.install_signal_handlers()
     try:
-        for pair in results:
-            yield pair
-            if observe is not None:
-                observe(pair[1], what)
+        if parallel <= 1:
+            results = run_serial(job, samples)
+        else:
+            sys.stdout.flush()  # nothing buffered may be written twice by a forked worker
+            sys.stderr.flush()
+            results = run_pool(job, samples, parallel, ordered, window)
+        try:
+            for pair in results:
+                yield pair
+                if observe is not None:
+                    observe(pair[1], what)
+        finally:
+            results.close()
     finally:
-        results.close()
+        if previous is not None:
+            guard.restore_signal_handlers(previous)
 
 
 def print_log(data: bytes) -> None:
@@ -112,5 +135,6 @@ def print_log(data: bytes) -> None:
 
 __all__ = [
     "ABORT", "KEEP", "RETRY", "SKIP", "CommandJob", "CommandSpec", "ErrorPolicy", "Result",
-    "abort_on_failure", "keep_failed", "key_problem", "print_log", "run_sample", "run_samples", "skip_failed",
+    "Summary", "abort_on_failure", "keep_failed", "key_problem", "print_log", "process", "run_sample", "run_samples",
+    "skip_failed",
 ]

@@ -143,7 +143,7 @@ def spawning() -> Iterator[None]:
 def adopt(pgid: int) -> None:
     """Inside :func:`spawning`, as soon as the new command's process group
     is known: from then on a signal kills it (no moment between the spawn
-    and :func:`running` or :func:`running_all` where it would not)."""
+    and :func:`running` where it would not)."""
     if pgid not in _State.pgids:
         _State.pgids.append(pgid)
 
@@ -163,29 +163,3 @@ def running(pgid: int) -> Iterator[None]:
         kill_group(pgid)
         _State.pgids.remove(pgid)
     check_pending()
-
-
-@contextlib.contextmanager
-def running_all() -> Iterator[None]:
-    """While a sample's commands run one after another, each in a process
-    group of its own (:func:`adopt` each one): a signal kills them all; on
-    the way out every group adopted since is killed (what the commands left
-    running lives as long as the sample, as in one shell's group), then a
-    pending signal is raised. :func:`check_pending` between commands stops
-    at a signal."""
-    start = len(_State.pgids)
-    try:
-        yield
-    finally:
-        for pgid in _State.pgids[start:]:
-            kill_group(pgid)
-        del _State.pgids[start:]
-    check_pending()
-
-
-def forget(pgid: int) -> None:
-    """Within :func:`running_all`: the group of a command that has exited
-    and left nothing running (``killpg(pgid, 0)`` found none) is not
-    killed at the end (its number may be reused meanwhile)."""
-    if pgid in _State.pgids:
-        _State.pgids.remove(pgid)

@@ -17,9 +17,11 @@ the action is one of:
     stop the run (after the sample is reported).
 
 :class:`ErrorPolicy` is the handler the ``tarproc`` tool builds from
-``-e/--errors``, ``--retries``, ``--max-errors`` and ``--halt-after``; its
-:meth:`ErrorPolicy.observe` also stops the run on the counts (in the parent,
-which sees every result).
+``-e/--errors``, ``--retries``, ``--max-errors`` and ``--halt-after``, and
+the one home of the stop rule: its :meth:`ErrorPolicy.observe` stops the run
+on the counts (in the parent, which sees every result), and
+:meth:`ErrorPolicy.holds` says when a failure's report waits for the rule
+to decide.
 """
 
 from __future__ import annotations
@@ -97,6 +99,13 @@ class ErrorPolicy:
         """The action for a sample that failed where a retry cannot help
         (found in the parent, e.g. an output key already written)."""
         return ERRORS[self.errors]
+
+    def holds(self) -> bool:
+        """Whether a failure seen now (before :meth:`observe` counts it) may
+        still be one of the first ``halt_after`` samples that all failed and
+        stop the run: its report waits until a success, or the end, decides
+        (:func:`tarproc.executor.runloop.process`)."""
+        return bool(self.halt_after) and not self.ok and self.failed < self.halt_after
 
     def observe(self, result, what: str = "the command") -> None:
         """Count a finished sample (after its retries); raise to stop the run.

@@ -26,6 +26,9 @@ class Result:
     :ivar attempts: how many times the sample ran (1 + retries)
     :ivar action: for a failed sample, what the failure handler decided
         (``"skip"``, ``"keep"``, ``"abort"``); None for a sample that did not fail
+    :ivar leftovers: names the command left in the sample's directory that
+        are not collected (not ``BASE.FIELD``; ``__key__`` and ``__source__``
+        aside), in directory order
     """
 
     index: int
@@ -39,6 +42,7 @@ class Result:
     directory: str | None = None
     attempts: int = 1
     action: str | None = None
+    leftovers: list = field(default_factory=list)
 
     def fail(self, reason: str) -> None:
         """Mark the sample failed (the first reason given is kept)."""

@@ -35,7 +35,6 @@ import os
 import select
 import shlex
 import shutil
-import signal
 import stat
 import subprocess
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from .. import procs
 from ..samples import Sample, key_problem
 from ..spool import THRESHOLD as _LARGE
 from ..spool import LargeField, spool_file
-from . import direct, guard
+from . import guard
 from .results import Result, settle
 
 KEY_FILE = "__key__"
@@ -70,6 +69,8 @@ class CommandSpec:
     :ivar persistent: run the commands in one long-lived shell per worker
     :ivar batch: 0 for one run per sample; N >= 1 for one run per N samples
         in a directory of sample directories ``000000/``...
+    :ivar shell: the shell of ``persistent`` (None: ``argv[0]``, when
+        ``argv`` is the shell's: ``-c CMD``, or a script it runs)
     """
 
     argv: list[str]
@@ -82,18 +83,51 @@ class CommandSpec:
     collect: bool = True
     persistent: bool = False
     batch: int = 0
+    shell: str | None = None
 
     def command_text(self) -> str:
         """The command as the shell runs it (``-c CMD``'s CMD; ``. SCRIPT``
-        for a script, how a persistent shell runs it)."""
+        for a script the shell runs, how a persistent shell runs it; ``exec
+        ARGV`` for any other program, e.g. a script run by its ``#!`` line)."""
         if len(self.argv) >= 3 and self.argv[1] == "-c":
             return self.argv[2]
-        return ". " + " ".join(shlex.quote(a) for a in self.argv[1:])
+        if len(self.argv) == 2 and self.argv[0] == (self.shell or self.argv[0]):
+            return ". " + shlex.quote(self.argv[1])
+        return "exec " + shlex.join(self.argv)
 
     def describe(self) -> str:
         if len(self.argv) >= 3 and self.argv[1] == "-c":
             return f"command {self.argv[2]!r}"
         return f"script {self.argv[-1]!r}"
+
+
+def script_argv(path: str, shell: str | None = None) -> list[str]:
+    """How to run the script ``path`` (made absolute) in every sample's
+    directory, as a user expects of ``./script``:
+
+    - ``shell`` given: ``[shell, path]`` (the shell or interpreter named);
+    - a script whose first line is ``#!INTERPRETER [ARG]``: ``[path]`` when
+      it is executable (the kernel runs it by that line, ``execve(2)``);
+      else ``[INTERPRETER, ARG, path]``, the same line read here (one
+      optional argument, the rest of the line, as Linux takes it);
+    - a script without ``#!``: ``[bash, path]`` (as the original tarproc).
+
+    :raises OSError: the script cannot be read
+    :raises ValueError: its ``#!`` line names no interpreter
+    """
+    path = os.path.abspath(path)
+    if shell is not None:
+        return [shell, path]
+    with open(path, "rb") as f:
+        first = f.readline(4096)
+    if not first.startswith(b"#!"):
+        return [procs.SHELL, path]
+    if os.access(path, os.X_OK):
+        return [path]
+    words = first[2:].decode("utf-8", "surrogateescape").strip().split(None, 1)
+    if not words:
+        raise ValueError(f"{path}: its #! line names no interpreter")
+    return [*words, path]
 
 
 # ------------------------------------------------------------- directories
@@ -194,8 +228,11 @@ def _kind(mode: int) -> str:
     return "special file"
 
 
-def collect_sample(directory: str, base: str, source: str, warnings: list) -> tuple[Sample | None, str]:
-    """Read ``__key__`` and the ``base.*`` regular files of one directory.
+def collect_sample(directory: str, base: str, source: str, warnings: list,
+                   leftovers: list | None = None) -> tuple[Sample | None, str]:
+    """Read ``__key__`` and the ``base.*`` regular files of one directory;
+    the names of the other entries (but ``__key__`` and ``__source__``) are
+    appended to ``leftovers``.
 
     :returns: (sample, "") or (None, reason)
     """
@@ -212,6 +249,8 @@ def collect_sample(directory: str, base: str, source: str, warnings: list) -> tu
         for entry in entries:
             name = entry.name
             if not name.startswith(prefix) or len(name) == len(prefix):
+                if leftovers is not None and name != KEY_FILE and name != SOURCE_FILE:
+                    leftovers.append(name)
                 continue
             if name.startswith("__", len(prefix)):
                 # a field "__key__" would be taken for a meta entry and never written
@@ -247,7 +286,7 @@ def collect_outputs(spec: CommandSpec, directory: str, source: str, result: Resu
                 if entry.is_symlink():
                     result.warnings.append(f"sample {result.key!r}: not following symlink {entry.name!r}")
                 continue
-            sample, reason = collect_sample(entry.path, spec.base, source, result.warnings)
+            sample, reason = collect_sample(entry.path, spec.base, source, result.warnings, result.leftovers)
             if sample is None:
                 result.fail(f"subdirectory {entry.name!r}: {reason}")
                 continue
@@ -255,7 +294,7 @@ def collect_outputs(spec: CommandSpec, directory: str, source: str, result: Resu
                 sample[spec.add_log] = log
             result.outputs.append(sample)
         return
-    sample, reason = collect_sample(directory, spec.base, source, result.warnings)
+    sample, reason = collect_sample(directory, spec.base, source, result.warnings, result.leftovers)
     if sample is None:
         result.fail(reason)
         return
@@ -324,9 +363,8 @@ class LogFile:
 
 
 class Spawner:
-    """Execute by spawning ``argv`` in the directory (a new process group
-    per run, via :mod:`tarproc.procs`); a plain ``bash -c`` line runs its
-    programs without bash (:mod:`.direct`)."""
+    """Execute by spawning ``argv`` (``shell -c CMD``, or ``shell SCRIPT``)
+    in the directory, a new process group per run (via :mod:`tarproc.procs`)."""
 
     def __init__(self, spec: CommandSpec):
         self.argv = spec.argv
@@ -336,16 +374,11 @@ class Spawner:
         self.timeout = spec.timeout
         self.log = LogFile(spec.root)
         self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        self.plan = direct.plan(spec.argv)
-        self.root = spec.root
-        self.physical_root = os.path.realpath(spec.root)  # bash's $PWD is the physical directory
 
     def execute(self, directory: str) -> tuple[int | None, str, bytes]:
         """Run the command in ``directory``: ``(status, reason, log)``;
         ``reason`` is "" for a run that exited 0."""
         log_fd = self.log.reset()
-        if self.plan is not None:
-            return self._execute_plan(directory, log_fd)
         with guard.spawning():
             try:
                 proc = procs.spawn(self.argv, cwd=directory, stdin=self.devnull, stdout=log_fd, stderr=log_fd,
@@ -362,52 +395,6 @@ class Spawner:
                 status = proc.wait()
                 reason = f"timed out after {self.timeout:g} s"
         return status, reason or status_reason(status), self.log.read()
-
-    def _execute_plan(self, directory: str, log_fd: int) -> tuple[int | None, str, bytes]:
-        """:meth:`execute` by :meth:`.direct.Plan.run`: each program in a
-        process group of its own, all of them killed when the line ends
-        (:func:`.guard.running_all`); ``timeout`` for all of them together."""
-        deadline = None if self.timeout is None else _now() + self.timeout
-        timed_out = False
-
-        def spawn(argv, executable, env):
-            with guard.spawning():
-                proc = procs.spawn(argv, cwd=directory, stdin=self.devnull, stdout=log_fd, stderr=log_fd,
-                                   executable=executable, env=env)
-                guard.adopt(proc.pid)
-            return proc
-
-        def wait(proc):
-            nonlocal timed_out
-            guard.check_pending()  # a signal while it was spawned
-            try:
-                status = proc.wait(timeout=None if deadline is None else max(0.0, deadline - _now()))
-            except subprocess.TimeoutExpired:
-                procs.kill_group(proc.pid)
-                proc.wait()
-                timed_out = True
-                return None
-            guard.check_pending()  # a signal killed it: stop here
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                guard.forget(proc.pid)  # it left nothing running
-            except PermissionError:
-                pass
-            return status
-
-        if directory.startswith(self.root + "/"):
-            physical = self.physical_root + directory[len(self.root):]
-        else:
-            physical = os.path.realpath(directory)
-        try:
-            with guard.running_all():
-                status = self.plan.run(physical, spawn, wait, log_fd)
-        except OSError as exc:
-            return None, f"cannot run {self.argv[0]!r}: {exc.strerror}", self.log.read()
-        if timed_out:
-            return -signal.SIGKILL, f"timed out after {self.timeout:g} s", self.log.read()
-        return status, status_reason(status), self.log.read()
 
     def close(self) -> None:
         self.log.close()
@@ -446,7 +433,7 @@ class PersistentShell:
     """
 
     def __init__(self, spec: CommandSpec):
-        self.shell = spec.argv[0]
+        self.shell = spec.shell or spec.argv[0]
         self.command = spec.command_text()
         self.timeout = spec.timeout
         self.log = LogFile(spec.root)

@@ -61,9 +61,8 @@ def work_items(samples: Iterable[Sample], chunk: int) -> Iterator[list[tuple[int
 
 
 def run_serial(job, samples: Iterable[Sample]) -> Iterator[tuple[Sample, object]]:
-    """Run every work item in this process (SIGINT/SIGTERM kill the running
-    command first: :mod:`.guard`)."""
-    previous = guard.install_signal_handlers()
+    """Run every work item in this process (with :mod:`.guard`'s handlers
+    in place, SIGINT/SIGTERM kill the running command first)."""
     try:
         job.start()
         for item in work_items(samples, job.chunk):
@@ -71,10 +70,7 @@ def run_serial(job, samples: Iterable[Sample]) -> Iterator[tuple[Sample, object]
             for (_, sample), result in zip(item, results):
                 yield sample, result
     finally:
-        try:
-            job.stop()
-        finally:
-            guard.restore_signal_handlers(previous)
+        job.stop()
 
 
 # ------------------------------------------------------------------ pool

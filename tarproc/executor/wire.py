@@ -136,7 +136,7 @@ def unpack_items(skeleton, lengths, raw: memoryview, copy: bool = False) -> list
     return [(index, _rebuild(entries, raw, lengths, pos, copy)) for index, entries in skeleton]
 
 
-_FIELDS = ("index", "key", "status", "failed", "reason", "warnings", "directory", "attempts", "action")
+_FIELDS = ("index", "key", "status", "failed", "reason", "warnings", "directory", "attempts", "action", "leftovers")
 
 
 def pack_results(results: list, inputs: dict | None = None) -> list:
@@ -167,7 +167,7 @@ def unpack_results(skeleton, lengths, raw: memoryview, inputs: dict | None = Non
         log = bytes(raw[pos[0] : pos[0] + n]) if n else b""
         pos[0] += n
         pos[1] += 1
-        index, key, status, failed, reason, warnings, directory, attempts, action = fields  # _FIELDS
+        index, key, status, failed, reason, warnings, directory, attempts, action, leftovers = fields  # _FIELDS
         if inputs:
             source = inputs[index]
             get = source.__getitem__
@@ -177,7 +177,8 @@ def unpack_results(skeleton, lengths, raw: memoryview, inputs: dict | None = Non
         else:
             outputs = [_rebuild(entries, raw, lengths, pos, True) for entries in outputs]
         # positional, in the dataclass's field order (cheaper than keywords, once per sample)
-        results.append(Result(index, key, outputs, status, failed, reason, log, warnings, directory, attempts, action))
+        results.append(Result(index, key, outputs, status, failed, reason, log, warnings, directory, attempts, action,
+                              leftovers))
     return results
 
 
