@@ -60,6 +60,7 @@ and the exit status of :class:`tarproc.errors.ExitStatus`; ``--debug`` (or
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import enum
 import inspect
@@ -938,6 +939,9 @@ def die_of_signal(signum: int) -> None:
     exit"), which a plain ``exit 130`` does not make it do. Returns only if
     the signal could not end the process (it is ignored or blocked in a way
     we cannot undo); the caller then exits with ``128 + signum``."""
+    # what would run at a normal exit runs now (the spool directory of large
+    # members, finalizers), since a death by a signal skips it
+    atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
