@@ -71,10 +71,10 @@ def test_manifest_is_a_valid_indexed_job(shards, tmp_path):
     assert pod.restart_policy == "Never"
     (container,) = pod.containers
     assert container.image == "registry.example/tarproc:1"
-    assert container.command[0] == "tarmap"
-    assert container.command[container.command.index("--index") + 1] == "env"
-    assert container.command[container.command.index("--timeout") + 1] == "600"
-    assert "--k8s-job" not in container.command and "--image" not in container.command
+    assert container.args[0] == "tarmap"
+    assert container.args[container.args.index("--index") + 1] == "env"
+    assert container.args[container.args.index("--timeout") + 1] == "600"
+    assert "--k8s-job" not in container.args and "--image" not in container.args
     assert [(e.name, e.value) for e in container.env] == [("AWS_ENDPOINT_URL", "http://minio.example:9000"),
                                                           ("AWS_REGION", "eu-west-1")]
     assert container.env_from[0].secret_ref.name == "s3-credentials"

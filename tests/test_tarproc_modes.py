@@ -307,7 +307,7 @@ def test_readme_script_example_runs(imagenet_shard, tmp_path, work):
     assert out.returncode == 0, out.stderr
     names = [n for n, _ in tar_members((tmp_path / "out.tgz").read_bytes())]
     assert len(names) == 3 * len(shard_keys(imagenet_shard)) and all(not n.endswith(".jpg") for n in names)
-    assert tar_members((tmp_path / "failed.tar").read_bytes()) == []
+    assert not (tmp_path / "failed.tar").exists()  # made only when a sample fails
 
 
 def test_relative_command_fails_fast_with_a_hint(imagenet_shard, tmp_path, work):
