@@ -12,7 +12,7 @@ thin. A sample is a ``dict`` in the WebDataset layout: ``"__key__"`` (str),
 
 import importlib
 
-from .errors import (
+from tarproc.errors import (
     ArchiveError,
     CommandError,
     CompressionError,
@@ -31,16 +31,16 @@ from .errors import (
 _LAZY = {
     "group_samples": "samples",
     "split_name": "samples",
-    "TarSink": "sinks",
-    "open_sink": "sinks",
-    "expand_inputs": "sources",
-    "iter_samples": "sources",
-    "iter_source_samples": "sources",
-    "open_source": "sources",
-    "Member": "tario",
-    "TarReader": "tario",
-    "TarWriter": "tario",
-    "iter_members": "tario",
+    "TarSink": "io.sinks",
+    "open_sink": "io.sinks",
+    "expand_inputs": "io.sources",
+    "iter_samples": "io.sources",
+    "iter_source_samples": "io.sources",
+    "open_source": "io.sources",
+    "Member": "io.tario",
+    "TarReader": "io.tario",
+    "TarWriter": "io.tario",
+    "iter_members": "io.tario",
 }
 
 __version__ = "0.1.0"

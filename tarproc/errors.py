@@ -57,7 +57,7 @@ class TarprocError(Exception):
     topic: str | None = None
     #: the compression of the input being read when a reading error was
     #: raised (``"none"``, ``"gzip"``, ...; None: not known, or no input was
-    #: open), set by :func:`tarproc.sources.iter_source_samples`: the bytes
+    #: open), set by :func:`tarproc.io.sources.iter_source_samples`: the bytes
     #: of a compressed stream are verified only by its check at the end
     #: (gzip's CRC-32 and length), so after an error none of what it gave is
     #: verified, while an uncompressed tar has no data checksum to fail

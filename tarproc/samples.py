@@ -11,9 +11,12 @@ field name -> ``bytes``. Field case is kept unless ``lowercase``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
-from .errors import DuplicateKeyError, SampleError, TarprocError, Warn
-from .tario import Member
+from tarproc.errors import DuplicateKeyError, SampleError, TarprocError, Warn
+
+if TYPE_CHECKING:  # annotations only: the ground layer does not import tarproc.io
+    from tarproc.io.tario import Member
 
 Sample = dict
 
@@ -136,7 +139,7 @@ def group_samples(
         are then an error naming both
     :param regroup: yield a key that comes back after other keys as another
         sample (a fragment) instead of raising: for ``tarsort``, which merges
-        the fragments of a key (:func:`tarproc.sort.merge_fragments`)
+        the fragments of a key (:func:`tarproc.ops.sort.merge_fragments`)
     :param note: see above
     :raises SampleError: a field repeated within one sample, or a key that
         comes back after another key (the input is not grouped; ``tarsort``
@@ -307,3 +310,16 @@ def sample_members(sample: Sample) -> Iterator[tuple[str, bytes]]:
         if isinstance(value, str):
             value = value.encode("utf-8")
         yield f"{key}.{field}", value
+
+
+#: field extensions whose bytes are UTF-8 text (tarcheck --decode, tarcats --where)
+TEXT_EXTENSIONS = frozenset({"txt", "text", "cls", "cls2", "index", "inx", "id", "label", "caption", "csv", "tsv"})
+#: field extensions whose bytes are JSON (UTF-8)
+JSON_EXTENSIONS = frozenset({"json", "jsn"})
+
+
+def field_extension(field: str) -> str:
+    """The last dot-separated part of a field name, lowercased (``seg.png`` -> ``png``)."""
+    return field.rsplit(".", 1)[-1].lower()
+
+

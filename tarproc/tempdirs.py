@@ -6,7 +6,7 @@ A run killed with SIGKILL cannot remove its directory. Its name,
 made it on which machine, so the next run on the same machine removes the
 directories of processes that are gone (:func:`remove_stale_run_dirs`),
 the rule tarmap applies to its attempt files
-(:func:`tarproc.sinks.remove_stale_attempts`). A live process's directory
+(:func:`tarproc.io.sinks.remove_stale_attempts`). A live process's directory
 is never removed, nor another host's on a shared ``$TMPDIR``, nor a
 directory whose name does not carry a host and PID (one made by an older
 version: its owner cannot be told).
@@ -19,7 +19,7 @@ import re
 import shutil
 import tempfile
 
-from .procs import host_name, pid_alive
+from tarproc.procs import host_name, pid_alive
 
 
 def make_run_dir(prefix: str, directory: str | None = None) -> str:

@@ -19,7 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from tarproc.sinks import open_sink  # noqa: E402
+from tarproc.io.sinks import open_sink  # noqa: E402
 
 SYNSETS = ["n01440764", "n02102040", "n02979186", "n03000684", "n03028079", "n03394916", "n03417042", "n03425413",
            "n03445777", "n03888605"]

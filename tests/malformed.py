@@ -29,14 +29,8 @@ import zstandard
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from tarproc.errors import (  # noqa: E402
-    ArchiveError,
-    CompressionError,
-    SampleError,
-    TarprocError,
-    TruncatedError,
-)
-from tarproc.tario import BLOCK, MAX_RECORD, TarWriter, _byte_sum  # noqa: E402
+from tarproc.errors import ArchiveError, CompressionError, SampleError, TarprocError, TruncatedError
+from tarproc.io.tario import BLOCK, MAX_RECORD, TarWriter, _byte_sum  # noqa: E402
 
 KEYS = [f"s{i:03d}" for i in range(4)]
 

@@ -8,7 +8,7 @@ took; every tool must resume, or the member is cut and the run still exits
 disk; each output is checked member by member (name, size, last bytes, and
 the end-of-archive marker after them: anything cut or shifted shows).
 
-Item 2, memory: a member beyond :data:`tarproc.spool.THRESHOLD` is
+Item 2, memory: a member beyond :data:`tarproc.io.spool.THRESHOLD` is
 file-backed, so a tool's peak RSS stays far below the member's size (here
 with the threshold lowered to 1 MiB and a 64 MiB member; the 2 GiB figures
 are in ``tests/bench/test_bench_bigmember.py``).
@@ -237,7 +237,7 @@ def test_big_member_memory_is_bounded(mid, tmp_path, cmd):
 
 
 def _tar(members: list[tuple[str, bytes]]) -> bytes:
-    from tarproc.tario import TarWriter
+    from tarproc.io.tario import TarWriter
 
     out = io.BytesIO()
     writer = TarWriter(out)
@@ -251,7 +251,7 @@ def _tar(members: list[tuple[str, bytes]]) -> bytes:
 def spooling(monkeypatch, tmp_path):
     """The reader's threshold lowered to 70,000 bytes in this process, the
     spool directory in ``tmp_path/spool``; yields that directory."""
-    from tarproc import spool, tario
+    from tarproc.io import spool, tario
 
     directory = tmp_path / "spool"
     monkeypatch.setattr(tario, "_LARGE", 70_000)
@@ -265,10 +265,10 @@ def test_reader_spools_a_large_member_and_removes_its_file(spooling):
     bytes, written back identically; its file goes with it."""
     import gc
 
-    from tarproc.describe import describe_bytes
+    from tarproc.ops.describe import describe_bytes
     from tarproc.samples import group_samples
-    from tarproc.spool import LargeField
-    from tarproc.tario import iter_members
+    from tarproc.io.spool import LargeField
+    from tarproc.io.tario import iter_members
 
     big = bytes(range(256)) * 400 + b"END"
     text = b"first line\n" + b"more text\n" * 10_000
@@ -288,7 +288,7 @@ def test_reader_spools_a_large_member_and_removes_its_file(spooling):
 
 
 def test_cut_inside_a_spooled_member_is_the_same_error_and_leaves_nothing(spooling, monkeypatch):
-    from tarproc import tario
+    from tarproc.io import tario
     from tarproc.errors import TruncatedError
 
     raw = _tar([("k.bin", bytes(200_000))])[:150_000]

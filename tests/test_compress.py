@@ -1,4 +1,4 @@
-"""tarproc.compress: detection by magic bytes, decompression of every format
+"""tarproc.io.compress: detection by magic bytes, decompression of every format
 (multi-member/multi-frame, corrupt and truncated input), deterministic
 compressed output."""
 
@@ -13,8 +13,8 @@ import random
 import pytest
 import zstandard
 
-from tarproc import compress
-from tarproc.compress import compressing_writer, compression_for_name, decompressing_reader, detect
+from tarproc.io import compress
+from tarproc.io.compress import compressing_writer, compression_for_name, decompressing_reader, detect
 from tarproc.errors import CompressionError
 
 DATA = b"".join(b"line %d of some tar-like data\n" % i for i in range(20_000)) + bytes(range(256)) * 100

@@ -1,4 +1,4 @@
-"""tarproc.create: samples from lines, TSV plans and directory trees."""
+"""tarproc.ops.create: samples from lines, TSV plans and directory trees."""
 
 from __future__ import annotations
 
@@ -9,18 +9,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tarproc.create import (
-    KeyNumbers,
-    check_key,
-    dir_samples,
-    line_samples,
-    parse_fields,
-    tsv_samples,
-)
+from tarproc.ops.create import KeyNumbers, check_key, dir_samples, line_samples, parse_fields, tsv_samples
 from tarproc.errors import SampleError, SourceError, UsageError
 from tarproc.samples import group_samples
 from tarproc.samples import sample_members
-from tarproc.tario import TarWriter, iter_members
+from tarproc.io.tario import TarWriter, iter_members
 
 
 def lines(text: bytes, fields, **kw):

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import BIN, run, tool_env
 from makeshards import write_shard
-from tarproc.tasks import TaskResult, client_sees_output
+from tarproc.jobs.tasks import TaskResult, client_sees_output
 
 PIPELINE = "tarproc -c 'rm sample.json' -o -"
 SHARED = "every worker must mount it (a shared volume), or use an object-store URL"
@@ -30,7 +30,7 @@ SHARED = "every worker must mount it (a shared volume), or use an object-store U
     ("tcp://[::1]:8786", True), ("127.0.0.1:8786", True), ("tcp://10.0.0.5:8786", False),
     ("tcp://scheduler.example:8786", False), ("tls://[2001:db8::1]:8786", False)])
 def test_which_dask_addresses_share_this_file_system(address, shares):
-    from tarproc.engines.dask import DaskEngine
+    from tarproc.jobs.engines.dask import DaskEngine
 
     assert DaskEngine(address).shares_filesystem is shares
 

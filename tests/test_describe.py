@@ -1,4 +1,4 @@
-"""tarproc.describe: field previews, stats, contact sheets."""
+"""tarproc.ops.describe: field previews, stats, contact sheets."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import random
 import pytest
 
 from makeshards import make_jpeg
-from tarproc import describe
-from tarproc.describe import (
+from tarproc.ops import describe
+from tarproc.ops.describe import (
     Stats,
     contact_sheet,
     describe_bytes,

@@ -1,4 +1,4 @@
-"""The engine interface (tarproc.engines): every engine follows the
+"""The engine interface (tarproc.jobs.engines): every engine follows the
 declared protocol, the tools choose and describe engines through it only
 (a new engine is one module and one option: tested with one made here), and
 an engine whose workers do not share this machine's files gets the same
@@ -16,9 +16,9 @@ import pytest
 from conftest import run, tool_env
 from makeshards import write_shard
 
-from tarproc import engines
-from tarproc.engines.dask import is_loopback
-from tarproc.engines.run import run_all
+from tarproc.jobs import engines
+from tarproc.jobs.engines.dask import is_loopback
+from tarproc.jobs.engines.run import run_all
 from tarproc.errors import UsageError
 
 
@@ -100,8 +100,8 @@ ENGINE = SerialEngine
 DRIVER = '''
 import sys
 from typing import Optional
-import tarproc.engines
-tarproc.engines.__path__.append(sys.argv[1])  # the new module, as if in tarproc/engines/
+import tarproc.jobs.engines
+tarproc.jobs.engines.__path__.append(sys.argv[1])  # the new module, as if in tarproc/jobs/engines/
 from tarproc.cli import engine
 engine.ENGINE["serial"] = engine._opt(Optional[str], None, "--serial", metavar="X", help="the serial engine")  # the option
 from tarproc.cli import {tool}

@@ -375,7 +375,7 @@ def test_signals_wait_while_workers_are_forked():
     import signal
     import time
 
-    from tarproc.executor import guard
+    from tarproc import guard
 
     hits = []
     old = signal.signal(signal.SIGTERM, lambda signum, frame: hits.append(signum))
@@ -426,7 +426,7 @@ def test_process_gives_library_users_the_tools_safety(tmp_path):
     from tarproc.errors import DuplicateKeyError
     from tarproc.executor import CommandJob, ErrorPolicy
     from tarproc.executor.runloop import process
-    from tarproc.sinks import TarSink
+    from tarproc.io.sinks import TarSink
 
     out, failed = tmp_path / "out.tar", tmp_path / "failed.tar"
     spec = spec_for(tmp_path, "echo x > sample.out")

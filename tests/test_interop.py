@@ -22,7 +22,7 @@ from conftest import run, tar_members, tool_env
 from tarproc import iter_samples
 from tarproc.errors import SampleError, SourceError
 from tarproc.samples import KeyLedger, MAX_SEEN_KEYS
-from tarproc.sources import HTTPStream, iter_source_samples
+from tarproc.io.sources import HTTPStream, iter_source_samples
 
 GNU_TAR = shutil.which("tar")
 

@@ -4,7 +4,7 @@
   pipelines get SIGTERM and a grace (:data:`tarproc.procs.TERM_GRACE`), so
   a tarproc in them removes its sample directories from ``$TMPDIR``;
 - tarshuffle on SIGTERM leaves no ``.partial`` file; its worker
-  (``python -m tarproc.shuffle``) stops when tarshuffle is killed with
+  (``python -m tarproc.jobs.shuffle``) stops when tarshuffle is killed with
   SIGKILL and writes no output;
 - tarproc killed with SIGKILL leaves its ``tarproc-*`` directory; the next
   run removes it (this host, PID gone) and keeps a live run's.
@@ -117,7 +117,7 @@ def test_tarshuffle_worker_stops_when_tarshuffle_is_killed(shards, tmp_path):
             "-o", f"{out}/train-%04d.tar", "--shards", "1", "--staging", str(staging), "-j", "1"]
     proc = subprocess.Popen(argv, env=tool_env(), stderr=subprocess.DEVNULL)
     wait_for(lambda: staging.exists() and list(staging.glob("staged-000000.tar.partial*")), "a staged partial file")
-    assert "tarproc.shuffle map" in processes("tarproc.shuffle map")
+    assert "tarproc.jobs.shuffle map" in processes("tarproc.jobs.shuffle map")
     proc.kill()
     proc.wait(timeout=10)
     assert gone(str(tmp_path)) == ""  # the worker and its input command stopped: no parent PID 1 orphans

@@ -131,7 +131,7 @@ def skip_reason(command: str) -> str | None:
 def _shard(path: Path, samples: int, size=(32, 24)) -> None:
     """An ImageNet-like shard whose keys are unique to it (the stem of
     ``path`` before them): the examples merge shards into one output."""
-    from tarproc.sinks import open_sink
+    from tarproc.io.sinks import open_sink
 
     tag = path.name.split(".")[0]
     with open_sink(str(path)) as sink:
@@ -159,7 +159,7 @@ def workdir(root: Path) -> Path:
     (d / "shards.txt").write_text("".join(f"train-{i:04d}.tgz\n" for i in range(4)))
     (d / "resize.sh").write_text(RESIZE)
     (d / "crop.sh").write_text(CROP)
-    from tarproc.sinks import open_sink
+    from tarproc.io.sinks import open_sink
 
     with open_sink(str(d / "captions.tar")) as sink:
         for i in range(4):

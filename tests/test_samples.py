@@ -10,7 +10,7 @@ from webdataset.tariterators import base_plus_ext
 from tarproc import samples as samples_mod
 from tarproc.errors import ArchiveError, SampleError, TruncatedError
 from tarproc.samples import fields, group_samples, is_meta, sample_members, split_name, unsafe_name
-from tarproc.tario import Member
+from tarproc.io.tario import Member
 
 
 def members(*names, offset_step=512):

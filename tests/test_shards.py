@@ -1,4 +1,4 @@
-"""tarproc.shards: size parsing, shard name patterns, ShardWriter limits,
+"""tarproc.io.shards: size parsing, shard name patterns, ShardWriter limits,
 manifest, post commands (quoting, failures, bounded overlap) and pipe: shards."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 
 from conftest import tar_members
 from tarproc.errors import OutputError, UsageError
-from tarproc.shards import (
+from tarproc.io.shards import (
     ShardInfo,
     ShardPattern,
     ShardWriter,
@@ -22,8 +22,8 @@ from tarproc.shards import (
     sample_tar_size,
     split_samples,
 )
-from tarproc.sources import iter_samples
-from tarproc.tario import TarWriter
+from tarproc.io.sources import iter_samples
+from tarproc.io.tario import TarWriter
 from tarproc.samples import sample_members
 
 

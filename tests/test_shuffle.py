@@ -1,4 +1,4 @@
-"""tarproc.shuffle: partition hash, staged files, reducer, determinism."""
+"""tarproc.jobs.shuffle: partition hash, staged files, reducer, determinism."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from makeshards import imagenet_samples  # noqa: E402
 
 from tarproc.errors import DataError, ExitStatus  # noqa: E402
-from tarproc.shuffle import (  # noqa: E402
+from tarproc.jobs.shuffle import (
     INDEX_MEMBER,
     DuplicateKeyError,
     StagingError,
@@ -30,9 +30,9 @@ from tarproc.shuffle import (  # noqa: E402
     shard_count,
     staged_index_ok,
 )
-from tarproc.sinks import open_sink  # noqa: E402
-from tarproc.sort import sort_key_function  # noqa: E402
-from tarproc.sources import iter_samples  # noqa: E402
+from tarproc.io.sinks import open_sink  # noqa: E402
+from tarproc.ops.sort import sort_key_function  # noqa: E402
+from tarproc.io.sources import iter_samples  # noqa: E402
 
 SHARDS = 20
 PER_SHARD = 12

@@ -1,4 +1,4 @@
-"""tarproc.sinks: NAME.partial then rename, no end marker on error,
+"""tarproc.io.sinks: NAME.partial then rename, no end marker on error,
 compression by suffix, stdout and pipe: outputs."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import zstandard
 from conftest import tar_members
 
 from tarproc.errors import UsageError, OutputError
-from tarproc.sinks import PARTIAL, TarSink, open_sink
-from tarproc.tario import BLOCK, iter_members
+from tarproc.io.sinks import PARTIAL, TarSink, open_sink
+from tarproc.io.tario import BLOCK, iter_members
 
 SAMPLES = [
     {"__key__": f"n0144_{i:03d}", "__source__": "in.tar", "jpg": bytes([i + 1]) * (300 + 97 * i), "cls": str(i % 3),
@@ -189,7 +189,7 @@ def test_abort_closes_a_fifo_output(tmp_path):
 def _mixed_samples():
     """Small samples (buffered path), large ones (one writev of their own
     buffers), a member of SMALL_MEMBER bytes and more (written on its own)."""
-    from tarproc.tario import GATHER_MIN, SMALL_MEMBER
+    from tarproc.io.tario import GATHER_MIN, SMALL_MEMBER
 
     rng = __import__("random").Random(5)
     sizes = [10, GATHER_MIN, 1, GATHER_MIN + 511, 3000, SMALL_MEMBER + 7, 0, 27_000]
@@ -203,7 +203,7 @@ def test_gathered_writes_give_the_same_bytes_as_the_buffered_path(tmp_path, wher
     """A sink on a plain fd writes large samples with writev (TarWriter fd=):
     the stream is byte for byte what a writer without fd gives, small and
     large samples interleaved in order."""
-    from tarproc.tario import TarWriter
+    from tarproc.io.tario import TarWriter
 
     expected = io.BytesIO()
     reference = TarWriter(expected)
@@ -242,7 +242,7 @@ def test_compressed_and_in_memory_outputs_take_the_buffered_path(tmp_path, monke
 def test_write_all_resumes_partial_writes(monkeypatch):
     """iov.write_all after writev wrote less than asked (a signal, a full
     device): the rest follows, nothing twice, in order."""
-    from tarproc import iov
+    from tarproc.io import iov
 
     real = os.writev
     calls = []
@@ -308,7 +308,7 @@ def test_an_interrupt_whose_exception_was_lost_is_never_committed(tmp_path, monk
     printed by Python; the signal is recorded, and closing the output raises
     it again instead of renaming NAME.partial to NAME."""
     from tarproc import errors
-    from tarproc.sinks import TarSink
+    from tarproc.io.sinks import TarSink
 
     out = tmp_path / "out.tar"
     sink = TarSink(str(out))
@@ -338,7 +338,7 @@ def test_a_caught_interrupt_does_not_stop_a_later_output(tmp_path):
 
     from tarproc.executor import run_samples
     from tarproc.executor.pymap import MapJob
-    from tarproc.sinks import TarSink
+    from tarproc.io.sinks import TarSink
 
     interrupted = tmp_path / "interrupted.tar"
     first = TarSink(str(interrupted))

@@ -1,4 +1,4 @@
-"""tarproc.sort: external sort, stability, shuffle, temporary files."""
+"""tarproc.ops.sort: external sort, stability, shuffle, temporary files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tarproc.errors import SampleError, UsageError
-from tarproc.sort import ExternalSorter, sort_key_function, sort_samples
+from tarproc.ops.sort import ExternalSorter, sort_key_function, sort_samples
 
 
 def make_samples(n: int, seed: int = 0, size: int = 100) -> list[dict]:

@@ -1,4 +1,4 @@
-"""tarproc.sources: brace patterns, files, stdin, pipe:CMD, errors."""
+"""tarproc.io.sources: brace patterns, files, stdin, pipe:CMD, errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ import pytest
 
 from malformed import KEYS, sample_members, tar_bytes
 from tarproc.errors import SourceError, TruncatedError
-from tarproc.sources import check_inputs_exist, expand_inputs, iter_samples, iter_source_samples, open_source
+from tarproc.io.sources import (
+    check_inputs_exist,
+    expand_inputs,
+    iter_samples,
+    iter_source_samples,
+    open_source,
+)
 
 GOOD = tar_bytes(sample_members())
 

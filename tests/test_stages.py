@@ -1,5 +1,5 @@
-"""tarproc.stages (slice, shuffle, fields, rekey, interleave, bad shards,
-file lists) and tarproc.parallel (parallel shard reader)."""
+"""tarproc.ops.stages (slice, shuffle, fields, rekey, interleave, bad shards,
+file lists) and tarproc.io.parallel (parallel shard reader)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from tarproc.errors import ArchiveError, SampleError, SourceError, TarprocError, TruncatedError, UsageError
-from tarproc.parallel import ParallelReader, parallel_samples
-from tarproc.shards import split_samples
-from tarproc.sources import iter_samples
-from tarproc.sources import read_filelist
-from tarproc.stages import (
+from tarproc.io.parallel import ParallelReader, parallel_samples
+from tarproc.io.shards import split_samples
+from tarproc.io.sources import iter_samples
+from tarproc.io.sources import read_filelist
+from tarproc.ops.stages import (
     BadShards,
     FieldRule,
     FieldSelector,
@@ -245,7 +245,7 @@ def test_bad_shards_let_usage_errors_through():
 
 
 def test_bad_shards_hold_a_shard_beyond_memory_in_a_temporary_file(tmp_path, monkeypatch):
-    import tarproc.stages as stages
+    import tarproc.ops.stages as stages
 
     monkeypatch.setattr(stages, "HOLD_MEMORY", 100)  # a few samples in memory, the rest pickled to a file
     monkeypatch.setenv("TMPDIR", str(tmp_path))

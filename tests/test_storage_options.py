@@ -22,7 +22,7 @@ from makeshards import write_shard
 from s3server import CREDENTIALS, s3_server  # noqa: F401  (the fixture)
 from tarproc.cli import TOOLS
 from tarproc.cli.common import tool_shared
-from tarproc.storage import parse_storage_options, url_storage_options
+from tarproc.io.storage import parse_storage_options, url_storage_options
 
 
 @pytest.mark.parametrize("items, want", [

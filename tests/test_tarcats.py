@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from conftest import run, tar_members
 from tarproc.cli import tarcats
-from tarproc.shards import split_samples
-from tarproc.sources import iter_samples
+from tarproc.io.shards import split_samples
+from tarproc.io.sources import iter_samples
 
 
 def invoke(args, input=None):
@@ -25,8 +25,8 @@ def invoke(args, input=None):
 def samples_of(data: bytes) -> list[dict]:
     path = io.BytesIO(data)
     from tarproc.samples import group_samples
-    from tarproc.tario import iter_members
-    from tarproc.compress import decompressing_reader
+    from tarproc.io.tario import iter_members
+    from tarproc.io.compress import decompressing_reader
 
     return [{k: v for k, v in s.items() if k != "__source__"} for s in group_samples(iter_members(decompressing_reader(path)))]
 

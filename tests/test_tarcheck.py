@@ -1,4 +1,4 @@
-"""tarcheck and tarproc.check: planted faults whose answer is known (a cut
+"""tarcheck and tarproc.jobs.check: planted faults whose answer is known (a cut
 shard, ungrouped keys, a key repeated across shards, a missing field, a
 truncated JPEG inside a valid tar), exact counts and offsets in the report,
 exit statuses, the wids index, repairs that re-check clean with exactly the
@@ -14,11 +14,11 @@ import pytest
 
 from conftest import run, tar_members, tool_env
 from makeshards import imagenet_samples
-from tarproc.check import CheckOptions, check_dataset, check_shard, decode_problem, parse_require
+from tarproc.jobs.check import CheckOptions, check_dataset, check_shard, decode_problem, parse_require
 from tarproc.errors import UsageError
-from tarproc.sinks import open_sink
-from tarproc.sources import iter_samples
-from tarproc.tario import TarWriter
+from tarproc.io.sinks import open_sink
+from tarproc.io.sources import iter_samples
+from tarproc.io.tario import TarWriter
 
 N = 12  # samples per shard
 
@@ -293,7 +293,7 @@ def test_readme_tarcheck_example_runs(dataset, tmp_path):
 
 
 def test_the_io_status_wins_over_bad_data(tmp_path):
-    from tarproc.check import DatasetReport, ShardReport
+    from tarproc.jobs.check import DatasetReport, ShardReport
 
     bad, err = ShardReport(0, "a"), ShardReport(1, "b")
     bad.add("decode", 0, "k", "x")
@@ -314,7 +314,7 @@ def test_dask_engine_gives_the_same_report(dask_cluster, dataset, tmp_path):
 def test_seeking_over_data_finds_what_reading_it_finds(dataset, tmp_path):
     """A local uncompressed shard checked without --decode is read as tar tf reads it (headers, data
     skipped by seeking): the same problems at the same offsets as reading every byte."""
-    from tarproc.check import _SkimReader  # noqa: F401 - the path under test
+    from tarproc.jobs.check import _SkimReader  # noqa: F401 - the path under test
 
     d = dataset["dir"]
     (tmp_path / "short.tar").write_bytes((d / "good-0.tar").read_bytes()[:4096 + 700])  # cut inside a header

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, run, tool_env
-from tarproc.dedup import content_hash, parse_by
-from tarproc.sinks import open_sink
-from tarproc.sources import iter_samples
+from tarproc.jobs.dedup import content_hash, parse_by
+from tarproc.io.sinks import open_sink
+from tarproc.io.sources import iter_samples
 
 SHARDS = 6
 PER_SHARD = 30

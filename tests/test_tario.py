@@ -1,4 +1,4 @@
-"""tarproc.tario against the references: the stdlib tarfile, CPython's own
+"""tarproc.io.tario against the references: the stdlib tarfile, CPython's own
 test archive, GNU tar and webdataset, on valid input (bad input is in
 test_malformed.py)."""
 
@@ -16,11 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tarproc import tario
+from tarproc.io import tario
 from tarproc.errors import TruncatedError, UsageError
 from tarproc.samples import group_samples
-from tarproc.sinks import open_sink
-from tarproc.tario import BLOCK, TarWriter, checksum_ok, iter_members, member_header
+from tarproc.io.sinks import open_sink
+from tarproc.io.tario import BLOCK, TarWriter, checksum_ok, iter_members, member_header
 
 SIZES = [0, 1, 100, 511, 512, 513, 1023, 1024, 1025, 4096, 10_000]
 NAMES = [
@@ -327,7 +327,7 @@ def test_cpython_testtar():
 def test_shared_testdata_same_as_tarfile_and_webdataset(testdata):
     from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-    from tarproc.compress import decompressing_reader
+    from tarproc.io.compress import decompressing_reader
 
     shards = sorted(p for p in testdata.iterdir() if p.suffix in (".tar", ".tgz", ".gz"))
     assert shards

@@ -9,8 +9,8 @@ import tarfile
 
 import pytest
 
-from tarproc import tario
-from tarproc.tario import BLOCK, member_header
+from tarproc.io import tario
+from tarproc.io.tario import BLOCK, member_header
 
 
 def _octal(value: int, width: int) -> bytes:

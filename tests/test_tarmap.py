@@ -20,7 +20,7 @@ import pytest
 from conftest import run, tool_env
 from makeshards import write_shard
 
-from tarproc import records, tasks
+from tarproc.jobs import records, tasks
 
 PIPELINE = "tarproc -c 'rm sample.json' -o -"
 

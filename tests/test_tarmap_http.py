@@ -1,5 +1,5 @@
 """URL inputs over plain HTTP through the family's one reader
-(:func:`tarproc.sources.open_url`): tarmap reads all of a shard larger than
+(:func:`tarproc.io.sources.open_url`): tarmap reads all of a shard larger than
 fsspec's 5 MiB block from ``python -m http.server``, and a body cut short by
 the server is an I/O error (exit status 1, retryable), never bad data (3)."""
 
@@ -17,7 +17,7 @@ import pytest
 from conftest import run
 from test_interop import http_server
 
-from tarproc.sinks import open_sink
+from tarproc.io.sinks import open_sink
 
 PIPELINE = "tarproc -c 'rm sample.cls' -o -"
 #: bytes of a shard: above fsspec's default block (5 MiB), where tarmap's old reader stopped

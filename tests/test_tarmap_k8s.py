@@ -123,7 +123,7 @@ def test_container_command_for_every_index_makes_every_output_once(shards, tmp_p
 
 # --- strict OpenAPI validation (kubernetes-validate ships the schemas: offline) ---
 
-#: the oldest Kubernetes the manifests support (README, tarproc/k8s.py)
+#: the oldest Kubernetes the manifests support (README, tarproc/jobs/k8s.py)
 OLDEST = (1, 30)
 
 

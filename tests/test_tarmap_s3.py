@@ -76,7 +76,7 @@ def test_s3_inputs_outputs_records_and_rerun(s3, shards, tmp_path):
 @pytest.fixture(scope="module")
 def big_shard(tmp_path_factory) -> Path:
     """A 12 MiB shard: an upload of it has several parts."""
-    from tarproc.sinks import open_sink
+    from tarproc.io.sinks import open_sink
 
     path = tmp_path_factory.mktemp("big") / "big.tar"
     with open_sink(str(path)) as sink:
@@ -128,7 +128,7 @@ def test_tarsink_to_s3_appears_only_when_complete(s3, tmp_path, monkeypatch):
     server, fs = s3
     for key, value in server.env({}).items():
         monkeypatch.setenv(key, value)
-    from tarproc.sinks import open_sink
+    from tarproc.io.sinks import open_sink
 
     with open_sink("s3://outputs/ok.tar.gz") as sink:
         sink.write({"__key__": "a", "txt": b"hello"})

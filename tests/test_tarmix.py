@@ -13,9 +13,9 @@ import pytest
 
 from conftest import run, tool_env
 from tarproc.errors import UsageError
-from tarproc.mix import Mixer, largest_remainder, parse_source
-from tarproc.sinks import open_sink
-from tarproc.sources import iter_samples
+from tarproc.ops.mix import Mixer, largest_remainder, parse_source
+from tarproc.io.sinks import open_sink
+from tarproc.io.sources import iter_samples
 
 
 def make_source(root: Path, name: str, shards: int, per_shard: int) -> str:

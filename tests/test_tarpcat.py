@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 
 from conftest import run, tar_members
 from tarproc.cli import tarpcat
-from tarproc.compress import decompressing_reader
+from tarproc.io.compress import decompressing_reader
 from tarproc.samples import group_samples
-from tarproc.shards import split_samples
-from tarproc.tario import iter_members
+from tarproc.io.shards import split_samples
+from tarproc.io.tario import iter_members
 
 
 def invoke(args, input=None):

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from tarproc import iter_samples
 from tarproc.cli import tarsort as tarsort_cli
-from tarproc.tario import TarWriter
+from tarproc.io.tario import TarWriter
 
 runner = CliRunner()
 

@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 
 from conftest import BIN, run, tar_members, tool_env
 from tarproc.cli import tarsplit
-from tarproc.shards import END_MARKER, sample_tar_size, split_samples
-from tarproc.sources import iter_samples
+from tarproc.io.shards import END_MARKER, sample_tar_size, split_samples
+from tarproc.io.sources import iter_samples
 
 
 def strip(samples):

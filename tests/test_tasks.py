@@ -1,5 +1,5 @@
-"""tarproc.tasks as a library: the state of a run lives in its
-:class:`tarproc.tasks.TaskContext`, so two runs in one process (threads)
+"""tarproc.jobs.tasks as a library: the state of a run lives in its
+:class:`tarproc.jobs.tasks.TaskContext`, so two runs in one process (threads)
 neither cancel each other's pipelines nor mix their lines."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 from conftest import tool_env
 from makeshards import write_shard
 
-from tarproc import tasks
+from tarproc.jobs import tasks
 
 
 def wait_for(predicate, what: str, seconds: float = 60.0) -> None:

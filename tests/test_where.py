@@ -1,4 +1,4 @@
-"""The where stage (tarproc.stages.Where) and tarcats/tarpcat --where: names
+"""The where stage (tarproc.ops.stages.Where) and tarcats/tarpcat --where: names
 and decoding, the error policy (-e), exit statuses, the stderr line, the bytes
 of the kept samples."""
 
@@ -11,9 +11,9 @@ import pytest
 
 from conftest import run, tar_members
 from tarproc.errors import ExpressionError, UsageError
-from tarproc.sinks import open_sink
-from tarproc.sources import iter_samples
-from tarproc.stages import Where, where
+from tarproc.io.sinks import open_sink
+from tarproc.io.sources import iter_samples
+from tarproc.ops.stages import Where, where
 
 
 def sample(i: int, **more) -> dict:

@@ -78,10 +78,10 @@ import typer
 from typer.core import TyperArgument, TyperCommand
 from typer.exceptions import TyperException
 
-from .. import __version__
-from ..compress import COMPRESSIONS
-from ..sizes import SIZE_HELP, parse_size
-from ..errors import ExitStatus, Interrupted, TarprocError, UsageError, raise_interrupted
+from tarproc import __version__
+from tarproc.io.compress import COMPRESSIONS
+from tarproc.sizes import SIZE_HELP, parse_size
+from tarproc.errors import ExitStatus, Interrupted, TarprocError, UsageError, raise_interrupted
 
 EXIT_STATUS = """\
 0    success.
@@ -320,7 +320,7 @@ def size_option(*names: str, help: str, optional: bool = True):
 
 
 def _storage_item(value: str) -> str:
-    from ..storage import parse_storage_options
+    from tarproc.io.storage import parse_storage_options
 
     try:
         parse_storage_options([value])
@@ -525,7 +525,7 @@ class Tool:
 
     def wrote(self, sink, output: str, inputs: str = "", more: str = "") -> None:
         """The ``-v`` summary of a tool that wrote ``sink`` (a
-        :class:`tarproc.sinks.TarSink`) to ``output``: ``wrote N samples (B
+        :class:`tarproc.io.sinks.TarSink`) to ``output``: ``wrote N samples (B
         bytes)[ from INPUTS] to OUTPUT in S s[; MORE]``."""
         source = f" from {inputs}" if inputs else ""
         self.info(f"wrote {sink.samples} samples ({sink.bytes_written} bytes){source} to {output}"
@@ -544,7 +544,7 @@ class Tool:
         :raises UsageError: stdin is a terminal
         :raises tarproc.errors.InputError: an input file does not exist
         """
-        from ..sources import check_inputs_exist, expand_inputs
+        from tarproc.io.sources import check_inputs_exist, expand_inputs
 
         given = inputs if inputs is not None else getattr(self.args, "inputs", None)
         specs = expand_inputs(given or ["-"])
@@ -558,7 +558,7 @@ class Tool:
         ``--strict``, ``--lowercase-fields``, warnings through ``warn``
         (default :meth:`warn`) and notes (meta members) to :meth:`note`;
         ``regroup``: see :func:`tarproc.samples.group_samples`."""
-        from ..sources import iter_samples
+        from tarproc.io.sources import iter_samples
 
         return iter_samples(specs, warn or self.warn, getattr(self.args, "strict", False),
                             on_read=self.count_input(specs), lowercase=self.lowercase, regroup=regroup,
@@ -577,10 +577,10 @@ class Tool:
         self.info(f"read {self._read.n} samples from {len(specs)} inputs in {self.elapsed():.2f} s")
 
     def count_input(self, specs: list[str]):
-        """The ``on_read`` callback for :func:`tarproc.sources.open_source`
+        """The ``on_read`` callback for :func:`tarproc.io.sources.open_source`
         that feeds the progress bar the bytes read of ``specs`` (their total:
         the sizes of local files), or None when no bar is shown."""
-        from ..sources import input_size
+        from tarproc.io.sources import input_size
 
         if not self._progress_enabled():
             return None
@@ -605,8 +605,8 @@ class Tool:
     @property
     def storage_options(self) -> dict:
         """``--storage-option KEY=VALUE...`` as fsspec ``storage_options``
-        (:func:`tarproc.storage.parse_storage_options`; checked when parsed)."""
-        from ..storage import parse_storage_options
+        (:func:`tarproc.io.storage.parse_storage_options`; checked when parsed)."""
+        from tarproc.io.storage import parse_storage_options
 
         try:
             return parse_storage_options(getattr(self.args, "storage_options", None) or [])
@@ -620,19 +620,19 @@ class Tool:
 
     def skip_count(self, samples: Iterable) -> Iterator:
         """``--skip`` and ``--count`` applied to ``samples``."""
-        from ..stages import skip_count
+        from tarproc.ops.stages import skip_count
 
         skip, count = getattr(self.args, "skip", 0), getattr(self.args, "count", None)
         return skip_count(samples, skip, count) if skip or count is not None else samples
 
     def open_output(self, output: str, terminal: bool = True):
-        """A :class:`tarproc.sinks.TarSink` for ``output`` with ``--compress``
+        """A :class:`tarproc.io.sinks.TarSink` for ``output`` with ``--compress``
         and ``--mtime``.
 
         :param terminal: refuse ``-`` when stdout is a terminal
         :raises UsageError: stdout is a terminal
         """
-        from ..sinks import open_sink
+        from tarproc.io.sinks import open_sink
 
         if terminal:
             refuse_terminal(output)
@@ -687,7 +687,7 @@ class Tool:
     def hinted(self, message: str, topic: str | None) -> str:
         """``message`` with the hint :meth:`run` was given for ``topic``
         (the :attr:`TarprocError.topic` of an error, also one reported by a
-        task in another process: :attr:`tarproc.tasks.TaskResult.topic`)."""
+        task in another process: :attr:`tarproc.jobs.tasks.TaskResult.topic`)."""
         hint = self.hints.get(topic) if topic else None
         return f"{message}; {hint}" if hint else message
 
@@ -750,7 +750,7 @@ def fed_by(stream) -> str | None:
     /proc: the process whose stdout is the pipe on our stdin, a console
     script of the family (``python .../bin/TOOL``) not given ``--no-progress``.
     """
-    from . import TOOLS
+    from tarproc.cli import TOOLS
 
     try:
         mine = os.readlink(f"/proc/self/fd/{stream.fileno()}")
@@ -781,7 +781,7 @@ def fed_by(stream) -> str | None:
 class _ByteMeter:
     """Counts the input bytes read for a :class:`Tool`'s bar; sizes known
     only when an input is opened (HTTP Content-Length) come through
-    :meth:`expect` (see :func:`tarproc.sources.open_source`)."""
+    :meth:`expect` (see :func:`tarproc.io.sources.open_source`)."""
 
     def __init__(self, tool: Tool, sizes: dict):
         self.tool = tool
@@ -876,7 +876,7 @@ def usage_message(name: str, exc: TyperException) -> str:
         message = message[0].lower() + message[1:]
     message = message.rstrip(".")
     hint = f" (see '{name} --help')" if exc.exit_code == ExitStatus.USAGE else ""
-    from .original import hint as original_hint
+    from tarproc.cli.original import hint as original_hint
 
     original = original_hint(name, message)
     if original is not None:

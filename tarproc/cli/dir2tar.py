@@ -7,9 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..create import dir_samples
-from ..sinks import PARTIAL
-from .common import Tool, command, make_app, output_option, refuse_terminal, run_app
+from tarproc.ops.create import dir_samples
+from tarproc.io.sinks import PARTIAL
+from tarproc.cli.common import Tool, command, make_app, output_option, refuse_terminal, run_app
 
 app = make_app(
     help="Turn a directory tree into a tar stream of WebDataset samples.\n\n"

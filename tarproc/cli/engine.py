@@ -3,7 +3,7 @@ tarshuffle), declared once in :data:`ENGINE` (given to
 :func:`tarproc.cli.common.command` as ``options=``), and the code that maps
 them onto the library: the task list's inputs (INPUT... and ``-T``), the
 engine (``-j`` the local engine, ``--dask`` or any other engine of
-:mod:`tarproc.engines`, whose option is named after its module;
+:mod:`tarproc.jobs.engines`, whose option is named after its module;
 ``--index``, ``--k8s-job``), the
 retry policy, the options a pod's command line repeats, the Job manifest,
 and the progress bar of tasks. Their values are in ``tool.args``."""
@@ -17,11 +17,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import engines, k8s, slurm, tasks
-from ..errors import UsageError
-from ..sources import input_urls
-from ..storage import url_kind
-from .common import Shared, Tool
+from tarproc.jobs import engines, k8s, slurm, tasks
+from tarproc.errors import UsageError
+from tarproc.io.sources import input_urls
+from tarproc.io.storage import url_kind
+from tarproc.cli.common import Shared, Tool
 
 TaskInputs = Annotated[
     Optional[list[str]],
@@ -107,7 +107,7 @@ ENGINE_SHARED = "storage_options"
 
 def task_specs(tool: Tool) -> list[str]:
     """The task list's inputs: INPUT... then each ``-T`` file's lines
-    (:func:`tarproc.sources.input_urls`, as tarcats reads them), brace
+    (:func:`tarproc.io.sources.input_urls`, as tarcats reads them), brace
     patterns expanded.
 
     :raises UsageError: none given
@@ -121,7 +121,7 @@ def task_specs(tool: Tool) -> list[str]:
 
 def _engine_options(tool: Tool) -> list[tuple[str, str, object]]:
     """``(engine name, --option, value)`` of every engine but the local one
-    (:func:`tarproc.engines.names`; the option is named after the module)."""
+    (:func:`tarproc.jobs.engines.names`; the option is named after the module)."""
     return [(name, "--" + name.replace("_", "-"), getattr(tool.args, name, None))
             for name in engines.names() if name != engines.DEFAULT]
 
@@ -233,7 +233,7 @@ def warn_pod_paths(tool: Tool, *paths: tuple[str, str | None]) -> None:
 
 def warn_local_paths(tool: Tool, engine: engines.Engine, *paths: tuple[str, str | None]) -> None:
     """Before any task runs on an engine whose workers do not share this
-    machine's file system (:attr:`tarproc.engines.Engine.shares_filesystem`
+    machine's file system (:attr:`tarproc.jobs.engines.Engine.shares_filesystem`
     False): warn, as :func:`warn_pod_paths` does for pods, for the local
     inputs, ``-T`` files and ``paths`` (output, records, staging): each
     worker would read and write its own disk, and outputs would lie on the
@@ -258,7 +258,7 @@ def _warn_local(tool: Tool, advice: str, paths) -> None:
 
 
 def job_manifest(tool: Tool, name: str, argv: list[str], completions: int) -> dict:
-    """The Indexed Job (:func:`tarproc.k8s.job_manifest`) with the
+    """The Indexed Job (:func:`tarproc.jobs.k8s.job_manifest`) with the
     ``--k8s-job`` options."""
     a = tool.args
     return k8s.job_manifest(name, a.image, argv, completions, parallelism=a.parallelism,
@@ -271,7 +271,7 @@ def slurm_arrays(tool: Tool, phases: list[tuple[str, list[str], int]]) -> None:
     ``(name, argv, tasks)`` (one: the script itself, for ``| sbatch``; more:
     a bash script submitting them in order, for ``| bash``), or with
     ``--slurm-submit`` submit them and print the job ids
-    (:mod:`tarproc.slurm`). Tasks run in this directory (``--chdir``).
+    (:mod:`tarproc.jobs.slurm`). Tasks run in this directory (``--chdir``).
 
     :raises UsageError: a bad name, ``--cpu``, ``--memory`` or ``--time-limit``
     :raises SourceError: sbatch or scontrol failed

@@ -6,10 +6,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..create import DEFAULT_KEYFORMAT, KeyNumbers, UniqueKeys, line_samples, parse_fields
-from ..errors import UsageError
-from ..sources import open_source
-from .common import Tool, command, make_app, output_option, run_app
+from tarproc.ops.create import DEFAULT_KEYFORMAT, KeyNumbers, UniqueKeys, line_samples, parse_fields
+from tarproc.errors import UsageError
+from tarproc.io.sources import open_source
+from tarproc.cli.common import Tool, command, make_app, output_option, run_app
 
 app = make_app(
     help="Turn each line of text into a sample with the fields named by -k (default: one field, txt).\n\n"

@@ -22,8 +22,8 @@ import sys
 
 import typer
 
-from .. import __version__
-from . import TOOLS
+from tarproc import __version__
+from tarproc.cli import TOOLS
 
 __all__ = ["TOOLS", "man_page", "write_man_pages", "setup_cfg_text", "write_launchers"]
 

@@ -10,12 +10,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..create import parse_fields
-from ..describe import is_text
-from ..errors import UsageError
-from ..iov import whole_writes
-from ..spool import LargeField
-from .common import Tool, command, make_app, run_app
+from tarproc.ops.create import parse_fields
+from tarproc.ops.describe import is_text
+from tarproc.errors import UsageError
+from tarproc.io.iov import whole_writes
+from tarproc.io.spool import LargeField
+from tarproc.cli.common import Tool, command, make_app, run_app
 
 app = make_app(
     help="Write one JSON line (or TSV row) per sample with its __key__ and the chosen fields.\n\n"

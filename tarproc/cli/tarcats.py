@@ -8,11 +8,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import UsageError
-from ..parallel import ParallelReader
-from ..samples import KeyLedger
-from ..sources import check_inputs_exist, input_urls, iter_source_samples
-from ..stages import (
+from tarproc.errors import UsageError
+from tarproc.io.parallel import ParallelReader
+from tarproc.samples import KeyLedger
+from tarproc.io.sources import check_inputs_exist, input_urls, iter_source_samples
+from tarproc.ops.stages import (
     BadShards,
     FieldSelector,
     Rekeyer,
@@ -23,7 +23,7 @@ from ..stages import (
     shuffle_samples,
     slice_samples,
 )
-from .common import (
+from tarproc.cli.common import (
     REPEATED_KEYS,
     Parallel,
     Shared,

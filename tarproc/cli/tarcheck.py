@@ -7,13 +7,21 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import records
-from ..check import CheckOptions, ProcessPool, check_dataset, check_decodable, parse_require, shard_index_records, write_report
-from ..errors import UsageError
-from ..engines.local import LocalEngine
-from ..sources import check_inputs_exist
-from . import engine
-from .common import Tool, command, make_app, run_app
+from tarproc.jobs import records
+from tarproc.jobs.check import (
+    CheckOptions,
+    ProcessPool,
+    check_dataset,
+    check_decodable,
+    parse_require,
+    shard_index_records,
+    write_report,
+)
+from tarproc.errors import UsageError
+from tarproc.jobs.engines.local import LocalEngine
+from tarproc.io.sources import check_inputs_exist
+from tarproc.cli import engine
+from tarproc.cli.common import Tool, command, make_app, run_app
 
 HELP = """\
 Verify and index a dataset of tar shards: many at once, local or remote.

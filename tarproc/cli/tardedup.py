@@ -6,11 +6,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import dedup, tasks
-from ..errors import ExitStatus, UsageError
-from ..sources import check_inputs_exist
-from .common import Tool, command, make_app, run_app
-from . import engine
+from tarproc.jobs import dedup, tasks
+from tarproc.errors import ExitStatus, UsageError
+from tarproc.io.sources import check_inputs_exist
+from tarproc.cli.common import Tool, command, make_app, run_app
+from tarproc.cli import engine
 
 HELP = """\
 Remove exact duplicates across a whole dataset: two samples are duplicates
@@ -132,7 +132,7 @@ def tardedup(
             tool.info(f"{phase} task {i}: {result.status}")
             return
 
-        from ..shufflejob import run_task, run_task_quiet
+        from tarproc.jobs.shufflejob import run_task, run_task_quiet
 
         context = tasks.TaskContext(line_writer=tool.say)
         engine.warn_local_paths(tool, runner, ("output", job.pattern), ("removed list", job.removed),

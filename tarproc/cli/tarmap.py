@@ -7,12 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import k8s, records, tasks
-from ..engines.run import run_all
-from ..errors import ExitStatus, UsageError
-from ..sources import check_inputs_exist
-from .common import Tool, command, make_app, run_app
-from . import engine
+from tarproc.jobs import k8s, records, tasks
+from tarproc.jobs.engines.run import run_all
+from tarproc.errors import ExitStatus, UsageError
+from tarproc.io.sources import check_inputs_exist
+from tarproc.cli.common import Tool, command, make_app, run_app
+from tarproc.cli import engine
 
 HELP = """\
 Run a shell pipeline once per input shard, resumable and exactly once.

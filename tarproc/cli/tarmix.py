@@ -10,15 +10,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import OutputError, UsageError
-from ..mix import Mixer, parse_source, write_mix
-from ..shards import ShardInfo, ShardPattern
-from ..sources import check_inputs_exist
-from ..storage import url_kind
-from ..stages import Rekeyer
-from .common import Tool, command, compression_name, make_app, run_app, size_option
-from .tarcats import RekeyOpt, parse_seed
-from .tarsplit import DEFAULT_MAXCOUNT, DEFAULT_MAXSIZE
+from tarproc.errors import OutputError, UsageError
+from tarproc.ops.mix import Mixer, parse_source, write_mix
+from tarproc.io.shards import ShardInfo, ShardPattern
+from tarproc.io.sources import check_inputs_exist
+from tarproc.io.storage import url_kind
+from tarproc.ops.stages import Rekeyer
+from tarproc.cli.common import Tool, command, compression_name, make_app, run_app, size_option
+from tarproc.cli.tarcats import RekeyOpt, parse_seed
+from tarproc.cli.tarsplit import DEFAULT_MAXCOUNT, DEFAULT_MAXSIZE
 
 HELP = """\
 Write a mixed dataset: COUNT samples drawn from several SOURCEs with exact

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from .common import REPEATED_KEYS, Tool, command, make_app, run_app
-from .tarcats import CATS, CATS_SHARED, run_cats
+from tarproc.cli.common import REPEATED_KEYS, Tool, command, make_app, run_app
+from tarproc.cli.tarcats import CATS, CATS_SHARED, run_cats
 
 HELP = """\
 Read many tar shards in parallel worker processes and merge their samples.

@@ -11,17 +11,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..create import TEXT_MODES, iter_text_samples
-from ..errors import DuplicateKeyError, UsageError
-from ..executor import CommandJob, CommandSpec, ErrorPolicy, print_log
-from ..executor.policy import HALT_AFTER, KEEP
-from ..executor.runloop import Summary, process
-from ..executor.sandbox import script_argv
-from ..procs import SHELL
-from ..sinks import PARTIAL, open_sink
-from ..storage import local_path
-from ..tempdirs import make_run_dir
-from .common import REPEATED_KEYS, Tool, command, make_app, refuse_terminal, run_app
+from tarproc.ops.create import TEXT_MODES, iter_text_samples
+from tarproc.errors import DuplicateKeyError, UsageError
+from tarproc.executor import CommandJob, CommandSpec, ErrorPolicy, print_log
+from tarproc.executor.policy import HALT_AFTER, KEEP
+from tarproc.executor.runloop import Summary, process
+from tarproc.executor.sandbox import script_argv
+from tarproc.procs import SHELL
+from tarproc.io.sinks import PARTIAL, open_sink
+from tarproc.io.storage import local_path
+from tarproc.tempdirs import make_run_dir
+from tarproc.cli.common import REPEATED_KEYS, Tool, command, make_app, refuse_terminal, run_app
 
 #: what tarproc adds to a library error about a rule its options change
 HINTS = {
@@ -84,7 +84,7 @@ app = make_app(HELP, EXAMPLES)
 
 
 class _FailedSamples:
-    """``--failed FILE``: a :class:`tarproc.sinks.TarSink` opened at the
+    """``--failed FILE``: a :class:`tarproc.io.sinks.TarSink` opened at the
     first failed sample, so that a run where none fails makes no empty FILE;
     closing it then removes a local FILE an earlier run left (it would list
     failures this run does not have)."""
@@ -174,7 +174,7 @@ def tarproc(
         specs = tool.input_specs()
         _check_clashes(output, failed, specs)
         if map_function is not None:
-            from ..executor.pymap import MapJob, load_function
+            from tarproc.executor.pymap import MapJob, load_function
 
             job = MapJob(load_function(map_function), map_batch or 0, policy, name=map_function)
             root = None

@@ -8,11 +8,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..describe import Stats, contact_sheet, format_summary, summarize
-from ..errors import UsageError
-from ..iov import whole_writes
-from ..spool import LargeField
-from .common import Tool, command, make_app, run_app
+from tarproc.ops.describe import Stats, contact_sheet, format_summary, summarize
+from tarproc.errors import UsageError
+from tarproc.io.iov import whole_writes
+from tarproc.io.spool import LargeField
+from tarproc.cli.common import Tool, command, make_app, run_app
 
 app = make_app(
     help="Show what tar shards hold: samples, field sizes and previews, statistics, contact sheets.\n\n"

@@ -8,15 +8,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import k8s, shufflejob, tasks
-from ..errors import ExitStatus, UsageError
-from ..shards import ShardPattern
-from ..shuffle import count_samples, shard_count
-from ..sort import DEFAULT_BUFFER
-from ..sources import check_inputs_exist
-from ..stages import Rekeyer
-from .common import Tool, command, make_app, run_app, size_option
-from . import engine
+from tarproc.jobs import k8s, shufflejob, tasks
+from tarproc.errors import ExitStatus, UsageError
+from tarproc.io.shards import ShardPattern
+from tarproc.jobs.shuffle import count_samples, shard_count
+from tarproc.ops.sort import DEFAULT_BUFFER
+from tarproc.io.sources import check_inputs_exist
+from tarproc.ops.stages import Rekeyer
+from tarproc.cli.common import Tool, command, make_app, run_app, size_option
+from tarproc.cli import engine
 
 HELP = """\
 Shuffle a whole dataset across shards and re-shard it: every sample of the

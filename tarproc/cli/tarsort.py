@@ -8,9 +8,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import UsageError
-from ..sort import DEFAULT_BUFFER, ExternalSorter, merge_fragments, regroup_and_sort, sort_key_function
-from .common import Tool, command, make_app, output_option, run_app, size_option
+from tarproc.errors import UsageError
+from tarproc.ops.sort import (
+    DEFAULT_BUFFER,
+    ExternalSorter,
+    merge_fragments,
+    regroup_and_sort,
+    sort_key_function,
+)
+from tarproc.cli.common import Tool, command, make_app, output_option, run_app, size_option
 
 app = make_app(
     help="Sort or shuffle the samples of tar shards with bounded memory.\n\n"

@@ -7,9 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import UsageError
-from ..shards import ShardInfo, ShardPattern, ShardWriter, open_manifest
-from .common import Tool, command, compression_name, make_app, run_app, size_option
+from tarproc.errors import UsageError
+from tarproc.io.shards import ShardInfo, ShardPattern, ShardWriter, open_manifest
+from tarproc.cli.common import Tool, command, compression_name, make_app, run_app, size_option
 
 HELP = """\
 Split a stream of WebDataset samples into shards of N samples or B bytes.

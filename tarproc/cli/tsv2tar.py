@@ -6,10 +6,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..create import DEFAULT_KEYFORMAT, KeyNumbers, tsv_samples
-from ..errors import UsageError
-from ..sources import check_inputs_exist, open_source
-from .common import Tool, command, make_app, output_option, run_app
+from tarproc.ops.create import DEFAULT_KEYFORMAT, KeyNumbers, tsv_samples
+from tarproc.errors import UsageError
+from tarproc.io.sources import check_inputs_exist, open_source
+from tarproc.cli.common import Tool, command, make_app, output_option, run_app
 
 app = make_app(
     help="Make one sample per row of a TSV plan.\n\n"

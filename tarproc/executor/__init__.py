@@ -33,13 +33,22 @@ import sys
 import threading
 from collections.abc import Iterable, Iterator
 
-from ..samples import Sample, key_problem
-from .policy import ABORT, KEEP, RETRY, SKIP, ErrorPolicy, abort_on_failure, keep_failed, skip_failed
-from . import guard
-from .runloop import Summary, process
-from .results import Result
-from .sandbox import CommandJob, CommandSpec
-from .schedule import run_pool, run_serial
+from tarproc.samples import Sample, key_problem
+from tarproc.executor.policy import (
+    ABORT,
+    KEEP,
+    RETRY,
+    SKIP,
+    ErrorPolicy,
+    abort_on_failure,
+    keep_failed,
+    skip_failed,
+)
+from tarproc import guard
+from tarproc.executor.runloop import Summary, process
+from tarproc.executor.results import Result
+from tarproc.executor.sandbox import CommandJob, CommandSpec
+from tarproc.executor.pool import run_pool, run_serial
 
 
 def run_sample(spec: CommandSpec, sample: Sample, index: int) -> Result:

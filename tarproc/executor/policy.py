@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
-from ..errors import CommandError
+from tarproc.errors import CommandError
 
 RETRY = "retry"
 SKIP = "skip"

@@ -19,10 +19,10 @@ import os
 import traceback
 from collections.abc import Callable
 
-from ..errors import UsageError
-from ..samples import Sample, key_problem
-from ..spool import LargeField
-from .results import Result, settle
+from tarproc.errors import UsageError
+from tarproc.samples import Sample, key_problem
+from tarproc.io.spool import LargeField
+from tarproc.executor.results import Result, settle
 
 
 def load_function(ref: str) -> Callable:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .policy import RETRY, decide
+from tarproc.executor.policy import RETRY, decide
 
 
 @dataclass

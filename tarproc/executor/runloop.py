@@ -31,10 +31,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from ..errors import CommandError, DuplicateKeyError, Warn
-from ..samples import KeyLedger, Sample, duplicate_message
-from .policy import KEEP
-from .results import Result
+from tarproc.errors import CommandError, DuplicateKeyError, Warn
+from tarproc.samples import KeyLedger, Sample, duplicate_message
+from tarproc.executor.policy import KEEP
+from tarproc.executor.results import Result
 
 
 @dataclass
@@ -101,7 +101,7 @@ def process(
     :param job: as for :func:`tarproc.executor.run_samples` (its handler, an
         :class:`.policy.ErrorPolicy`, is the stop rule)
     :param sink: where output samples go (``write(sample)``, ``close()``,
-        ``abort()``: a :class:`tarproc.sinks.TarSink`), or None; closed (its
+        ``abort()``: a :class:`tarproc.io.sinks.TarSink`), or None; closed (its
         output committed) when the run ends well, aborted otherwise
     :param failed: a sink for the failed input samples, or None
     :param parallel: worker processes (1: this process)
@@ -124,7 +124,7 @@ def process(
     :raises TarprocError: a worker process died, an output cannot be written
     :raises KeyboardInterrupt: SIGINT (tarproc.errors.Interrupted: SIGTERM)
     """
-    from . import run_samples
+    from tarproc.executor import run_samples
 
     summary = summary if summary is not None else Summary()
     policy = getattr(job, "handler", None)

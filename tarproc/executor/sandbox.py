@@ -39,12 +39,12 @@ import stat
 import subprocess
 from dataclasses import dataclass
 
-from .. import procs
-from ..samples import Sample, key_problem
-from ..spool import THRESHOLD as _LARGE
-from ..spool import LargeField, spool_file
-from . import guard
-from .results import Result, settle
+from tarproc import procs
+from tarproc.samples import Sample, key_problem
+from tarproc.io.spool import THRESHOLD as _LARGE
+from tarproc.io.spool import LargeField, spool_file
+from tarproc import guard
+from tarproc.executor.results import Result, settle
 
 KEY_FILE = "__key__"
 SOURCE_FILE = "__source__"
@@ -135,7 +135,7 @@ def script_argv(path: str, shell: str | None = None) -> list[str]:
 
 def write_file(path: str, data) -> None:
     """Create the file ``path`` with ``data`` (bytes-like, or a
-    :class:`tarproc.spool.LargeField`, copied from its file in the kernel);
+    :class:`tarproc.io.spool.LargeField`, copied from its file in the kernel);
     writes are resumed after a short one.
 
     :raises OSError:
@@ -180,8 +180,8 @@ def write_sample(directory: str, sample: Sample, base: str) -> str:
 def read_regular(path: str) -> bytes | LargeField | None:
     """The bytes of a regular file, or None if it is anything else (the
     file is opened without following symlinks or blocking on a FIFO). A
-    file larger than :data:`tarproc.spool.THRESHOLD` bytes is moved to the
-    spool directory and given as a :class:`tarproc.spool.LargeField`
+    file larger than :data:`tarproc.io.spool.THRESHOLD` bytes is moved to the
+    spool directory and given as a :class:`tarproc.io.spool.LargeField`
     (never read into memory)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)

@@ -8,7 +8,7 @@ sample's own buffers (no join, no pickling of the bytes) and read into one
 buffer. Receivers get :class:`memoryview` slices of that buffer (the worker
 writes files from them) or, with ``copy``, bytes (what the parent hands on).
 
-A :class:`tarproc.spool.LargeField` (a file-backed field) crosses as its
+A :class:`tarproc.io.spool.LargeField` (a file-backed field) crosses as its
 path and size in the skeleton, never as bytes: workers share the parent's
 file system. The parent keeps owning the files of its tasks' fields; a
 worker hands the files of its results' fields over to the parent (it
@@ -29,9 +29,9 @@ import os
 import pickle
 import struct
 
-from .. import iov
-from ..spool import LargeField
-from .results import Result
+from tarproc.io import iov
+from tarproc.io.spool import LargeField
+from tarproc.executor.results import Result
 
 HEADER = struct.Struct("<QQ")
 _RAW = None  # marks a value sent in the raw part
@@ -184,7 +184,7 @@ def unpack_results(skeleton, lengths, raw: memoryview, inputs: dict | None = Non
 
 def send(fd: int, buffers: list) -> None:
     """Write one message to a blocking ``fd`` (``writev``, resumed after a
-    partial write: :func:`tarproc.iov.write_all`)."""
+    partial write: :func:`tarproc.io.iov.write_all`)."""
     iov.write_all(fd, buffers)
 
 

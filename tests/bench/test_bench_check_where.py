@@ -39,7 +39,7 @@ sys.path.insert(0, str(HERE.parent))
 from conftest import tool_env  # noqa: E402
 from makeshards import imagenet_samples  # noqa: E402
 
-from tarproc.sinks import open_sink  # noqa: E402
+from tarproc.io.sinks import open_sink  # noqa: E402
 
 SHM = "/dev/shm" if os.path.isdir("/dev/shm") else None
 SHARDS = 20

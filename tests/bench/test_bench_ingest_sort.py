@@ -34,7 +34,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from conftest import tool_env  # noqa: E402
 
-from tarproc.tario import TarWriter  # noqa: E402
+from tarproc.io.tario import TarWriter  # noqa: E402
 
 CLASSES, PER_CLASS = 100, 500  # 50,000 samples, 100,000 files
 SORT_MB = int(os.environ.get("TARPROC_BENCH_SORT_MB", "1024"))

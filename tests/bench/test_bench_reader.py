@@ -26,8 +26,8 @@ sys.path.insert(0, str(HERE.parent))
 from makeshards import write_shard  # noqa: E402
 
 from tarproc import iter_samples  # noqa: E402
-from tarproc.compress import decompressing_reader  # noqa: E402
-from tarproc.tario import iter_members  # noqa: E402
+from tarproc.io.compress import decompressing_reader  # noqa: E402
+from tarproc.io.tario import iter_members  # noqa: E402
 
 N = 2000
 

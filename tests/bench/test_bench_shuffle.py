@@ -39,8 +39,8 @@ sys.path.insert(0, str(HERE.parent))
 from conftest import BIN, tool_env  # noqa: E402
 from makeshards import imagenet_samples  # noqa: E402
 
-from tarproc.sinks import open_sink  # noqa: E402
-from tarproc.sources import iter_samples  # noqa: E402
+from tarproc.io.sinks import open_sink  # noqa: E402
+from tarproc.io.sources import iter_samples  # noqa: E402
 
 SHARDS = 8
 PER_SHARD = 1250

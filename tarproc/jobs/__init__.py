@@ -1,0 +1,1 @@
+"""Shard tasks on engines: tasks and their completion records, the engines that run them (local, Dask), Kubernetes Jobs and Slurm arrays, the dataset check, and the shuffle and dedup MapReduce jobs."""
