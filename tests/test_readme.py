@@ -56,7 +56,7 @@ EXIT = [(r"^tarcheck broken-\*\.tar --repair", 3,
          "the shards are broken (bad data: exit 3); the repaired copies are written all the same")]
 
 #: commands slower than a unit test (hundreds of tasks): run with the slow tests
-SLOW = [r"^tarshuffle 'in-\{0000\.\.0147\}\.tar' --shards 300"]
+SLOW = [r"^tarshuffle 'in-\{0000\.\.0147\}\.tar' --shards 300", r"^tardedup 'train-\{0000\.\.0147\}\.tar'"]
 
 KUBECTL = """#!/usr/bin/env python3
 import sys, yaml
