@@ -58,7 +58,8 @@ def shards(tmp_path_factory) -> list[Path]:
 
 
 # ------------------------------------------------------------------ tarmap
-@pytest.mark.parametrize("how,status", [("SIGTERM", 143), ("SIGINT", 130), ("timeout", 1), ("index-SIGTERM", 143)])
+# a tool dies of SIGINT/SIGTERM after its cleanup (-2/-15 here; a shell shows 130/143)
+@pytest.mark.parametrize("how,status", [("SIGTERM", -15), ("SIGINT", -2), ("timeout", 1), ("index-SIGTERM", -15)])
 def test_tarmap_stopped_leaves_no_sample_directories(shards, tmp_path, how, status):
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
@@ -103,7 +104,7 @@ def test_tarshuffle_sigterm_leaves_no_partial_files(shards, tmp_path):
     wait_for(lambda: staging.exists() and list(staging.glob("staged-000000.tar.partial*")), "a staged partial file")
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 143, stderr.decode()
+    assert proc.returncode == -15, stderr.decode()  # died of SIGTERM after its cleanup (143 in a shell)
     assert gone(str(tmp_path)) == ""
     assert [p.name for p in tmp_path.rglob("*") if ".partial" in p.name] == []
     assert not list(out.glob("train-*.tar")) if out.exists() else True
