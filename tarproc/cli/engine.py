@@ -21,7 +21,8 @@ from tarproc.jobs import engines, k8s, slurm, tasks
 from tarproc.errors import UsageError
 from tarproc.io.sources import input_urls
 from tarproc.io.storage import url_kind
-from tarproc.cli.common import Shared, Tool
+from tarproc.cli.options import Shared
+from tarproc.cli.tool import Tool
 
 TaskInputs = Annotated[
     Optional[list[str]],
