@@ -95,6 +95,22 @@ def test_the_layer_check_sees_imports():
     assert any(layer(t) == "jobs" for t in runtime_imports(MODULES["tarproc.cli.tarmap"]))
 
 
+#: the tools' shared base, lowest first: each module imports only those before it
+CLI_BASE = ["tarproc.cli.options", "tarproc.cli.tool", "tarproc.cli.app"]
+#: what else of tarproc.cli the base may use: the package (TOOLS), the original tarproc's option table
+CLI_BASE_USES = {"tarproc.cli", "tarproc.cli.original"}
+
+
+def test_the_tools_base_is_layered():
+    """options <- tool <- app: the option declarations know no run, the
+    per-run Tool knows no app, and the base imports no tool (no cycle)."""
+    for i, module in enumerate(CLI_BASE):
+        cli = {t for t in runtime_imports(MODULES[module]) if t.startswith("tarproc.cli")}
+        allowed = set(CLI_BASE[:i]) | CLI_BASE_USES
+        assert cli <= allowed, f"{module} imports {sorted(cli - allowed)}"
+    assert {"tarproc.cli.options", "tarproc.cli.tool"} <= runtime_imports(MODULES["tarproc.cli.app"])
+
+
 SIGNAL_CALLS = {"signal", "pthread_sigmask", "siginterrupt", "set_wakeup_fd"}
 #: the one home of signal handling in the library; the tools install theirs through tarproc.cli
 SIGNAL_HOME = {"tarproc.guard"}

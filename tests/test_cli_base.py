@@ -1,6 +1,6 @@
-"""The shared base of the tools (tarproc/cli/common.py): a tool declares only
-its own options, the shared ones come from one table, spelled the same in
-every tool."""
+"""The shared base of the tools (tarproc/cli/options.py, tool.py and app.py):
+a tool declares only its own options, the shared ones come from one table,
+spelled the same in every tool."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import typer
 from typer.testing import CliRunner
 
 from tarproc.cli import TOOLS
-from tarproc.cli.common import ALWAYS, SHARED, Tool, command, make_app, shared_names, tool_shared
+from tarproc.cli.app import command, make_app, tool_shared
+from tarproc.cli.options import ALWAYS, SHARED, shared_names
+from tarproc.cli.tool import Tool
 
 
 def _toy():
@@ -81,6 +83,6 @@ def test_ctrl_c_while_a_tool_starts_ends_it_quietly():
     # once the tool runs, Ctrl-C is its own again (KeyboardInterrupt, recorded): exit 130 with the temporary files removed
     run_ = subprocess.run([sys.executable, "-c", "import signal, sys; sys.argv = ['tarsplit', '--help']\n"
                            "from tarproc.cli.tarsplit import main\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
-                           "from tarproc.cli import common\nprint(signal.getsignal(signal.SIGINT) is common._raise_interrupted)"],
+                           "from tarproc.cli import tool\nprint(signal.getsignal(signal.SIGINT) is tool._raise_interrupted)"],
                           capture_output=True, text=True)
     assert run_.stdout.endswith("True\n"), run_.stderr

@@ -18,7 +18,7 @@ import typer
 
 from conftest import REPO, run, tool_env
 from tarproc.cli import TOOLS
-from tarproc.cli.common import tool_shared
+from tarproc.cli.app import tool_shared
 
 #: tools that read tar shards (the shared INPUT ..., '-' by default)
 TAR_READERS = [t for t in TOOLS if "inputs" in tool_shared(importlib.import_module(f"tarproc.cli.{t}").app)]

@@ -21,7 +21,7 @@ from conftest import run, tool_env
 from makeshards import write_shard
 from s3server import CREDENTIALS, s3_server  # noqa: F401  (the fixture)
 from tarproc.cli import TOOLS
-from tarproc.cli.common import tool_shared
+from tarproc.cli.app import tool_shared
 from tarproc.io.storage import parse_storage_options, url_storage_options
 
 

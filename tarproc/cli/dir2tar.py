@@ -9,7 +9,9 @@ import typer
 
 from tarproc.ops.create import dir_samples
 from tarproc.io.sinks import PARTIAL
-from tarproc.cli.common import Tool, command, make_app, output_option, refuse_terminal, run_app
+from tarproc.cli.app import command, make_app, run_app
+from tarproc.cli.options import output_option
+from tarproc.cli.tool import Tool, refuse_terminal
 
 app = make_app(
     help="Turn a directory tree into a tar stream of WebDataset samples.\n\n"

@@ -1,6 +1,6 @@
 """The options of the tools that run tasks on an engine (tarmap,
 tarshuffle), declared once in :data:`ENGINE` (given to
-:func:`tarproc.cli.common.command` as ``options=``), and the code that maps
+:func:`tarproc.cli.app.command` as ``options=``), and the code that maps
 them onto the library: the task list's inputs (INPUT... and ``-T``), the
 engine (``-j`` the local engine, ``--dask`` or any other engine of
 :mod:`tarproc.jobs.engines`, whose option is named after its module;
@@ -21,7 +21,8 @@ from tarproc.jobs import engines, k8s, slurm, tasks
 from tarproc.errors import UsageError
 from tarproc.io.sources import input_urls
 from tarproc.io.storage import url_kind
-from tarproc.cli.common import Shared, Tool
+from tarproc.cli.options import Shared
+from tarproc.cli.tool import Tool
 
 TaskInputs = Annotated[
     Optional[list[str]],
@@ -101,7 +102,7 @@ HINTS = {
 }
 HINTS.update({name: f"given with {'--' + name.replace('_', '-')}" for name in engines.names()
               if name != engines.DEFAULT})  # an engine's errors carry its name as topic
-#: the options of :data:`tarproc.cli.common.SHARED` every engine tool takes
+#: the options of :data:`tarproc.cli.options.SHARED` every engine tool takes
 ENGINE_SHARED = "storage_options"
 
 

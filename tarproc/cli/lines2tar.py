@@ -9,7 +9,9 @@ import typer
 from tarproc.ops.create import DEFAULT_KEYFORMAT, KeyNumbers, UniqueKeys, line_samples, parse_fields
 from tarproc.errors import UsageError
 from tarproc.io.sources import open_source
-from tarproc.cli.common import Tool, command, make_app, output_option, run_app
+from tarproc.cli.app import command, make_app, run_app
+from tarproc.cli.options import output_option
+from tarproc.cli.tool import Tool
 
 app = make_app(
     help="Turn each line of text into a sample with the fields named by -k (default: one field, txt).\n\n"

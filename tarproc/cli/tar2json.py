@@ -15,7 +15,8 @@ from tarproc.ops.describe import is_text
 from tarproc.errors import UsageError
 from tarproc.io.iov import whole_writes
 from tarproc.io.spool import LargeField
-from tarproc.cli.common import Tool, command, make_app, run_app
+from tarproc.cli.app import command, make_app, run_app
+from tarproc.cli.tool import Tool
 
 app = make_app(
     help="Write one JSON line (or TSV row) per sample with its __key__ and the chosen fields.\n\n"

@@ -23,18 +23,9 @@ from tarproc.ops.stages import (
     shuffle_samples,
     slice_samples,
 )
-from tarproc.cli.common import (
-    REPEATED_KEYS,
-    Parallel,
-    Shared,
-    Tool,
-    command,
-    make_app,
-    output_option,
-    refuse_terminal,
-    refuse_terminal_input,
-    run_app,
-)
+from tarproc.cli.app import REPEATED_KEYS, command, make_app, run_app
+from tarproc.cli.options import Parallel, Shared, output_option
+from tarproc.cli.tool import Tool, refuse_terminal, refuse_terminal_input
 
 HELP = """\
 Concatenate tar shards of WebDataset samples into one tar stream.
@@ -266,7 +257,7 @@ def run_cats(tool: Tool, interleaved: bool, parallel: int) -> None:
         tool.wrote(sink, a.output, inputs=f"{len(specs)} inputs")
 
 
-#: the options of tarcats that tarpcat takes too (see :func:`tarproc.cli.common.command`)
+#: the options of tarcats that tarpcat takes too (see :func:`tarproc.cli.app.command`)
 CATS = {
     "output": Shared(output_option("-", "Output file, '-' for stdout, or 'pipe:CMD'."), "-"),
     "filelist": Shared(Filelist, None),

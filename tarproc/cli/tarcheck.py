@@ -21,7 +21,8 @@ from tarproc.errors import UsageError
 from tarproc.jobs.engines.local import LocalEngine
 from tarproc.io.sources import check_inputs_exist
 from tarproc.cli import engine
-from tarproc.cli.common import Tool, command, make_app, run_app
+from tarproc.cli.app import command, make_app, run_app
+from tarproc.cli.tool import Tool
 
 HELP = """\
 Verify and index a dataset of tar shards: many at once, local or remote.

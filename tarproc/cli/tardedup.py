@@ -9,7 +9,8 @@ import typer
 from tarproc.jobs import dedup, tasks
 from tarproc.errors import ExitStatus, UsageError
 from tarproc.io.sources import check_inputs_exist
-from tarproc.cli.common import Tool, command, make_app, run_app
+from tarproc.cli.app import command, make_app, run_app
+from tarproc.cli.tool import Tool
 from tarproc.cli import engine
 
 HELP = """\

@@ -11,7 +11,8 @@ from tarproc.jobs import k8s, records, tasks
 from tarproc.jobs.engines.run import run_all
 from tarproc.errors import ExitStatus, UsageError
 from tarproc.io.sources import check_inputs_exist
-from tarproc.cli.common import Tool, command, make_app, run_app
+from tarproc.cli.app import command, make_app, run_app
+from tarproc.cli.tool import Tool
 from tarproc.cli import engine
 
 HELP = """\

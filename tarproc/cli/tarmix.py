@@ -16,7 +16,9 @@ from tarproc.io.shards import ShardInfo, ShardPattern
 from tarproc.io.sources import check_inputs_exist
 from tarproc.io.storage import url_kind
 from tarproc.ops.stages import Rekeyer
-from tarproc.cli.common import Tool, command, compression_name, make_app, run_app, size_option
+from tarproc.cli.app import command, make_app, run_app
+from tarproc.cli.options import compression_name, size_option
+from tarproc.cli.tool import Tool
 from tarproc.cli.tarcats import RekeyOpt, parse_seed
 from tarproc.cli.tarsplit import DEFAULT_MAXCOUNT, DEFAULT_MAXSIZE
 

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from tarproc.cli.common import REPEATED_KEYS, Tool, command, make_app, run_app
+from tarproc.cli.app import REPEATED_KEYS, command, make_app, run_app
+from tarproc.cli.tool import Tool
 from tarproc.cli.tarcats import CATS, CATS_SHARED, run_cats
 
 HELP = """\

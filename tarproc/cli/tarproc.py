@@ -21,7 +21,8 @@ from tarproc.procs import SHELL
 from tarproc.io.sinks import PARTIAL, open_sink
 from tarproc.io.storage import local_path
 from tarproc.tempdirs import make_run_dir
-from tarproc.cli.common import REPEATED_KEYS, Tool, command, make_app, refuse_terminal, run_app
+from tarproc.cli.app import REPEATED_KEYS, command, make_app, run_app
+from tarproc.cli.tool import Tool, refuse_terminal
 
 #: what tarproc adds to a library error about a rule its options change
 HINTS = {

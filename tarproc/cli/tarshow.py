@@ -12,7 +12,8 @@ from tarproc.ops.describe import Stats, contact_sheet, format_summary, summarize
 from tarproc.errors import UsageError
 from tarproc.io.iov import whole_writes
 from tarproc.io.spool import LargeField
-from tarproc.cli.common import Tool, command, make_app, run_app
+from tarproc.cli.app import command, make_app, run_app
+from tarproc.cli.tool import Tool
 
 app = make_app(
     help="Show what tar shards hold: samples, field sizes and previews, statistics, contact sheets.\n\n"

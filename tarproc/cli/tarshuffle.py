@@ -15,7 +15,9 @@ from tarproc.jobs.shuffle import count_samples, shard_count
 from tarproc.ops.sort import DEFAULT_BUFFER
 from tarproc.io.sources import check_inputs_exist
 from tarproc.ops.stages import Rekeyer
-from tarproc.cli.common import Tool, command, make_app, run_app, size_option
+from tarproc.cli.app import command, make_app, run_app
+from tarproc.cli.options import size_option
+from tarproc.cli.tool import Tool
 from tarproc.cli import engine
 
 HELP = """\

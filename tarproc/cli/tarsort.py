@@ -16,7 +16,9 @@ from tarproc.ops.sort import (
     regroup_and_sort,
     sort_key_function,
 )
-from tarproc.cli.common import Tool, command, make_app, output_option, run_app, size_option
+from tarproc.cli.app import command, make_app, run_app
+from tarproc.cli.options import output_option, size_option
+from tarproc.cli.tool import Tool
 
 app = make_app(
     help="Sort or shuffle the samples of tar shards with bounded memory.\n\n"

@@ -9,7 +9,9 @@ import typer
 
 from tarproc.errors import UsageError
 from tarproc.io.shards import ShardInfo, ShardPattern, ShardWriter, open_manifest
-from tarproc.cli.common import Tool, command, compression_name, make_app, run_app, size_option
+from tarproc.cli.app import command, make_app, run_app
+from tarproc.cli.options import compression_name, size_option
+from tarproc.cli.tool import Tool
 
 HELP = """\
 Split a stream of WebDataset samples into shards of N samples or B bytes.

@@ -9,7 +9,9 @@ import typer
 from tarproc.ops.create import DEFAULT_KEYFORMAT, KeyNumbers, tsv_samples
 from tarproc.errors import UsageError
 from tarproc.io.sources import check_inputs_exist, open_source
-from tarproc.cli.common import Tool, command, make_app, output_option, run_app
+from tarproc.cli.app import command, make_app, run_app
+from tarproc.cli.options import output_option
+from tarproc.cli.tool import Tool
 
 app = make_app(
     help="Make one sample per row of a TSV plan.\n\n"

@@ -325,7 +325,7 @@ def run_attempt(task: tasks.Task, attempt: int, options: tasks.TaskOptions,
     if not options.quiet:
         for line in lines:
             if not line.startswith(prefix):  # the error is the failure's message
-                context.line_writer(line)  # above a progress bar (tarproc.cli.common.Tool.say)
+                context.line_writer(line)  # above a progress bar (tarproc.cli.tool.Tool.say)
     if context.cancelled.is_set():
         raise tasks.TaskFailure("cancelled")
     if proc.returncode != 0:
