@@ -103,3 +103,39 @@ from daskcluster import _dask_session, dask_cluster, share_nothing_cluster  # no
 from s3server import s3_server  # noqa: E402,F401
 from slurmcluster import slurm  # noqa: E402,F401
 from container import tarproc_image  # noqa: E402,F401
+
+
+class FifoReader:
+    """A named pipe at ``path`` drained by a thread (a stand-in for
+    ``/dev/null`` or a device: a path that exists and is not a regular file).
+    :meth:`finish` closes our own write end and returns every byte read."""
+
+    def __init__(self, path: Path):
+        import threading
+
+        os.mkfifo(path)
+        self.path = path
+        self.read_fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        self.keep_fd = os.open(path, os.O_WRONLY)  # no EOF before finish(), however many writers come and go
+        self.data = bytearray()
+        self.thread = threading.Thread(target=self._drain, daemon=True)
+        self.thread.start()
+
+    def _drain(self) -> None:
+        import select
+
+        while True:
+            select.select([self.read_fd], [], [], 1.0)
+            try:
+                chunk = os.read(self.read_fd, 1 << 16)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                return
+            self.data += chunk
+
+    def finish(self) -> bytes:
+        os.close(self.keep_fd)
+        self.thread.join(10)
+        os.close(self.read_fd)
+        return bytes(self.data)

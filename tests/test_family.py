@@ -421,3 +421,38 @@ def test_a_signal_removes_the_unfinished_output(tool, sig, status, tmp_path, ima
     assert proc.returncode == status, err
     assert b"Traceback" not in err
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("out")]
+
+
+# the side outputs a user may send to /dev/null: a FIFO stands in for the device
+SIDE_OUTPUTS = {
+    "tarcheck --report": ["tarcheck", "{in}", "--report", "{side}", "-j", "1"],
+    "tarcheck --index": ["tarcheck", "{in}", "--index", "{side}", "--report", "{tmp}/report.jsonl", "-j", "1"],
+    "tarmap --manifest": ["tarmap", "{in}", "-o", "{tmp}/out/{{stem}}.tar", "-c", "cat", "--manifest", "{side}", "-j", "1"],
+    "tarmap --shard-index": ["tarmap", "{in}", "-o", "{tmp}/out/{{stem}}.tar", "-c", "cat", "--shard-index", "{side}",
+                             "-j", "1"],
+    "tarsplit --manifest": ["tarsplit", "{in}", "-n", "4", "-o", "{tmp}/part-%04d.tar", "--manifest", "{side}"],
+    "tarmix --manifest": ["tarmix", "{in}:1", "-n", "5", "-o", "{tmp}/mix-%04d.tar", "--manifest", "{side}"],
+    "tardedup --removed": ["tardedup", "{in}", "{tmp}/copy.tar", "-o", "{tmp}/dd/{{stem}}.tar", "--removed", "{side}",
+                           "-j", "1"],
+}
+
+
+@pytest.mark.parametrize("name", SIDE_OUTPUTS)
+def test_a_side_output_on_a_device_is_written_there_never_replaced(name, tmp_path, imagenet_shard):
+    """``--report /dev/null`` and the like: a rename into place (as root)
+    would turn the device into a regular file; the FIFO standing in for it
+    gets the output and stays a FIFO."""
+    import stat
+
+    from conftest import FifoReader
+
+    fifo = FifoReader(tmp_path / "side")
+    shutil.copyfile(imagenet_shard, tmp_path / "copy.tar")  # tardedup: every sample of it is a duplicate
+    args = [a.format(**{"in": str(imagenet_shard), "side": str(fifo.path), "tmp": str(tmp_path)})
+            for a in SIDE_OUTPUTS[name]]
+    result = run(args)
+    data = fifo.finish()
+    assert result.returncode == 0, result.stderr
+    assert stat.S_ISFIFO(os.lstat(fifo.path).st_mode)
+    assert data.strip(), f"{name}: nothing reached the FIFO"
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("side")][1:], os.listdir(tmp_path)

@@ -359,3 +359,39 @@ def test_a_caught_interrupt_does_not_stop_a_later_output(tmp_path):
     sink.close()
     assert [name for name, _ in tar_members(out.read_bytes())] == ["b.txt"]
     assert not interrupted.exists()
+
+
+# ------------------------------------ a device or FIFO is written, never replaced
+
+
+def test_atomic_output_writes_a_fifo_directly_and_leaves_it_a_fifo(tmp_path):
+    """A rename over /dev/null (as root) would replace the device with a
+    regular file: a path that exists and is not a regular file is written
+    directly (a FIFO stands in for the device)."""
+    import stat
+
+    from conftest import FifoReader
+    from tarproc.io.sinks import AtomicOutput, text_output
+
+    fifo = FifoReader(tmp_path / "null")
+    with AtomicOutput(str(fifo.path)) as out:
+        out.write(b"binary\n")
+    with text_output(str(fifo.path)) as handle:
+        handle.write("text\n")
+    assert fifo.finish() == b"binary\ntext\n"
+    assert stat.S_ISFIFO(os.lstat(fifo.path).st_mode)
+    assert sorted(os.listdir(tmp_path)) == ["null"]  # no attempt file beside it
+
+
+def test_text_output_appears_only_complete(tmp_path):
+    from tarproc.io.sinks import text_output
+
+    path = tmp_path / "report.jsonl"
+    with pytest.raises(RuntimeError):
+        with text_output(str(path)) as handle:
+            handle.write("half\n")
+            raise RuntimeError("stop")
+    assert os.listdir(tmp_path) == []
+    with text_output(str(path)) as handle:
+        handle.write("whole\n")
+    assert path.read_text() == "whole\n" and os.listdir(tmp_path) == ["report.jsonl"]

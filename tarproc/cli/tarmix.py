@@ -5,14 +5,14 @@ from __future__ import annotations
 import enum
 import json
 import os
-import sys
 from typing import Annotated, Optional
 
 import typer
 
-from tarproc.errors import OutputError, UsageError
+from tarproc.errors import UsageError
 from tarproc.ops.mix import Mixer, parse_source, write_mix
 from tarproc.io.shards import ShardInfo, ShardPattern
+from tarproc.io.sinks import text_output
 from tarproc.io.sources import check_inputs_exist
 from tarproc.io.storage import url_kind
 from tarproc.ops.stages import Rekeyer
@@ -162,19 +162,10 @@ def tarmix(
 
 
 def _write_manifest(path: str, document: dict) -> None:
-    text = json.dumps(document, indent=1) + "\n"
-    if path == "-":
+    with text_output(path) as handle:
         # line by line: one huge write(2) cut short by a closed pipe is not an error
-        for line in text.splitlines(keepends=True):
-            sys.stdout.write(line)
-        return
-    partial = path + ".partial"
-    try:
-        with open(partial, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(partial, path)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write: {exc.strerror}") from None
+        for line in (json.dumps(document, indent=1) + "\n").splitlines(keepends=True):
+            handle.write(line)
 
 
 def main() -> None:

@@ -19,8 +19,8 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterable
-from typing import BinaryIO, NoReturn
+from collections.abc import Callable, Iterable, Iterator
+from typing import BinaryIO, NoReturn, TextIO
 
 from tarproc import procs
 from tarproc.procs import host_name, pid_alive
@@ -32,6 +32,14 @@ from tarproc.io.storage import filesystem, is_url, local_path
 from tarproc.io.tario import TarWriter
 
 PARTIAL = ".partial"
+
+
+def not_a_file(path: str) -> bool:
+    """True for a local path that exists and is not a regular file (a device
+    such as ``/dev/null``, a FIFO, a socket): an output there is written
+    directly, never as a temporary file renamed over it (which would replace
+    the device with a regular file)."""
+    return os.path.exists(path) and not os.path.isfile(path)
 
 
 class TarSink:
@@ -68,7 +76,7 @@ class TarSink:
         self._stdout = target == "-"
         if target == "-" or target.startswith("pipe:"):
             compression = compression or "none"
-        elif os.path.exists(target) and not os.path.isfile(target):  # a device or FIFO
+        elif not_a_file(target):  # a device or FIFO
             compression = compression or compression_for_name(target)
         else:
             compression = output_compression(target, compression)
@@ -87,7 +95,7 @@ class TarSink:
             # an object store: nothing appears at the key unless close() finishes the stream
             self._atomic = AtomicOutput(target, storage_options)
             self._raw = self._atomic
-        elif os.path.exists(target) and not os.path.isfile(target):
+        elif not_a_file(target):
             # a device or FIFO (/dev/null, a named pipe): write to it directly
             try:
                 self._raw = open(target, "wb")
@@ -376,6 +384,9 @@ class AtomicOutput:
     - a local path is written as ``TARGET.partial.<host>.<pid>.<token>``
       (unique per attempt) and renamed into place (``rename(2)`` is atomic
       on POSIX file systems, also on NFS for one directory);
+    - a local path that exists and is not a regular file (a device such as
+      ``/dev/null``, a FIFO) is written directly and never renamed over: a
+      rename would put a regular file in the device's place;
     - an S3 URL (s3fs) is written as one object whose multipart upload is
       completed by :meth:`commit` and aborted by :meth:`discard` (a small
       object is one PUT at commit); note that s3fs *completes* the upload
@@ -402,6 +413,14 @@ class AtomicOutput:
         if not is_url(target):
             path = local_path(target)
             self.path = path
+            if not_a_file(path):
+                self._mode = "direct"
+                self.partial = None
+                try:
+                    self._file = open(path, "wb")
+                except OSError as exc:
+                    raise OutputError(f"{target}: cannot open: {exc.strerror}") from None
+                return
             self.partial = path + attempt_suffix()
             directory = os.path.dirname(os.path.abspath(path))
             try:
@@ -458,7 +477,7 @@ class AtomicOutput:
             if self._mode == "local":
                 self._file.close()
                 os.replace(self.partial, self.path)
-            elif self._mode == "discard":
+            elif self._mode in ("discard", "direct"):
                 self._file.close()
             else:
                 self._file.close()
@@ -476,7 +495,10 @@ class AtomicOutput:
             return
         self.done = True
         with contextlib.suppress(Exception):
-            if self._mode == "local":
+            if self._mode == "direct":  # a device or FIFO: what was written is gone already
+                with contextlib.suppress(OSError):
+                    self._file.close()
+            elif self._mode == "local":
                 with contextlib.suppress(OSError):
                     self._file.close()
                 with contextlib.suppress(FileNotFoundError):
@@ -500,6 +522,46 @@ class AtomicOutput:
             self.commit()
         else:
             self.discard()
+
+
+@contextlib.contextmanager
+def text_output(target: str, storage_options: dict | None = None, makedirs: bool = True) -> Iterator[TextIO]:
+    """A UTF-8 text output (a report, a manifest, an index) that appears at
+    ``target`` only when the ``with`` block ends without an exception (as
+    :class:`AtomicOutput`: a file via a temporary name and ``rename(2)``, a
+    device or FIFO written directly, an object in one upload); ``-`` is
+    stdout, flushed at the end.
+
+    :raises OutputError: the output cannot be created or written
+    """
+    if target == "-":
+        try:
+            yield sys.stdout
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise  # the reader has gone: a quiet end, as for samples
+        except OSError as exc:
+            raise OutputError(f"-: write failed: {exc.strerror or exc}") from None
+        return
+    with AtomicOutput(target, storage_options, makedirs=makedirs) as out:
+        handle = io.TextIOWrapper(_Unclosed(out), encoding="utf-8", write_through=True)
+        yield handle
+        handle.flush()
+
+
+class _Unclosed(io.RawIOBase):
+    """A writable raw stream over an :class:`AtomicOutput` whose close does
+    not close it (its commit or discard does)."""
+
+    def __init__(self, out: AtomicOutput):
+        self.out = out
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.out.write(bytes(data))
+        return len(data)
 
 
 def write_bytes_atomic(target: str, data: bytes, storage_options: dict | None = None, makedirs: bool = True) -> None:

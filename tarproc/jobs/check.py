@@ -55,7 +55,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from tarproc.errors import (
     ArchiveError,
     CompressionError,
-    OutputError,
     SampleError,
     SourceError,
     TarprocError,
@@ -611,22 +610,17 @@ def shard_index_records(dataset: DatasetReport) -> list[dict]:
 
 def write_report(path: str, dataset: DatasetReport) -> None:
     """The JSON-lines report (one line per shard, in input order) to
-    ``path`` (``-``: stdout), written as ``PATH.partial`` then renamed.
+    ``path`` (``-``: stdout; a file appears only complete,
+    :func:`tarproc.io.sinks.text_output`).
 
     :raises OutputError:
     """
-    from tarproc.jobs.records import _finish_text, _open_text
+    from tarproc.io.sinks import text_output
 
-    handle = _open_text(path)
-    try:
+    with text_output(path) as handle:
         for report in dataset.shards:
             if report is not None:
                 handle.write(json.dumps(report.line()) + "\n")
-    except BrokenPipeError:
-        raise
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write: {exc.strerror}") from None
-    _finish_text(path, handle)
 
 
 __all__ = ["CheckOptions", "DatasetReport", "KeyIndex", "ProcessPool", "ShardReport", "check_dataset",

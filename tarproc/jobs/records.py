@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterable, Mapping
 
 from tarproc import __version__
-from tarproc.errors import OutputError, SourceError
+from tarproc.errors import SourceError
 from tarproc.io.sinks import write_bytes_atomic
 from tarproc.io.storage import is_url, read_bytes, size
 
@@ -143,27 +143,6 @@ def task_state(task, input_identity: Mapping | None, storage_options: Mapping | 
     return "complete", record
 
 
-def _open_text(path: str):
-    if path == "-":
-        import sys
-
-        return sys.stdout
-    try:
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        return open(path + ".partial", "w", encoding="utf-8")
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot create: {exc.strerror}") from None
-
-
-def _finish_text(path: str, handle) -> None:
-    if path == "-":
-        handle.flush()
-        return
-    handle.close()
-    os.replace(path + ".partial", path)
-
-
 def manifest_line(record: Mapping) -> dict:
     """One manifest line: tarsplit's fields (name, samples, bytes, sha256,
     index) plus the input."""
@@ -180,10 +159,11 @@ def manifest_line(record: Mapping) -> dict:
 def write_manifest(path: str, recs: Iterable[Mapping]) -> None:
     """JSON lines, one per complete task, in task order (``-``: stdout).
     :raises OutputError:"""
-    handle = _open_text(path)
-    for record in sorted(recs, key=lambda r: r["index"]):
-        handle.write(json.dumps(manifest_line(record)) + "\n")
-    _finish_text(path, handle)
+    from tarproc.io.sinks import text_output
+
+    with text_output(path) as handle:
+        for record in sorted(recs, key=lambda r: r["index"]):
+            handle.write(json.dumps(manifest_line(record)) + "\n")
 
 
 def shard_index(recs: Iterable[Mapping], name: str | None = None, base: str | None = None) -> dict:
@@ -215,10 +195,11 @@ def write_shard_index(path: str, recs: Iterable[Mapping]) -> None:
     outputs are named relative to the index file's directory.
     :raises OutputError:"""
     base = None if path == "-" else os.path.dirname(os.path.abspath(path))
-    handle = _open_text(path)
-    json.dump(shard_index(recs, base=base), handle, indent=1)
-    handle.write("\n")
-    _finish_text(path, handle)
+    from tarproc.io.sinks import text_output
+
+    with text_output(path) as handle:
+        json.dump(shard_index(recs, base=base), handle, indent=1)
+        handle.write("\n")
 
 
 __all__ = ["record_path", "make_record", "write_record", "read_record", "check_record", "write_manifest",
