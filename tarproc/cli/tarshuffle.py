@@ -11,7 +11,7 @@ import typer
 from tarproc.jobs import k8s, shufflejob, tasks
 from tarproc.errors import ExitStatus, UsageError
 from tarproc.io.shards import ShardPattern
-from tarproc.jobs.shuffle import count_samples, shard_count
+from tarproc.jobs.shuffle.partition import count_samples, shard_count
 from tarproc.ops.sort import DEFAULT_BUFFER
 from tarproc.io.sources import check_inputs_exist
 from tarproc.ops.stages import Rekeyer

@@ -54,7 +54,8 @@ from tarproc.jobs import records, shufflejob, tasks
 from tarproc.jobs.engines.run import run_all
 from tarproc.errors import MissingFieldError, TarprocError, UsageError
 from tarproc.samples import Sample, is_meta
-from tarproc.jobs.shuffle import StagingError, _open_read, atomic_output, join, write_output
+from tarproc.jobs.shuffle.staged import StagingError, atomic_output, join, open_staged
+from tarproc.jobs.shuffle.worker import ENV_INPUT, ENV_OUTPUT, ENV_STORAGE, write_output
 from tarproc.io.sinks import remove_stale_attempts
 from tarproc.io.sources import iter_source_samples
 from tarproc.io.storage import is_url, local_path
@@ -63,7 +64,6 @@ from tarproc.io.storage import is_url, local_path
 WORKER = "tardedup-worker"
 PHASES = ("hash", "reduce", "write")
 FORMAT = 1
-ENV_INPUT, ENV_OUTPUT, ENV_STORAGE = "TARSHUFFLE_INPUT", "TARSHUFFLE_OUTPUT", "TARSHUFFLE_STORAGE_OPTIONS"
 
 
 # ------------------------------------------------------------------ hashing
@@ -130,7 +130,7 @@ def read_part(spec: str, part: int, storage_options: dict | None = None) -> tupl
 
     :raises StagingError: missing, not a staged file of this format, or cut short
     """
-    with _open_read(spec, storage_options) as handle:
+    with open_staged(spec, storage_options) as handle:
         head = handle.readline()
         try:
             header = json.loads(head)
@@ -456,7 +456,7 @@ def run(job: DedupJob, options: tasks.TaskOptions, pool_factory: Callable[[], ob
 
 
 def _lines(spec: str, storage_options=None) -> Iterator[bytes]:
-    with _open_read(spec, storage_options) as handle:
+    with open_staged(spec, storage_options) as handle:
         yield from handle
 
 

@@ -4,7 +4,7 @@ A :class:`ShuffleJob` turns M inputs and N output shards into M map tasks
 and N reduce tasks, each a :class:`tarproc.jobs.tasks.Task` whose pipeline is
 the shuffle worker (``tarshuffle-worker ...``, run as ``python -m
 tarproc.jobs.shuffle`` by this interpreter, see
-:func:`tarproc.jobs.shuffle.worker_main`):
+:func:`tarproc.jobs.shuffle.worker.worker_main`):
 
 * map task i: input i, its staged file ``STAGING/staged-{i:06d}.tar`` as
   output, the record beside it;
@@ -51,16 +51,8 @@ from tarproc.jobs.engines import Engine
 from tarproc.jobs.engines.run import RunSummary, run_all
 from tarproc.errors import ExitStatus, TarprocError, UsageError
 from tarproc.io.shards import ShardPattern
-from tarproc.jobs.shuffle import (
-    ENV_BUFFER,
-    ENV_INPUT,
-    ENV_OUTPUT,
-    ENV_PARENT,
-    ENV_STORAGE,
-    ENV_TMPDIR,
-    join,
-    staged_name,
-)
+from tarproc.jobs.shuffle.staged import join, staged_name
+from tarproc.jobs.shuffle.worker import ENV_BUFFER, ENV_INPUT, ENV_OUTPUT, ENV_PARENT, ENV_STORAGE, ENV_TMPDIR
 from tarproc.io.sinks import remove_stale_attempts
 from tarproc.ops.sort import DEFAULT_BUFFER
 from tarproc.io.storage import filesystem, identity, is_url, local_path
@@ -278,7 +270,7 @@ def run_attempt(task: tasks.Task, attempt: int, options: tasks.TaskOptions,
     Stopped on ``timeout`` and by :meth:`tarproc.jobs.tasks.TaskContext.cancel`
     like a tarmap pipeline (SIGTERM, a grace, SIGKILL): the worker removes
     its partial output and spill files on SIGTERM, and stops by itself when
-    this process dies (:func:`tarproc.jobs.shuffle.worker_main`).
+    this process dies (:func:`tarproc.jobs.shuffle.worker.worker_main`).
 
     :raises tarproc.jobs.tasks.TaskFailure: the attempt failed (``permanent`` when
         the worker exited 3: bad input data, a duplicate key)
