@@ -105,6 +105,8 @@ def reduce_partition(
     :raises DuplicateKeyError: a key occurs twice in the partition (exit 3)
     :raises StagingError: a staged file is missing or from another run
     :raises OutputError: the output cannot be written
+    :raises UsageError: ``compression`` contradicts the output's name
+        (:func:`tarproc.io.compress.output_compression`)
     """
     samples, sorter = ordered_partition(staged, partition, seed, shuffle, buffer_size, tmpdir, storage_options)
     return _write_output(samples, partition, output, compression, mtime, sorter, storage_options)
