@@ -1,4 +1,4 @@
-"""tarproc.jobs.shuffle: partition hash, staged files, reducer, determinism."""
+"""tarproc.jobs.shuffle (partition, staged, map, reduce): partition hash, staged files, reducer, determinism."""
 
 from __future__ import annotations
 
@@ -17,17 +17,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from makeshards import imagenet_samples  # noqa: E402
 
 from tarproc.errors import DataError, ExitStatus  # noqa: E402
-from tarproc.jobs.shuffle import (
+from tarproc.jobs.shuffle.map import map_shard  # noqa: E402
+from tarproc.jobs.shuffle.partition import count_samples, partition_function, shard_count  # noqa: E402
+from tarproc.jobs.shuffle.reduce import DuplicateKeyError, reduce_partition  # noqa: E402
+from tarproc.jobs.shuffle.staged import (  # noqa: E402
     INDEX_MEMBER,
-    DuplicateKeyError,
     StagingError,
-    count_samples,
     iter_partition,
-    map_shard,
-    partition_function,
     read_staged_index,
-    reduce_partition,
-    shard_count,
     staged_index_ok,
 )
 from tarproc.io.sinks import open_sink  # noqa: E402

@@ -16,7 +16,7 @@ import zstandard
 from conftest import tar_members
 
 from tarproc.errors import UsageError, OutputError
-from tarproc.io.sinks import PARTIAL, TarSink, open_sink
+from tarproc.io.sinks import PARTIAL, TarSink, open_sink, write_tar
 from tarproc.io.tario import BLOCK, iter_members
 
 SAMPLES = [
@@ -136,6 +136,28 @@ def test_stdout_on_error_gets_no_end_marker(monkeypatch):
         with open_sink("-") as sink:
             sink.write(SAMPLES[0])
             raise RuntimeError
+    assert not out.getvalue().endswith(bytes(2 * BLOCK))
+    assert tar_members(out.getvalue()) == EXPECTED[:3]
+
+
+def test_write_tar_onto_an_open_stream_writes_the_sinks_bytes(tmp_path):
+    """write_tar: a TarSink's bytes onto a stream its caller owns (the
+    shuffle's reducer), the counts returned."""
+    sink = write(str(tmp_path / "ref.tar"), mtime=7)
+    out = io.BytesIO()
+    assert write_tar(iter(SAMPLES), out, mtime=7) == (len(SAMPLES), sink.bytes_written)
+    assert out.getvalue() == (tmp_path / "ref.tar").read_bytes()
+    assert not out.closed
+
+
+def test_write_tar_on_error_gets_no_end_marker():
+    def failing():
+        yield SAMPLES[0]
+        raise RuntimeError("bad input")
+
+    out = io.BytesIO()
+    with pytest.raises(RuntimeError, match="bad input"):
+        write_tar(failing(), out)
     assert not out.getvalue().endswith(bytes(2 * BLOCK))
     assert tar_members(out.getvalue()) == EXPECTED[:3]
 

@@ -17,7 +17,7 @@ import pytest
 from conftest import BIN, run, tool_env
 from test_shuffle import SHARDS, contents, keys, write_inputs
 
-from tarproc.jobs.shuffle import partition_function
+from tarproc.jobs.shuffle.partition import partition_function
 from tarproc.ops.sort import sort_key_function
 
 N = 7

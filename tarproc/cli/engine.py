@@ -1,24 +1,27 @@
 """The options of the tools that run tasks on an engine (tarmap,
-tarshuffle), declared once in :data:`ENGINE` (given to
+tarshuffle, tardedup), declared once in :data:`ENGINE` (given to
 :func:`tarproc.cli.app.command` as ``options=``), and the code that maps
 them onto the library: the task list's inputs (INPUT... and ``-T``), the
 engine (``-j`` the local engine, ``--dask`` or any other engine of
 :mod:`tarproc.jobs.engines`, whose option is named after its module;
 ``--index``, ``--k8s-job``), the
 retry policy, the options a pod's command line repeats, the Job manifest,
-and the progress bar of tasks. Their values are in ``tool.args``."""
+the progress bar of tasks, and the report of a job of phases
+(:class:`PhaseReport`). Their values are in ``tool.args``."""
 
 from __future__ import annotations
 
 import os
 import re
 import sys
+from collections.abc import Callable, Iterable
 from typing import Annotated, Optional
 
 import typer
 
 from tarproc.jobs import engines, k8s, slurm, tasks
-from tarproc.errors import UsageError
+from tarproc.errors import ExitStatus, UsageError
+from tarproc.jobs.phases import PhaseOutcome
 from tarproc.io.sources import input_urls
 from tarproc.io.storage import url_kind
 from tarproc.cli.options import Shared
@@ -345,3 +348,93 @@ class TaskBar:
         if self.bar is not None:
             self.tool._bar = None
             self.bar.close()
+
+
+class PhaseReport:
+    """What a tool running a job of phases (tarshuffle, tardedup:
+    :mod:`tarproc.jobs.phases`) shows while it runs and at the end: a
+    progress bar of each phase's tasks (:class:`TaskBar`), at ``-vv`` a line
+    per phase and per finished task, an error per failed task, then a
+    summary line per phase, and for the first phase not ``ok`` its failed
+    tasks and the exit status.
+
+    :param tool: the running tool
+    :param task_line: the ``-vv`` line of a finished task, from
+        ``(phase, result)``
+    :param sizes: the summary adds the samples and bytes the tasks wrote
+    :param notes: an error line added when the phase named fails
+    """
+
+    def __init__(self, tool: Tool, task_line: Callable[[str, tasks.TaskResult], str], sizes: bool = False,
+                 notes: dict[str, str] | None = None):
+        self.tool = tool
+        self.task_line = task_line
+        self.sizes = sizes
+        self.notes = notes or {}
+        self.bars: list[TaskBar] = []
+
+    def run(self, job_run: Callable, job, options: tasks.TaskOptions, runner: engines.Engine,
+            say: Callable[[str], None], **kwargs):
+        """``job_run(job, options, ...)`` (:func:`tarproc.jobs.shufflejob.run`,
+        :func:`tarproc.jobs.dedup.run`) with this report's callbacks, each
+        phase on a fresh engine of the tool's choice (:func:`make_engine`;
+        ``runner`` is one), the tool's ``--max-errors`` and ``--halt-after``
+        and ``kwargs``. Tasks of an in-process engine report retries with
+        ``say`` and their pipelines' lines above the bar; others
+        (Dask) on their own stderr. Returns what ``job_run`` returns."""
+        from tarproc.jobs.shufflejob import run_task, run_task_quiet
+
+        a = self.tool.args
+        context = tasks.TaskContext(line_writer=self.tool.say)
+        fn, fn_args = (run_task, (say, context)) if runner.in_process else (run_task_quiet, ())
+        try:
+            return job_run(job, options, lambda: make_engine(self.tool), fn=fn, fn_args=fn_args,
+                           max_errors=a.max_errors, halt_after=a.halt_after, on_phase=self._phase,
+                           on_result=self._result, context=context, **kwargs)
+        finally:
+            for bar in self.bars:
+                bar.close()
+
+    def _phase(self, name: str, total: int) -> None:
+        for bar in self.bars:
+            bar.close()
+        self.bars[:] = [TaskBar(self.tool, total)]
+        self.tool.info(f"{name} phase: {total} tasks", level=2)
+
+    def _result(self, name: str, task: tasks.Task, result: tasks.TaskResult) -> None:
+        tool = self.tool
+        self.bars[-1].update(result)
+        if result.ok:
+            tool.info(self.task_line(name, result), level=2)
+        else:
+            tool.error(f"{name} task {task.index} ({task.output if name == 'reduce' else task.input}) failed"
+                       f"{' permanently' if result.permanent else ''}: {tool.hinted(result.message, result.topic)}")
+
+    def summarize(self, outcomes: Iterable[PhaseOutcome]) -> None:
+        """A line per phase run (tasks done, skipped, failed); for the first
+        phase not ``ok``, its failed tasks, then the exit.
+
+        :raises typer.Exit: 3 when a task failed permanently, else 1
+        """
+        tool = self.tool
+        for outcome in outcomes:
+            run = outcome.summary
+            if run is None:  # the phase was not needed
+                continue
+            if run.stopped:
+                tool.error(f"{outcome.phase} phase stopped, {len(run.not_run)} tasks not run:"
+                           f" {tool.hinted(run.stopped, run.stopped_topic)}")
+            line = f"{outcome.phase}: {run.count('complete')} tasks done, {run.count('skipped')} skipped, {len(run.failed)} failed"
+            if self.sizes:
+                samples = sum(r.record.get("samples", 0) for r in run.results if r.record)
+                size = sum(r.record.get("bytes", 0) for r in run.results if r.record)
+                line += f"; {samples} samples, {human(size)}"
+            tool.info(line)
+            if not outcome.ok:
+                failed = sorted(r.index for r in run.failed)
+                if failed:
+                    names = ", ".join(map(str, failed[:20])) + (" ..." if len(failed) > 20 else "")
+                    tool.error(f"{len(failed)} of {len(outcome.tasks)} {outcome.phase} tasks failed: {names}")
+                if outcome.phase in self.notes:
+                    tool.error(self.notes[outcome.phase])
+                raise typer.Exit(ExitStatus.DATA if outcome.permanent else ExitStatus.ERROR)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from tarproc.jobs import dedup, tasks
-from tarproc.errors import ExitStatus, UsageError
+from tarproc.errors import UsageError
 from tarproc.io.sources import check_inputs_exist
 from tarproc.cli.app import command, make_app, run_app
 from tarproc.cli.tool import Tool
@@ -133,48 +133,11 @@ def tardedup(
             tool.info(f"{phase} task {i}: {result.status}")
             return
 
-        from tarproc.jobs.shufflejob import run_task, run_task_quiet
-
-        context = tasks.TaskContext(line_writer=tool.say)
         engine.warn_local_paths(tool, runner, ("output", job.pattern), ("removed list", job.removed),
                                 ("staging", job.staging), ("records", a.records_dir))
-        fn, fn_args = (run_task, (say, context)) if runner.in_process else (run_task_quiet, ())
-        bars: list = []
-
-        def on_phase(name: str, total: int) -> None:
-            for bar in bars:
-                bar.close()
-            bars[:] = [engine.TaskBar(tool, total)]
-            tool.info(f"{name} phase: {total} tasks", level=2)
-
-        def on_result(name: str, task, result) -> None:
-            bars[-1].update(result)
-            if result.ok:
-                tool.info(f"{name} {engine.task_line(result)}", level=2)
-            else:
-                tool.error(f"{name} task {task.index} ({task.input if name != 'reduce' else task.output}) failed"
-                           f"{' permanently' if result.permanent else ''}: {tool.hinted(result.message, result.topic)}")
-
-        try:
-            outcome = dedup.run(job, options, lambda: engine.make_engine(tool), fn=fn, fn_args=fn_args,
-                                keep_staging=keep_staging, max_errors=a.max_errors, halt_after=a.halt_after,
-                                on_phase=on_phase, on_result=on_result, context=context)
-        finally:
-            for bar in bars:
-                bar.close()
-        for phase_outcome in outcome.phases:
-            run = phase_outcome.summary
-            if run.stopped:
-                tool.error(f"{phase_outcome.phase} phase stopped, {len(run.not_run)} tasks not run:"
-                           f" {tool.hinted(run.stopped, run.stopped_topic)}")
-            tool.info(f"{phase_outcome.phase}: {run.count('complete')} tasks done, {run.count('skipped')} skipped,"
-                      f" {len(run.failed)} failed")
-            if not phase_outcome.ok:
-                failed = sorted(r.index for r in run.failed)
-                if failed:
-                    names = ", ".join(map(str, failed[:20])) + (" ..." if len(failed) > 20 else "")
-                    tool.error(f"{len(failed)} of {len(phase_outcome.tasks)} {phase_outcome.phase} tasks failed: {names}")
-                raise typer.Exit(ExitStatus.DATA if phase_outcome.permanent else ExitStatus.ERROR)
+        report = engine.PhaseReport(tool, lambda name, result: f"{name} {engine.task_line(result)}")
+        outcome = report.run(dedup.run, job, options, runner, say, keep_staging=keep_staging)
+        report.summarize(outcome.phases)
         if not outcome.phases:
             tool.info(f"every output was complete already ({len(specs)} shards)")
         tool.info(f"{outcome.removed} duplicate samples removed, listed in {job.removed};"

@@ -8,10 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from tarproc.jobs import k8s, shufflejob, tasks
-from tarproc.errors import ExitStatus, UsageError
+from tarproc.jobs import k8s, shufflejob
+from tarproc.errors import UsageError
 from tarproc.io.shards import ShardPattern
-from tarproc.jobs.shuffle import count_samples, shard_count
+from tarproc.jobs.shuffle.partition import count_samples, shard_count
 from tarproc.ops.sort import DEFAULT_BUFFER
 from tarproc.io.sources import check_inputs_exist
 from tarproc.ops.stages import Rekeyer
@@ -182,53 +182,12 @@ def tarshuffle(
             tool.info(f"{phase} task {i}: {result.status}")
             return
 
-        context = tasks.TaskContext(line_writer=tool.say)
         engine.warn_local_paths(tool, runner, ("output", job.pattern), ("staging", job.staging),
                                 ("records", a.records_dir))
-        fn, fn_args = (shufflejob.run_task, (say, context)) if runner.in_process else (shufflejob.run_task_quiet, ())
-        bars: list = []
-
-        def on_phase(name: str, total: int) -> None:
-            for bar in bars:
-                bar.close()
-            bars[:] = [engine.TaskBar(tool, total)]
-            tool.info(f"{name} phase: {total} tasks", level=2)
-
-        def on_result(name: str, task, result) -> None:
-            bars[-1].update(result)
-            if result.ok:
-                tool.info(f"task {name} {engine.task_line(result).removeprefix('task ')}", level=2)
-            else:
-                tool.error(f"{name} task {task.index} ({_name(name, result)}) failed"
-                           f"{' permanently' if result.permanent else ''}: {tool.hinted(result.message, result.topic)}")
-
-        try:
-            outcomes = shufflejob.run(job, options, lambda: engine.make_engine(tool), fn=fn, fn_args=fn_args,
-                                      keep_staging=keep_staging, max_errors=a.max_errors, halt_after=a.halt_after,
-                                      on_phase=on_phase, on_result=on_result, context=context)
-        finally:
-            for bar in bars:
-                bar.close()
-        for outcome in outcomes:
-            if outcome.summary is None:  # the map phase, not needed
-                continue
-            run = outcome.summary
-            if run.stopped:
-                tool.error(f"{outcome.phase} phase stopped, {len(run.not_run)} tasks not run:"
-                           f" {tool.hinted(run.stopped, run.stopped_topic)}")
-            done, skipped = run.count("complete"), run.count("skipped")
-            samples = sum(r.record.get("samples", 0) for r in run.results if r.record)
-            size = sum(r.record.get("bytes", 0) for r in run.results if r.record)
-            tool.info(f"{outcome.phase}: {done} tasks done, {skipped} skipped, {len(run.failed)} failed;"
-                      f" {samples} samples, {engine.human(size)}")
-            if not outcome.ok:
-                failed = sorted(r.index for r in run.failed)
-                if failed:
-                    names = ", ".join(map(str, failed[:20])) + (" ..." if len(failed) > 20 else "")
-                    tool.error(f"{len(failed)} of {len(outcome.tasks)} {outcome.phase} tasks failed: {names}")
-                if outcome.phase == "map":
-                    tool.error("the reduce phase did not start")
-                raise typer.Exit(ExitStatus.DATA if outcome.permanent else ExitStatus.ERROR)
+        report = engine.PhaseReport(tool, lambda name, result: f"task {name} {engine.task_line(result).removeprefix('task ')}",
+                                    sizes=True, notes={"map": "the reduce phase did not start"})
+        outcomes = report.run(shufflejob.run, job, options, runner, say, keep_staging=keep_staging)
+        report.summarize(outcomes)
         if outcomes[0].summary is None:
             tool.info(f"map phase not needed: every output shard was complete already ({job.partitions} shards)")
         tool.info(f"{job.partitions} output shards complete in {tool.elapsed():.2f} s")

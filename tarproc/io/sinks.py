@@ -240,6 +240,28 @@ def open_sink(target: str, compression: str | None = None, mtime: int = 0, mode:
     return TarSink(target, compression, mtime, mode, storage_options)
 
 
+def write_tar(samples: Iterable[Sample], stream: BinaryIO, mtime: int = 0, mode: int = 0o444) -> tuple[int, int]:
+    """Write ``samples`` onto an open binary ``stream`` as one uncompressed
+    tar stream (:class:`tarproc.io.tario.TarWriter`: the bytes a
+    :class:`TarSink` writes), the end-of-archive marker only after the last
+    sample: an exception from ``samples`` leaves the stream without one, so
+    a reader never takes it for a whole archive. The stream is neither
+    flushed nor closed (its owner commits or discards it).
+
+    :param mtime: modification time of every member, seconds
+    :param mode: permission bits of every member
+    :returns: (samples written, tar bytes written)
+    :raises OSError: a write failed (as the stream raises it)
+    """
+    writer = TarWriter(stream, mtime=mtime, mode=mode)
+    count = 0
+    for sample in samples:
+        writer.add_all(sample_members(sample))
+        count += 1
+    writer.finish()
+    return count, writer.bytes_written
+
+
 # ------------------------------------------------------------ atomic outputs
 #: the separator of a unique attempt file: ``NAME.partial.<host>.<pid>.<token>``
 ATTEMPT = PARTIAL + "."
@@ -347,7 +369,7 @@ class HashingWriter:
     :mod:`hashlib` digests of the bytes (``sha256``, FIPS 180-4; ``md5``,
     RFC 1321) are computed and the bytes counted (:attr:`bytes`). Any other
     attribute (``flush``, ``fileno``...) is the stream's. The one home of this
-    wrapper: completion records (:mod:`tarproc.jobs.tasks`, :mod:`tarproc.jobs.shuffle`)
+    wrapper: completion records (:mod:`tarproc.jobs.tasks`, :mod:`tarproc.jobs.shuffle.worker`)
     and shard manifests (:mod:`tarproc.io.shards`) take their sizes and digests
     from it.
 

@@ -51,11 +51,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import BinaryIO
 
 from tarproc.jobs import records, shufflejob, tasks
-from tarproc.jobs.engines.run import run_all
+from tarproc.jobs.phases import all_complete, check_job, run_phases
 from tarproc.errors import MissingFieldError, TarprocError, UsageError
 from tarproc.samples import Sample, is_meta
-from tarproc.jobs.shuffle import StagingError, _open_read, atomic_output, join, write_output
-from tarproc.io.sinks import remove_stale_attempts
+from tarproc.jobs.shuffle.staged import StagingError, atomic_output, join, open_staged
+from tarproc.jobs.shuffle.worker import ENV_INPUT, ENV_OUTPUT, ENV_STORAGE, write_output
+from tarproc.io.sinks import remove_stale_attempts, write_tar
 from tarproc.io.sources import iter_source_samples
 from tarproc.io.storage import is_url, local_path
 
@@ -63,7 +64,6 @@ from tarproc.io.storage import is_url, local_path
 WORKER = "tardedup-worker"
 PHASES = ("hash", "reduce", "write")
 FORMAT = 1
-ENV_INPUT, ENV_OUTPUT, ENV_STORAGE = "TARSHUFFLE_INPUT", "TARSHUFFLE_OUTPUT", "TARSHUFFLE_STORAGE_OPTIONS"
 
 
 # ------------------------------------------------------------------ hashing
@@ -130,7 +130,7 @@ def read_part(spec: str, part: int, storage_options: dict | None = None) -> tupl
 
     :raises StagingError: missing, not a staged file of this format, or cut short
     """
-    with _open_read(spec, storage_options) as handle:
+    with open_staged(spec, storage_options) as handle:
         head = handle.readline()
         try:
             header = json.loads(head)
@@ -213,22 +213,16 @@ def write_shard(samples: Iterable[Sample], out: BinaryIO, drop: set[int], mtime:
     :raises StagingError: a position to drop is beyond the input's end (the
         input changed since it was hashed)
     """
-    from tarproc.samples import sample_members
-    from tarproc.io.tario import TarWriter
+    def kept() -> Iterator[Sample]:
+        seen = 0
+        for position, sample in enumerate(samples):
+            seen += 1
+            if position not in drop:
+                yield sample
+        if drop and max(drop) >= seen:  # before the end-of-archive marker
+            raise StagingError(f"the input has {seen} samples, fewer than when it was hashed: run again")
 
-    writer = TarWriter(out, mtime=mtime)
-    kept = seen = 0
-    for position, sample in enumerate(samples):
-        seen += 1
-        if position in drop:
-            continue
-        for name, data in sample_members(sample):
-            writer.add(name, data)
-        kept += 1
-    if drop and max(drop) >= seen:
-        raise StagingError(f"the input has {seen} samples, fewer than when it was hashed: run again")
-    writer.finish()
-    return _Stats(kept, writer.bytes_written)
+    return _Stats(*write_tar(kept(), out, mtime))
 
 
 # ---------------------------------------------------------------- the job
@@ -268,10 +262,7 @@ class DedupJob:
     fingerprint: str = ""
 
     def __post_init__(self):
-        if self.partitions < 1:
-            raise UsageError(f"the number of partitions must be positive, not {self.partitions}")
-        if not self.inputs:
-            raise UsageError("no inputs")
+        check_job(self.inputs, self.partitions, "partitions")
         tasks.make_tasks(self.inputs, self.pattern, "true")  # a bad pattern, two tasks to one output
 
     def output(self, i: int) -> str:
@@ -388,7 +379,7 @@ def default_removed(job_pattern: str, inputs: Sequence[str]) -> str:
 
 @dataclasses.dataclass
 class DedupOutcome:
-    """The outcome of each phase run (:class:`tarproc.jobs.shufflejob.PhaseOutcome`)
+    """The outcome of each phase run (:class:`tarproc.jobs.phases.PhaseOutcome`)
     and the number of samples removed (None: the list was not written)."""
 
     phases: list
@@ -409,7 +400,8 @@ def _kept(writes, options: tasks.TaskOptions) -> int:
 def run(job: DedupJob, options: tasks.TaskOptions, pool_factory: Callable[[], object], *, fn: Callable | None = None,
         fn_args: tuple = (), keep_staging: bool = False, max_errors: int | None = None, halt_after: int = 3,
         on_phase=None, on_result=None, context: tasks.TaskContext | None = None) -> DedupOutcome:
-    """Run the three phases (each on a fresh pool from ``pool_factory``),
+    """Run the three phases (each on a fresh pool from ``pool_factory``,
+    :func:`tarproc.jobs.phases.run_phases`),
     then write the removed list and remove the staging files. When every
     write task is complete and the list exists, nothing runs. A phase with
     failed or unrun tasks ends the run.
@@ -423,31 +415,17 @@ def run(job: DedupJob, options: tasks.TaskOptions, pool_factory: Callable[[], ob
     job = job.with_fingerprint(options.storage_options)
     outcome = DedupOutcome([])
     writes = job.tasks("write")
-    if (not options.force and job.removed != "-" and shufflejob.all_complete(writes, options)
+    if (not options.force and job.removed != "-" and all_complete(writes, options)
             and size(job.removed, options.storage_options) is not None):
         outcome.removed = sum(1 for _ in _lines(job.removed, options.storage_options))
         outcome.kept = _kept(writes, options)
         return outcome
-    for phase in PHASES:
-        task_list = job.tasks(phase)
-        if on_phase is not None:
-            on_phase(phase, len(task_list))
-
-        def result(task, res, phase=phase):
-            if on_result is not None:
-                on_result(phase, task, res)
-
-        def error(task, exc):
-            return tasks.TaskResult(task.index, task.input, task.output, "failed", message=f"{type(exc).__name__}: {exc}")
-
-        args = (options, *fn_args) if fn is not None else (options, None, context)
-        summary = run_all(task_list, fn or shufflejob.run_task, args, pool_factory(),
-                          max_errors=max_errors, halt_after=halt_after, on_result=result, on_error=error,
-                          on_interrupt=context.cancel)
-        phase_outcome = shufflejob.PhaseOutcome(phase, task_list, summary)
-        outcome.phases.append(phase_outcome)
-        if not phase_outcome.ok:
-            return outcome
+    fn, fn_args = (fn, fn_args) if fn is not None else (shufflejob.run_task, (None, context))
+    outcome.phases = run_phases(((phase, job.tasks(phase)) for phase in PHASES), options, pool_factory, fn, fn_args,
+                                max_errors=max_errors, halt_after=halt_after, on_phase=on_phase, on_result=on_result,
+                                context=context)
+    if not outcome.phases[-1].ok:
+        return outcome
     outcome.removed = job.write_removed_list(options.storage_options)
     outcome.kept = _kept(writes, options)
     if not keep_staging:
@@ -456,7 +434,7 @@ def run(job: DedupJob, options: tasks.TaskOptions, pool_factory: Callable[[], ob
 
 
 def _lines(spec: str, storage_options=None) -> Iterator[bytes]:
-    with _open_read(spec, storage_options) as handle:
+    with open_staged(spec, storage_options) as handle:
         yield from handle
 
 

@@ -4,7 +4,7 @@ A :class:`ShuffleJob` turns M inputs and N output shards into M map tasks
 and N reduce tasks, each a :class:`tarproc.jobs.tasks.Task` whose pipeline is
 the shuffle worker (``tarshuffle-worker ...``, run as ``python -m
 tarproc.jobs.shuffle`` by this interpreter, see
-:func:`tarproc.jobs.shuffle.worker_main`):
+:func:`tarproc.jobs.shuffle.worker.worker_main`):
 
 * map task i: input i, its staged file ``STAGING/staged-{i:06d}.tar`` as
   output, the record beside it;
@@ -48,19 +48,11 @@ import time
 from tarproc import procs
 from tarproc.jobs import records, tasks
 from tarproc.jobs.engines import Engine
-from tarproc.jobs.engines.run import RunSummary, run_all
+from tarproc.jobs.phases import PhaseOutcome, all_complete, check_job, run_phases
 from tarproc.errors import ExitStatus, TarprocError, UsageError
 from tarproc.io.shards import ShardPattern
-from tarproc.jobs.shuffle import (
-    ENV_BUFFER,
-    ENV_INPUT,
-    ENV_OUTPUT,
-    ENV_PARENT,
-    ENV_STORAGE,
-    ENV_TMPDIR,
-    join,
-    staged_name,
-)
+from tarproc.jobs.shuffle.staged import join, staged_name
+from tarproc.jobs.shuffle.worker import ENV_BUFFER, ENV_INPUT, ENV_OUTPUT, ENV_PARENT, ENV_STORAGE, ENV_TMPDIR
 from tarproc.io.sinks import remove_stale_attempts
 from tarproc.ops.sort import DEFAULT_BUFFER
 from tarproc.io.storage import filesystem, identity, is_url, local_path
@@ -128,10 +120,7 @@ class ShuffleJob:
     fingerprint: str = ""
 
     def __post_init__(self):
-        if self.partitions < 1:
-            raise UsageError(f"the number of output shards must be positive, not {self.partitions}")
-        if not self.inputs:
-            raise UsageError("no inputs")
+        check_job(self.inputs, self.partitions, "output shards")
         names = [self.output(j) for j in range(min(self.partitions, 2))]
         if self.partitions > 1 and names[0] == names[1]:
             raise UsageError(f"output pattern {self.pattern!r} gives every shard the same name: use %04d or {{shard:04d}}",
@@ -278,7 +267,7 @@ def run_attempt(task: tasks.Task, attempt: int, options: tasks.TaskOptions,
     Stopped on ``timeout`` and by :meth:`tarproc.jobs.tasks.TaskContext.cancel`
     like a tarmap pipeline (SIGTERM, a grace, SIGKILL): the worker removes
     its partial output and spill files on SIGTERM, and stops by itself when
-    this process dies (:func:`tarproc.jobs.shuffle.worker_main`).
+    this process dies (:func:`tarproc.jobs.shuffle.worker.worker_main`).
 
     :raises tarproc.jobs.tasks.TaskFailure: the attempt failed (``permanent`` when
         the worker exited 3: bad input data, a duplicate key)
@@ -371,29 +360,6 @@ def run_task_quiet(task: tasks.Task, options: tasks.TaskOptions) -> tasks.TaskRe
     return run_task(task, options, say=lambda m: print(f"tarshuffle: {m}", file=sys.stderr, flush=True))
 
 
-@dataclasses.dataclass
-class PhaseOutcome:
-    """One phase's :class:`tarproc.jobs.engines.run.RunSummary` (None: the map
-    phase was not needed, because every reduce task was complete) and its tasks."""
-
-    phase: str
-    tasks: list
-    summary: RunSummary | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.summary is None or not (self.summary.failed or self.summary.not_run)
-
-    @property
-    def permanent(self) -> bool:
-        return self.summary is not None and any(r.permanent for r in self.summary.failed)
-
-
-def all_complete(task_list: Sequence[tasks.Task], options: tasks.TaskOptions) -> bool:
-    """True when every task has a matching completion record."""
-    return all(tasks.is_complete(task, options) is not None for task in task_list)
-
-
 def run(
     job: ShuffleJob,
     options: tasks.TaskOptions,
@@ -410,7 +376,7 @@ def run(
 ) -> list[PhaseOutcome]:
     """Run the shuffle: the map phase (skipped when every reduce task is
     complete already), then the reduce phase, each on a fresh pool from
-    ``pool_factory`` (:func:`tarproc.jobs.engines.run.run_all` starts and closes it);
+    ``pool_factory`` (:func:`tarproc.jobs.phases.run_phases`);
     then remove the staging files unless ``keep_staging``. A phase with
     failed or unrun tasks ends the run (the next phase does not start).
 
@@ -436,27 +402,10 @@ def run(
     if not options.force and all_complete(reduce_list, options):
         outcomes.append(PhaseOutcome("map", map_list))  # not needed: the reduce tasks will all be skipped
         phases = phases[1:]
-    for phase, task_list in phases:
-        if on_phase is not None:
-            on_phase(phase, len(task_list))
-
-        def result(task, res, phase=phase):
-            if on_result is not None:
-                on_result(phase, task, res)
-
-        def error(task, exc):
-            return tasks.TaskResult(task.index, task.input, task.output, "failed",
-                                    message=f"{type(exc).__name__}: {exc}")
-
-        args = (options, *fn_args) if fn is not None else (options, None, context)
-        summary = run_all(task_list, fn or run_task, args, pool_factory(),
-                                   max_errors=max_errors, halt_after=halt_after, on_result=result, on_error=error,
-                                   on_interrupt=context.cancel)
-        outcome = PhaseOutcome(phase, task_list, summary)
-        outcomes.append(outcome)
-        if not outcome.ok:
-            return outcomes
-    if not keep_staging:
+    fn, fn_args = (fn, fn_args) if fn is not None else (run_task, (None, context))
+    outcomes += run_phases(phases, options, pool_factory, fn, fn_args, max_errors=max_errors, halt_after=halt_after,
+                           on_phase=on_phase, on_result=on_result, context=context)
+    if outcomes[-1].ok and not keep_staging:
         job.remove_staging(options.storage_options)
     return outcomes
 
@@ -483,5 +432,4 @@ def run_one(job: ShuffleJob, phase: str, index: int, options: tasks.TaskOptions,
         return run_task(task, options, say, context)
 
 
-__all__ = ["NO_INPUT", "PhaseOutcome", "ShuffleJob", "all_complete", "default_staging", "inputs_fingerprint", "run",
-           "run_one"]
+__all__ = ["NO_INPUT", "ShuffleJob", "default_staging", "inputs_fingerprint", "run", "run_one"]
