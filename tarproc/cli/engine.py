@@ -13,15 +13,18 @@ from __future__ import annotations
 import os
 import re
 import sys
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from tarproc.jobs import engines, k8s, slurm, tasks
+from tarproc.jobs import engines  # tasks, k8s, slurm: where used (a tool's start-up stays short)
 from tarproc.errors import UsageError
 from tarproc.io.sources import input_urls
 from tarproc.io.storage import url_kind
 from tarproc.cli.common import Shared, Tool
+
+if TYPE_CHECKING:
+    from tarproc.jobs import tasks
 
 TaskInputs = Annotated[
     Optional[list[str]],
@@ -172,6 +175,8 @@ def task_index(value: str) -> int:
 
 def retry_policy(tool: Tool) -> tasks.RetryPolicy:
     """``--retries``, ``--backoff``, ``--timeout``."""
+    from tarproc.jobs import tasks
+
     a = tool.args
     return tasks.RetryPolicy(retries=a.retries, backoff=a.backoff, timeout=a.timeout)
 
@@ -260,6 +265,8 @@ def _warn_local(tool: Tool, advice: str, paths) -> None:
 def job_manifest(tool: Tool, name: str, argv: list[str], completions: int) -> dict:
     """The Indexed Job (:func:`tarproc.jobs.k8s.job_manifest`) with the
     ``--k8s-job`` options."""
+    from tarproc.jobs import k8s
+
     a = tool.args
     return k8s.job_manifest(name, a.image, argv, completions, parallelism=a.parallelism,
                             backoff_limit_per_index=a.backoff_limit_per_index, cpu=a.cpu, memory=a.memory,
@@ -276,6 +283,8 @@ def slurm_arrays(tool: Tool, phases: list[tuple[str, list[str], int]]) -> None:
     :raises UsageError: a bad name, ``--cpu``, ``--memory`` or ``--time-limit``
     :raises SourceError: sbatch or scontrol failed
     """
+    from tarproc.jobs import slurm
+
     a = tool.args
     cpus = None
     if a.cpu is not None:

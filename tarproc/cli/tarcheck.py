@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from tarproc.jobs import records
 from tarproc.jobs.check import (
     CheckOptions,
     ProcessPool,
@@ -149,6 +148,8 @@ def tarcheck(tool: Tool, require: RequireOpt = None, decode: DecodeOpt = None, r
                              + (f" (and {more} more problems)" if more > 0 else ""))
         write_report(report, dataset)
         if index is not None:
+            from tarproc.jobs import records
+
             records.write_shard_index(index, shard_index_records(dataset))
         repaired = sum(1 for s in dataset.shards if s.repair and s.repair.get("output") and "error" not in s.repair)
         if not tool.quiet:
