@@ -452,7 +452,8 @@ class KeyIndex:
 
     def add(self, shard: int, keys: Iterable[tuple[str, int | None]]) -> None:
         """Record the ``(key, offset)`` pairs of shard ``shard`` (its index)."""
-        self.db.executemany("INSERT INTO keys VALUES (?, ?, ?)", ((k, shard, o) for k, o in keys))
+        # the shard index as a literal: the pairs go to SQLite as they are, no tuple made per key here
+        self.db.executemany(f"INSERT INTO keys (key, offset, shard) VALUES (?, ?, {int(shard)})", keys)
 
     def duplicates(self) -> Iterator[tuple[str, int, int | None, int, int | None]]:
         """``(key, shard, offset, first_shard, first_offset)`` for every
