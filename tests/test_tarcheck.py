@@ -208,6 +208,27 @@ def test_repair_cut_and_ungrouped_recheck_clean_with_the_complete_samples_bytes(
     assert [x["samples"] for x in report_lines(again.stdout).values()] == [7, N]
 
 
+def test_repair_of_a_shard_cut_before_its_first_complete_sample_writes_nothing_and_says_why(dataset, tmp_path):
+    """No copy (an empty archive would look like a complete shard), and the
+    report's repair entry says so, naming the cut (not 'sample None')."""
+    d, fixed = tmp_path / "in", tmp_path / "fixed"
+    d.mkdir()
+    full = dataset["full"].read_bytes()
+    (d / "first.tar").write_bytes(full[: 3 * 512 + 100])  # inside sample 0's jpg (after its cls)
+    (d / "empty.tar").write_bytes(b"")
+    result = run(["tarcheck", str(d / "first.tar"), str(d / "empty.tar"), "-j", "1", "--repair", str(fixed)])
+    assert result.returncode == 3, result.stderr
+    r = report_lines(result.stdout)
+    assert not fixed.exists() or not list(fixed.iterdir())
+    for name, offset in (("first", 3 * 512 + 100), ("empty", 0)):
+        assert [p["kind"] for p in r[name]["problems"]] == ["truncated"] and r[name]["samples"] == 0
+        repair = r[name]["repair"]
+        assert repair["output"] is None and repair["samples"] == 0
+        assert f"cut at offset {offset} before any sample is complete; no copy written" in repair["action"]
+        assert "None" not in repair["action"]
+    assert b"0 repaired to" in result.stderr
+
+
 def test_library_check_shard_and_dataset(dataset):
     d = dataset["dir"]
     options = CheckOptions(require=parse_require(["jpg cls"]))

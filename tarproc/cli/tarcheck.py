@@ -50,8 +50,9 @@ shards read to their end. Totals go to stderr.
 
 --repair DIR writes a fixed copy of a shard (same name, in DIR) where the
 fix loses nothing silently: a shard whose only fault is a cut is cut at its
-last complete sample; a shard whose only fault is ungrouped keys is grouped
-by key (as tarsort does). Each repair is in the shard's report line
+last complete sample (one cut before its first sample is complete gets no
+copy: its report says why); a shard whose only fault is ungrouped keys is
+grouped by key (as tarsort does). Each repair is in the shard's report line
 (repair: output, samples, bytes, action). Other faults are not repaired.
 
 Shards are checked -j N at a time in worker processes (default: the

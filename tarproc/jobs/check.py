@@ -30,7 +30,8 @@ readers skip it), ``missing_field``, ``decode``, ``duplicate_key``, ``io``
 Repair (``repair_dir``): where a fix loses nothing silently a fixed copy is
 written to ``repair_dir`` under the shard's basename: a shard whose only
 problem is ``truncated`` is cut at its last complete sample (the partial
-sample after it is named in the report); a shard whose only problem is
+sample after it is named in the report; one cut before any sample is
+complete gets no copy, the report says so); a shard whose only problem is
 ``ungrouped`` is grouped by key (:func:`tarproc.ops.sort.group_by_key`, what
 ``tarsort`` does). The copy has the family's deterministic headers
 (mtime 0), the members' names and bytes of the complete samples, and
@@ -398,13 +399,19 @@ def repair_shard(spec: str, report: ShardReport, options: CheckOptions) -> dict 
     ``truncated`` (cut at the last complete sample) or ``ungrouped``
     (grouped by key); returns the report's ``repair`` entry, or None when
     nothing can be fixed without losing data silently (or the shard
-    changed since it was checked: then ``error`` says so).
+    changed since it was checked: then ``error`` says so). A shard cut
+    before its first sample is complete gets no copy: its entry has
+    ``output`` None and says why in ``action``.
 
     :raises OutputError: the copy cannot be written
     """
     kinds = report.kinds()
     if report.more_problems or kinds not in ({"truncated"}, {"ungrouped"}) or spec == "-":
         return None
+    if report.samples == 0:  # cut before its first sample was complete: a copy would be an empty archive
+        return {"output": None, "samples": 0, "bytes": 0,
+                "action": f"none: the stream is cut at offset {report.problems[0]['offset']} before any sample is"
+                          " complete; no copy written (an empty archive would look like a complete shard)"}
     from tarproc.io.sinks import open_sink
     from tarproc.io.sources import iter_source_samples
 
