@@ -229,6 +229,33 @@ def test_repair_of_a_shard_cut_before_its_first_complete_sample_writes_nothing_a
     assert b"0 repaired to" in result.stderr
 
 
+def test_report_and_index_to_a_fifo_are_written_into_it_not_renamed_over_it(dataset, tmp_path):
+    """As -o does: a device or FIFO (/dev/null) is written directly; a
+    rename over it would replace /dev/null itself with a regular file."""
+    import os
+    import stat
+    import threading
+
+    got = {}
+    for name in ("report", "index"):
+        os.mkfifo(tmp_path / name)
+
+    def drain(name):
+        got[name] = (tmp_path / name).read_bytes()
+
+    readers = [threading.Thread(target=drain, args=(n,), daemon=True) for n in ("report", "index")]
+    for t in readers:
+        t.start()
+    result = run(["tarcheck", str(dataset["dir"] / "good-0.tar"), "-j", "1", "--report", str(tmp_path / "report"),
+                  "--index", str(tmp_path / "index")])
+    for t in readers:
+        t.join(30)
+    assert result.returncode == 0, result.stderr
+    assert all(stat.S_ISFIFO(os.stat(tmp_path / n).st_mode) for n in ("report", "index"))
+    assert json.loads(got["report"])["samples"] == N and b"wids-shard-index-v1" in got["index"]
+    assert not list(tmp_path.glob("*.partial"))
+
+
 def test_library_check_shard_and_dataset(dataset):
     d = dataset["dir"]
     options = CheckOptions(require=parse_require(["jpg cls"]))

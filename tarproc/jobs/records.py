@@ -149,6 +149,12 @@ def _open_text(path: str):
         import sys
 
         return sys.stdout
+    if os.path.exists(path) and not os.path.isfile(path):
+        # a device or FIFO (/dev/null, a named pipe): written directly, never replaced by a rename
+        try:
+            return open(path, "w", encoding="utf-8")
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot open: {exc.strerror}") from None
     try:
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
@@ -162,7 +168,8 @@ def _finish_text(path: str, handle) -> None:
         handle.flush()
         return
     handle.close()
-    os.replace(path + ".partial", path)
+    if handle.name != path:  # not a device or FIFO written directly
+        os.replace(path + ".partial", path)
 
 
 def manifest_line(record: Mapping) -> dict:
