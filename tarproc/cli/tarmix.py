@@ -166,13 +166,15 @@ def _write_manifest(path: str, document: dict) -> None:
         for line in text.splitlines(keepends=True):
             sys.stdout.write(line)
         return
-    partial = path + ".partial"
+    from tarproc.jobs.records import _finish_text, _open_text  # PATH.partial renamed; a device or FIFO written into
+
+    handle = _open_text(path)
     try:
-        with open(partial, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(partial, path)
+        handle.write(text)
     except OSError as exc:
+        handle.close()
         raise OutputError(f"{path}: cannot write: {exc.strerror}") from None
+    _finish_text(path, handle)
 
 
 def main() -> None:
