@@ -17,7 +17,6 @@ from tarproc.jobs.check import (
     write_report,
 )
 from tarproc.errors import UsageError
-from tarproc.jobs.engines.local import LocalEngine
 from tarproc.io.sources import check_inputs_exist
 from tarproc.cli import engine
 from tarproc.cli.common import Tool, command, make_app, run_app
@@ -115,6 +114,8 @@ def tarcheck(tool: Tool, require: RequireOpt = None, decode: DecodeOpt = None, r
         if a.dask is not None:
             pool = engine.make_engine(tool)
         elif jobs == 1 or len(specs) == 1:
+            from tarproc.jobs.engines.local import LocalEngine  # here: -j 2 and more start without its imports
+
             pool = LocalEngine(1)
         else:
             pool = ProcessPool(min(jobs, len(specs)))

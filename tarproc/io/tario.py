@@ -47,7 +47,7 @@ _CHK_SIGNED = struct.Struct("148b8x356b")
 
 REGULAR_TYPES = (b"0", b"\0", b"7")
 #: headers that describe the next member: GNU long name/link, pax, Solaris pax
-_EXTENDED = (b"L", b"K", b"x", b"g", b"X")
+_EXTENDED = frozenset((b"L", b"K", b"x", b"g", b"X"))  # a set: one lookup for the usual regular member
 _TYPE_NAMES = {
     b"1": "hard link",
     b"2": "symbolic link",
