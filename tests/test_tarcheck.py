@@ -270,6 +270,77 @@ def test_library_check_shard_and_dataset(dataset):
         parse_require(["a,,b"])
 
 
+def _task(kind: str, n: int):
+    import os
+
+    if kind == "die":
+        os._exit(3)
+    if kind == "raise":
+        raise ValueError(f"bad {n}")
+    return n * 2
+
+
+def test_process_pool_results_a_task_s_exception_and_a_dead_worker():
+    """ProcessPool (forked workers, pipes): results come back, a task's
+    exception is raised again by outcome(), a worker that dies is an error
+    naming its exit status, and close() leaves no process behind."""
+    from tarproc.errors import TarprocError
+    from tarproc.jobs.check import ProcessPool
+
+    pool = ProcessPool(2)
+    pool.start()
+    futures = [pool.submit(_task, "ok", i) for i in range(5)] + [pool.submit(_task, "raise", 7)]
+    pending = set(futures)
+    while pending:
+        pending -= pool.wait_any(pending)
+    assert [pool.outcome(f) for f in futures[:5]] == [0, 2, 4, 6, 8]
+    with pytest.raises(ValueError, match="bad 7"):
+        pool.outcome(futures[5])
+    dead = pool.submit(_task, "die", 0)
+    pool.wait_any({dead})
+    with pytest.raises(TarprocError, match="exit status 3"):
+        pool.outcome(dead)
+    pids = [w.pid for w in pool._workers]
+    pool.close()
+    import os
+
+    for pid in pids:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, 0)  # already reaped: no zombie left
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_stops_the_workers_and_leaves_no_report(dataset, tmp_path, sig):
+    """tarcheck -j 2 dies of SIGINT/SIGTERM (130/143 in a shell) after stopping its workers (here
+    stuck opening FIFOs nobody writes); no report, complete or partial, is left."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    fifos = [tmp_path / f"stuck-{i}.tar" for i in range(2)]
+    for fifo in fifos:
+        os.mkfifo(fifo)
+    report = tmp_path / "report.jsonl"
+    proc = subprocess.Popen(["tarcheck", "-j", "2", "--report", str(report), *map(str, fifos)], env=tool_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        workers: list[str] = []
+        while len(workers) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(workers) == 2
+        time.sleep(0.2)  # the workers are in open(2) of their FIFO
+        proc.send_signal(getattr(signal, sig))
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == -getattr(signal, sig), err
+    assert not [w for w in workers if os.path.exists(f"/proc/{w}")]
+    assert not list(tmp_path.glob("report.jsonl*"))
+
+
 def test_decode_problem_finds_a_truncated_jpeg_in_memory():
     jpg = samples("x", 1)[0]["jpg"]
     assert decode_problem("jpg", jpg) is None
