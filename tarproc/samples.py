@@ -117,6 +117,7 @@ def group_samples(
     lowercase: bool = False,
     regroup: bool = False,
     note: Note | None = None,
+    offsets: bool = False,
 ) -> Iterator[Sample]:
     """Group adjacent members with the same key into sample dicts.
 
@@ -141,6 +142,8 @@ def group_samples(
         sample (a fragment) instead of raising: for ``tarsort``, which merges
         the fragments of a key (:func:`tarproc.ops.sort.merge_fragments`)
     :param note: see above
+    :param offsets: give every sample an ``"__offset__"`` meta entry: the
+        byte offset (``Member.offset``) of its first member, for reports
     :raises SampleError: a field repeated within one sample, or a key that
         comes back after another key (the input is not grouped; ``tarsort``
         groups it), unless ``regroup``
@@ -174,7 +177,7 @@ def group_samples(
         name = member.name
         parts = member_parts(name)
         if parts.__class__ is str:
-            message = f"{source}: {parts}: {name!r}"
+            message = f"{source}: {parts}: {name!r} at offset {member.offset}"
             if strict:
                 raise SampleError(message)
             if warn is not None:
@@ -193,6 +196,8 @@ def group_samples(
                     last_key = current["__key__"]
                     yield current
                 current = _start(key, source, seen, regroup, member.offset)
+                if offsets:
+                    current["__offset__"] = member.offset
                 originals = {}
             current[field] = member.data.decode("utf-8", "surrogateescape")
             continue
@@ -215,6 +220,8 @@ def group_samples(
             last_key = current["__key__"]
             yield current
         current = _start(key, source, seen, regroup, member.offset)
+        if offsets:
+            current["__offset__"] = member.offset
         current[field] = member.data
         if lowercase:
             originals = {field: original}

@@ -90,6 +90,10 @@ def test_bash_completes_options(tool):
 def test_bash_completes_a_tools_own_options_and_choices():
     assert _complete("tarsplit", ["--maxs"]) == ["--maxsize", "--maxshards"]
     assert _complete("tarsort", ["--type", ""]) == ["str", "int", "float"]
+    # the issue-18 tools (tarcheck, tarmix, tardedup): their own options and choices
+    assert _complete("tarcheck", ["--repa"]) == ["--repair"]
+    assert _complete("tarmix", ["--when-exhausted", ""]) == ["stop", "repeat", "renormalize"]
+    assert _complete("tardedup", ["--remo"]) == ["--removed"]
 
 
 @pytest.mark.parametrize("shell,marker", [("zsh", "compdef"), ("fish", "complete --command tarsplit")])

@@ -208,6 +208,54 @@ def test_repair_cut_and_ungrouped_recheck_clean_with_the_complete_samples_bytes(
     assert [x["samples"] for x in report_lines(again.stdout).values()] == [7, N]
 
 
+def test_repair_of_a_shard_cut_before_its_first_complete_sample_writes_nothing_and_says_why(dataset, tmp_path):
+    """No copy (an empty archive would look like a complete shard), and the
+    report's repair entry says so, naming the cut (not 'sample None')."""
+    d, fixed = tmp_path / "in", tmp_path / "fixed"
+    d.mkdir()
+    full = dataset["full"].read_bytes()
+    (d / "first.tar").write_bytes(full[: 3 * 512 + 100])  # inside sample 0's jpg (after its cls)
+    (d / "empty.tar").write_bytes(b"")
+    result = run(["tarcheck", str(d / "first.tar"), str(d / "empty.tar"), "-j", "1", "--repair", str(fixed)])
+    assert result.returncode == 3, result.stderr
+    r = report_lines(result.stdout)
+    assert not fixed.exists() or not list(fixed.iterdir())
+    for name, offset in (("first", 3 * 512 + 100), ("empty", 0)):
+        assert [p["kind"] for p in r[name]["problems"]] == ["truncated"] and r[name]["samples"] == 0
+        repair = r[name]["repair"]
+        assert repair["output"] is None and repair["samples"] == 0
+        assert f"cut at offset {offset} before any sample is complete; no copy written" in repair["action"]
+        assert "None" not in repair["action"]
+    assert b"0 repaired to" in result.stderr
+
+
+def test_report_and_index_to_a_fifo_are_written_into_it_not_renamed_over_it(dataset, tmp_path):
+    """As -o does: a device or FIFO (/dev/null) is written directly; a
+    rename over it would replace /dev/null itself with a regular file."""
+    import os
+    import stat
+    import threading
+
+    got = {}
+    for name in ("report", "index"):
+        os.mkfifo(tmp_path / name)
+
+    def drain(name):
+        got[name] = (tmp_path / name).read_bytes()
+
+    readers = [threading.Thread(target=drain, args=(n,), daemon=True) for n in ("report", "index")]
+    for t in readers:
+        t.start()
+    result = run(["tarcheck", str(dataset["dir"] / "good-0.tar"), "-j", "1", "--report", str(tmp_path / "report"),
+                  "--index", str(tmp_path / "index")])
+    for t in readers:
+        t.join(30)
+    assert result.returncode == 0, result.stderr
+    assert all(stat.S_ISFIFO(os.stat(tmp_path / n).st_mode) for n in ("report", "index"))
+    assert json.loads(got["report"])["samples"] == N and b"wids-shard-index-v1" in got["index"]
+    assert not list(tmp_path.glob("*.partial"))
+
+
 def test_library_check_shard_and_dataset(dataset):
     d = dataset["dir"]
     options = CheckOptions(require=parse_require(["jpg cls"]))
@@ -220,6 +268,77 @@ def test_library_check_shard_and_dataset(dataset):
     assert len(result.shards[2].problems) == N and result.exit_status == 3
     with pytest.raises(UsageError):
         parse_require(["a,,b"])
+
+
+def _task(kind: str, n: int):
+    import os
+
+    if kind == "die":
+        os._exit(3)
+    if kind == "raise":
+        raise ValueError(f"bad {n}")
+    return n * 2
+
+
+def test_process_pool_results_a_task_s_exception_and_a_dead_worker():
+    """ProcessPool (forked workers, pipes): results come back, a task's
+    exception is raised again by outcome(), a worker that dies is an error
+    naming its exit status, and close() leaves no process behind."""
+    from tarproc.errors import TarprocError
+    from tarproc.jobs.check import ProcessPool
+
+    pool = ProcessPool(2)
+    pool.start()
+    futures = [pool.submit(_task, "ok", i) for i in range(5)] + [pool.submit(_task, "raise", 7)]
+    pending = set(futures)
+    while pending:
+        pending -= pool.wait_any(pending)
+    assert [pool.outcome(f) for f in futures[:5]] == [0, 2, 4, 6, 8]
+    with pytest.raises(ValueError, match="bad 7"):
+        pool.outcome(futures[5])
+    dead = pool.submit(_task, "die", 0)
+    pool.wait_any({dead})
+    with pytest.raises(TarprocError, match="exit status 3"):
+        pool.outcome(dead)
+    pids = [w.pid for w in pool._workers]
+    pool.close()
+    import os
+
+    for pid in pids:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, 0)  # already reaped: no zombie left
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_stops_the_workers_and_leaves_no_report(dataset, tmp_path, sig):
+    """tarcheck -j 2 dies of SIGINT/SIGTERM (130/143 in a shell) after stopping its workers (here
+    stuck opening FIFOs nobody writes); no report, complete or partial, is left."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    fifos = [tmp_path / f"stuck-{i}.tar" for i in range(2)]
+    for fifo in fifos:
+        os.mkfifo(fifo)
+    report = tmp_path / "report.jsonl"
+    proc = subprocess.Popen(["tarcheck", "-j", "2", "--report", str(report), *map(str, fifos)], env=tool_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        workers: list[str] = []
+        while len(workers) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(workers) == 2
+        time.sleep(0.2)  # the workers are in open(2) of their FIFO
+        proc.send_signal(getattr(signal, sig))
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == -getattr(signal, sig), err
+    assert not [w for w in workers if os.path.exists(f"/proc/{w}")]
+    assert not list(tmp_path.glob("report.jsonl*"))
 
 
 def test_decode_problem_finds_a_truncated_jpeg_in_memory():

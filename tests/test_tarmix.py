@@ -129,6 +129,25 @@ def test_same_seed_same_bytes_other_seed_other_order(sources, tmp_path):
     assert sorted(sum(keys, [])) == sorted(s["__key__"] for s in read_all(shards_of(tmp_path / "one", "*.tar")))
 
 
+def test_manifest_to_a_fifo_is_written_into_it_not_renamed_over_it(sources, tmp_path):
+    """As -o does with /dev/null: a rename over a device or FIFO would replace it (as root, /dev/null itself)."""
+    import os
+    import stat
+    import threading
+
+    fifo = tmp_path / "manifest"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    result = run(["tarmix", f"{sources['a']}:0.5", f"{sources['b']}:0.5", "-n", "10", "-o", f"{tmp_path}/out/mix-%02d.tar",
+                  "--manifest", str(fifo)])
+    reader.join(30)
+    assert result.returncode == 0, result.stderr
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and json.loads(got[0])
+    assert not list(tmp_path.glob("*.partial"))
+
+
 def test_when_exhausted_stop_writes_what_was_drawn_and_exits_1(sources, tmp_path):
     out = tmp_path / "out"
     manifest = tmp_path / "m.json"

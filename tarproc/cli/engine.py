@@ -15,17 +15,20 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterable
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from tarproc.jobs import engines, k8s, slurm, tasks
+from tarproc.jobs import engines  # tasks, k8s, slurm: where used (a tool's start-up stays short)
 from tarproc.errors import ExitStatus, UsageError
 from tarproc.jobs.phases import PhaseOutcome
 from tarproc.io.sources import input_urls
 from tarproc.io.storage import url_kind
 from tarproc.cli.options import Shared
 from tarproc.cli.tool import Tool
+
+if TYPE_CHECKING:
+    from tarproc.jobs import tasks
 
 TaskInputs = Annotated[
     Optional[list[str]],
@@ -176,6 +179,8 @@ def task_index(value: str) -> int:
 
 def retry_policy(tool: Tool) -> tasks.RetryPolicy:
     """``--retries``, ``--backoff``, ``--timeout``."""
+    from tarproc.jobs import tasks
+
     a = tool.args
     return tasks.RetryPolicy(retries=a.retries, backoff=a.backoff, timeout=a.timeout)
 
@@ -264,6 +269,8 @@ def _warn_local(tool: Tool, advice: str, paths) -> None:
 def job_manifest(tool: Tool, name: str, argv: list[str], completions: int) -> dict:
     """The Indexed Job (:func:`tarproc.jobs.k8s.job_manifest`) with the
     ``--k8s-job`` options."""
+    from tarproc.jobs import k8s
+
     a = tool.args
     return k8s.job_manifest(name, a.image, argv, completions, parallelism=a.parallelism,
                             backoff_limit_per_index=a.backoff_limit_per_index, cpu=a.cpu, memory=a.memory,
@@ -280,6 +287,8 @@ def slurm_arrays(tool: Tool, phases: list[tuple[str, list[str], int]]) -> None:
     :raises UsageError: a bad name, ``--cpu``, ``--memory`` or ``--time-limit``
     :raises SourceError: sbatch or scontrol failed
     """
+    from tarproc.jobs import slurm
+
     a = tool.args
     cpus = None
     if a.cpu is not None:
@@ -382,6 +391,7 @@ class PhaseReport:
         and ``kwargs``. Tasks of an in-process engine report retries with
         ``say`` and their pipelines' lines above the bar; others
         (Dask) on their own stderr. Returns what ``job_run`` returns."""
+        from tarproc.jobs import tasks
         from tarproc.jobs.shufflejob import run_task, run_task_quiet
 
         a = self.tool.args

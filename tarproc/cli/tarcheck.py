@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from tarproc.jobs import records
 from tarproc.jobs.check import (
     CheckOptions,
     ProcessPool,
@@ -18,7 +17,6 @@ from tarproc.jobs.check import (
     write_report,
 )
 from tarproc.errors import UsageError
-from tarproc.jobs.engines.local import LocalEngine
 from tarproc.io.sources import check_inputs_exist
 from tarproc.cli import engine
 from tarproc.cli.app import command, make_app, run_app
@@ -52,8 +50,9 @@ shards read to their end. Totals go to stderr.
 
 --repair DIR writes a fixed copy of a shard (same name, in DIR) where the
 fix loses nothing silently: a shard whose only fault is a cut is cut at its
-last complete sample; a shard whose only fault is ungrouped keys is grouped
-by key (as tarsort does). Each repair is in the shard's report line
+last complete sample (one cut before its first sample is complete gets no
+copy: its report says why); a shard whose only fault is ungrouped keys is
+grouped by key (as tarsort does). Each repair is in the shard's report line
 (repair: output, samples, bytes, action). Other faults are not repaired.
 
 Shards are checked -j N at a time in worker processes (default: the
@@ -116,6 +115,8 @@ def tarcheck(tool: Tool, require: RequireOpt = None, decode: DecodeOpt = None, r
         if a.dask is not None:
             pool = engine.make_engine(tool)
         elif jobs == 1 or len(specs) == 1:
+            from tarproc.jobs.engines.local import LocalEngine  # here: -j 2 and more start without its imports
+
             pool = LocalEngine(1)
         else:
             pool = ProcessPool(min(jobs, len(specs)))
@@ -150,6 +151,8 @@ def tarcheck(tool: Tool, require: RequireOpt = None, decode: DecodeOpt = None, r
                              + (f" (and {more} more problems)" if more > 0 else ""))
         write_report(report, dataset)
         if index is not None:
+            from tarproc.jobs import records
+
             records.write_shard_index(index, shard_index_records(dataset))
         repaired = sum(1 for s in dataset.shards if s.repair and s.repair.get("output") and "error" not in s.repair)
         if not tool.quiet:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import atexit
 import errno
 import os
-import secrets
 import shutil
 import stat
 import tempfile
@@ -43,7 +42,7 @@ CHUNK = 1 << 22
 
 #: this process's spool directory: named when the module is imported, made
 #: on first use (:func:`directory`), removed at exit by this process only
-_DIRECTORY = os.path.join(tempfile.gettempdir(), f"tarproc-spool-{os.getpid()}-{secrets.token_hex(4)}")
+_DIRECTORY = os.path.join(tempfile.gettempdir(), f"tarproc-spool-{os.getpid()}-{os.urandom(4).hex()}")  # os.urandom: as secrets.token_hex, without importing hashlib
 _OWNER = os.getpid()
 _made = 0  # the pid that last made sure _DIRECTORY exists
 

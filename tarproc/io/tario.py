@@ -47,7 +47,7 @@ _CHK_SIGNED = struct.Struct("148b8x356b")
 
 REGULAR_TYPES = (b"0", b"\0", b"7")
 #: headers that describe the next member: GNU long name/link, pax, Solaris pax
-_EXTENDED = (b"L", b"K", b"x", b"g", b"X")
+_EXTENDED = frozenset((b"L", b"K", b"x", b"g", b"X"))  # a set: one lookup for the usual regular member
 _TYPE_NAMES = {
     b"1": "hard link",
     b"2": "symbolic link",
@@ -60,6 +60,10 @@ _TYPE_NAMES = {
     b"D": "GNU dump directory",
 }
 
+
+
+#: no pax records (read only: a member without them shares it)
+_NO_PAX: dict[str, str] = {}
 
 
 def _no_warn(message: str) -> None:
@@ -326,6 +330,11 @@ class TarReader:
         if len(block) == want:
             self.offset += want
             return block[pad:] if pad else block
+        return self._short_header(block, pad, after_end, in_marker)
+
+    def _short_header(self, block: bytes, pad: int, after_end: bool, in_marker: bool) -> bytes | None:
+        """:meth:`_header` after a read of padding and header that came back
+        short (``block``): the end of the stream, or a pipe's short read."""
         self.offset += len(block)
         if len(block) < pad:  # cut inside the padding
             self._read_exact(pad - len(block), "data padding", self._pad_start)
@@ -368,8 +377,19 @@ class TarReader:
         first: int | None = None  # offset of the first extended header of a member
         pax: dict[str, str] = {}
         global_pax: dict[str, str] = {}
+        read = self._read
         while True:
-            header = self._header(zero_blocks >= 2, zero_blocks == 1)
+            # the usual case of _header inline (this loop runs once per member): the
+            # previous member's padding and the next header in one whole read
+            pad = self._pad
+            block = read(pad + BLOCK)
+            if len(block) == pad + BLOCK:
+                self._pad = 0
+                self.offset += pad + BLOCK
+                header = block[pad:] if pad else block
+            else:
+                self._pad = 0
+                header = self._short_header(block, pad, zero_blocks >= 2, zero_blocks == 1)
             start = self.offset - BLOCK
             if header is None:
                 start = self.offset
@@ -390,7 +410,12 @@ class TarReader:
             if header == ZERO_BLOCK:
                 zero_blocks += 1
                 continue
-            if not (_checksum_fast(header) or checksum_ok(header)):
+            try:  # _checksum_fast inline: a "%06o\0 " field matching the unsigned sum (_byte_sum)
+                chk = int(header[148:154], 8) == (_adler32(header[:148]) & 0xFFFF) + (
+                    _adler32(header[156:384]) & 0xFFFF) + (_adler32(header[384:512]) & 0xFFFF) + 253
+            except ValueError:
+                chk = False
+            if not (chk or checksum_ok(header)):
                 if zero_blocks >= 2:
                     raise _garbage_after_end(self.source, start)
                 if start == 0 and header[257:262] != b"ustar":
@@ -404,7 +429,7 @@ class TarReader:
                 raise ArchiveError(f"{self.source}: {exc}") from None
             if size < 0:
                 raise ArchiveError(f"{self.source}: negative size {size} in header at offset {start}")
-            if "size" in pax and typeflag not in _EXTENDED:  # the size of the next real member
+            if pax and "size" in pax and typeflag not in _EXTENDED:  # the size of the next real member
                 try:
                     size = int(pax["size"])
                 except ValueError:
@@ -433,11 +458,11 @@ class TarReader:
                         raise ArchiveError(f"{self.source}: {exc}") from None
                 continue
 
-            if "path" in pax:
+            if pax and "path" in pax:
                 name = pax["path"]
             elif long_name is not None:
                 name = long_name
-            elif "path" in global_pax:
+            elif global_pax and "path" in global_pax:
                 name = global_pax["path"]
             else:
                 end = header.find(b"\0", 0, 100)
@@ -446,7 +471,7 @@ class TarReader:
                     raw = _nts(header[345:500]) + b"/" + raw
                 name = raw.decode("utf-8", "surrogateescape")
             sparse = typeflag == b"S"
-            sparse_info: dict[str, str] = {}
+            sparse_info: dict[str, str] = _NO_PAX
             link_name = long_link
             if pax:
                 link_name = pax.get("linkpath", link_name)

@@ -30,7 +30,8 @@ readers skip it), ``missing_field``, ``decode``, ``duplicate_key``, ``io``
 Repair (``repair_dir``): where a fix loses nothing silently a fixed copy is
 written to ``repair_dir`` under the shard's basename: a shard whose only
 problem is ``truncated`` is cut at its last complete sample (the partial
-sample after it is named in the report); a shard whose only problem is
+sample after it is named in the report; one cut before any sample is
+complete gets no copy, the report says so); a shard whose only problem is
 ``ungrouped`` is grouped by key (:func:`tarproc.ops.sort.group_by_key`, what
 ``tarsort`` does). The copy has the family's deterministic headers
 (mtime 0), the members' names and bytes of the complete samples, and
@@ -62,10 +63,9 @@ from tarproc.errors import (
     UsageError,
 )
 from tarproc import guard
-from tarproc.samples import JSON_EXTENSIONS, TEXT_EXTENSIONS, field_extension, group_samples, member_parts
-from tarproc.io.sinks import open_sink
+from tarproc.samples import JSON_EXTENSIONS, TEXT_EXTENSIONS, field_extension, group_samples
 from tarproc.io.compress import MAGIC_LEN, detect
-from tarproc.io.sources import iter_source_samples, open_source
+from tarproc.io.sources import open_source
 from tarproc.io.storage import is_url, local_path
 from tarproc.io.tario import TarReader
 
@@ -287,6 +287,33 @@ def _open_members(spec: str, options: CheckOptions, on_read, warn):
         yield TarReader(stream, spec, warn)
 
 
+def _fragment(report: ShardReport, key: str, sample: dict, first: int, fieldsets: dict) -> None:
+    """A key that comes back after other keys: ``ungrouped``, and ``malformed``
+    for each field its earlier fragments already have."""
+    offset = sample["__offset__"]
+    report.add("ungrouped", offset, key,
+               f"key {key!r} comes back after other keys (first at offset {first}):"
+               " the shard is not grouped by key (tarsort groups it)")
+    have = fieldsets[key]
+    for name in sample:
+        if not name.startswith("__") and name in have:
+            report.add("malformed", offset, key, f"field {name!r} of sample {key!r} is repeated")
+    fieldsets[key] = have + tuple(sample)
+
+
+def _stream_problem(report: ShardReport, exc: TarprocError, spec: str, offset: int | None, last_key: str | None) -> None:
+    """The problem that ended the stream: ``truncated``, ``corrupt``,
+    ``malformed`` (bad data) or ``io`` (the shard could not be read)."""
+    message = _strip_source(str(exc), spec)
+    if isinstance(exc, CompressionError):
+        report.add("truncated" if "is truncated" in message else "corrupt", offset, last_key, message)
+    elif isinstance(exc, SourceError):
+        report.add("io", offset, last_key, message)
+    else:
+        kind = "truncated" if isinstance(exc, TruncatedError) else "corrupt" if isinstance(exc, ArchiveError) else "malformed"
+        report.add(kind, _fault_offset(message, offset), last_key, message)
+
+
 def check_shard(index: int, spec: str, options: CheckOptions = CheckOptions()) -> ShardReport:
     """Check one shard (see the module docs) and repair it when asked.
 
@@ -303,83 +330,46 @@ def check_shard(index: int, spec: str, options: CheckOptions = CheckOptions()) -
     def on_read(n: int) -> None:
         read[0] += n
 
-    last_member = [None]  # offset of the member group_samples is looking at (its warnings name none)
-
-    def warn(message: str) -> None:
+    def warn(message: str) -> None:  # the reader's and group_samples' messages name the member's offset
         message = _strip_source(message, spec)
-        report.add("skipped_member", _fault_offset(message, last_member[0]), None, message)
+        report.add("skipped_member", _fault_offset(message, None), None, message)
 
-    starts: collections.deque = collections.deque()  # (key, offset) of each run of members of one key
-    seen: dict[str, int] = {}  # key -> offset of its first member
-    fieldsets: dict[str, set] = {}
+    seen: dict[str, int] = {}  # key -> offset of its first member, in stream order
+    fieldsets: dict[str, tuple] = {}  # key -> the entries of its sample (its first fragment's, then all)
     reader = None
     require, decode = options.require, set(options.decode)
     try:
         with _open_members(spec, options, on_read, warn) as reader:
-
-            def members():
-                previous = None
-                for member in reader:
-                    parts = member_parts(member.name)
-                    if parts.__class__ is not str and parts[1] != "__key__" and parts[0] != previous:
-                        previous = parts[0]
-                        starts.append((parts[0], member.offset))
-                    last_member[0] = member.offset
-                    yield member
-
-            for sample in group_samples(members(), spec, warn, False, lowercase=options.lowercase, regroup=True):
+            for sample in group_samples(reader, spec, warn, False, lowercase=options.lowercase, regroup=True,
+                                        offsets=True):
                 key = sample["__key__"]
-                offset = None
-                while starts:
-                    run_key, run_offset = starts.popleft()
-                    if run_key == key:
-                        offset = run_offset
-                        break
-                names = [f for f in sample if not f.startswith("__")]
                 if key in seen:
-                    report.add("ungrouped", offset, key,
-                               f"key {key!r} comes back after other keys (first at offset {seen[key]}):"
-                               " the shard is not grouped by key (tarsort groups it)")
-                    have = fieldsets[key]
-                    for name in names:
-                        if name in have:
-                            report.add("malformed", offset, key, f"field {name!r} of sample {key!r} is repeated")
-                    have.update(names)
+                    _fragment(report, key, sample, seen[key], fieldsets)
                 else:
-                    seen[key] = offset
-                    fieldsets[key] = set(names)
-                    if report.first_key is None:
-                        report.first_key = key
-                    report.last_key = key
-                for name in names:
-                    if name in decode:
+                    seen[key] = sample["__offset__"]
+                    fieldsets[key] = tuple(sample)
+                if decode:
+                    for name in [f for f in sample if f in decode]:
                         why = decode_problem(name, sample[name])
                         if why is not None:
-                            report.add("decode", offset, key, f"field {name!r} of sample {key!r} does not decode: {why}")
-    except TruncatedError as exc:
-        message = _strip_source(str(exc), spec)
-        report.add("truncated", _fault_offset(message, reader.offset if reader else None), report.last_key, message)
-    except CompressionError as exc:
-        message = _strip_source(str(exc), spec)
-        kind = "truncated" if "is truncated" in message else "corrupt"
-        report.add(kind, reader.offset if reader else None, report.last_key, message)
-    except ArchiveError as exc:
-        message = _strip_source(str(exc), spec)
-        report.add("corrupt", _fault_offset(message, reader.offset if reader else None), report.last_key, message)
-    except SampleError as exc:
-        message = _strip_source(str(exc), spec)
-        report.add("malformed", _fault_offset(message, reader.offset if reader else None), report.last_key, message)
-    except (SourceError, OSError) as exc:
-        message = _strip_source(str(exc), spec) if isinstance(exc, SourceError) else f"cannot read: {exc}"
-        report.add("io", reader.offset if reader else None, report.last_key, message)
+                            report.add("decode", sample["__offset__"], key,
+                                       f"field {name!r} of sample {key!r} does not decode: {why}")
+    except (ArchiveError, CompressionError, SampleError, SourceError) as exc:
+        _stream_problem(report, exc, spec, reader.offset if reader else None, next(reversed(seen), None))
+    except OSError as exc:
+        report.add("io", reader.offset if reader else None, next(reversed(seen), None), f"cannot read: {exc}")
     report.bytes = read[0]
     report.samples = len(seen)
-    for key, names in fieldsets.items():
-        for alternatives in require:
-            if not names.intersection(alternatives):
-                wanted = " or ".join(repr(a) for a in alternatives)
-                report.add("missing_field", seen[key], key,
-                           f"sample {key!r} has no field {wanted} (it has {', '.join(sorted(names)) or 'none'})")
+    if seen:
+        report.first_key, report.last_key = next(iter(seen)), next(reversed(seen))
+    if require:
+        for key, entries in fieldsets.items():
+            names = {f for f in entries if not f.startswith("__")}
+            for alternatives in require:
+                if not names.intersection(alternatives):
+                    wanted = " or ".join(repr(a) for a in alternatives)
+                    report.add("missing_field", seen[key], key,
+                               f"sample {key!r} has no field {wanted} (it has {', '.join(sorted(names)) or 'none'})")
     report.keys = list(seen.items())
     if options.repair_dir is not None and report.status == "bad":
         report.repair = repair_shard(spec, report, options)
@@ -408,13 +398,22 @@ def repair_shard(spec: str, report: ShardReport, options: CheckOptions) -> dict 
     ``truncated`` (cut at the last complete sample) or ``ungrouped``
     (grouped by key); returns the report's ``repair`` entry, or None when
     nothing can be fixed without losing data silently (or the shard
-    changed since it was checked: then ``error`` says so).
+    changed since it was checked: then ``error`` says so). A shard cut
+    before its first sample is complete gets no copy: its entry has
+    ``output`` None and says why in ``action``.
 
     :raises OutputError: the copy cannot be written
     """
     kinds = report.kinds()
     if report.more_problems or kinds not in ({"truncated"}, {"ungrouped"}) or spec == "-":
         return None
+    if report.samples == 0:  # cut before its first sample was complete: a copy would be an empty archive
+        return {"output": None, "samples": 0, "bytes": 0,
+                "action": f"none: the stream is cut at offset {report.problems[0]['offset']} before any sample is"
+                          " complete; no copy written (an empty archive would look like a complete shard)"}
+    from tarproc.io.sinks import open_sink
+    from tarproc.io.sources import iter_source_samples
+
     target = repair_target(spec, options.repair_dir)
     samples = iter_source_samples(spec, None, False, lowercase=options.lowercase, regroup=True,
                                   storage_options=options.storage_options)
@@ -459,7 +458,8 @@ class KeyIndex:
 
     def add(self, shard: int, keys: Iterable[tuple[str, int | None]]) -> None:
         """Record the ``(key, offset)`` pairs of shard ``shard`` (its index)."""
-        self.db.executemany("INSERT INTO keys VALUES (?, ?, ?)", ((k, shard, o) for k, o in keys))
+        # the shard index as a literal: the pairs go to SQLite as they are, no tuple made per key here
+        self.db.executemany(f"INSERT INTO keys (key, offset, shard) VALUES (?, ?, {int(shard)})", keys)
 
     def duplicates(self) -> Iterator[tuple[str, int, int | None, int, int | None]]:
         """``(key, shard, offset, first_shard, first_offset)`` for every
@@ -508,50 +508,223 @@ class DatasetReport:
         return 3 if self.count("bad") else 0
 
 
+class _Future:
+    """A task of a :class:`ProcessPool`: ``done``, then ``value`` or ``error``."""
+
+    __slots__ = ("done", "value", "error")
+
+    def __init__(self):
+        self.done = False
+        self.value = None
+        self.error: BaseException | None = None
+
+
+def _send(fd: int, payload: bytes) -> None:
+    """Write one message (its length, 8 bytes little-endian, then ``payload``)."""
+    view = memoryview(len(payload).to_bytes(8, "little") + payload)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _receive(fd: int) -> bytes | None:
+    """Read one message of :func:`_send`; None at the end of the pipe.
+
+    :raises EOFError: the pipe ends inside a message (the writer died)
+    """
+    size = None
+    want, parts, got = 8, [], 0
+    while True:
+        while got < want:
+            chunk = os.read(fd, min(want - got, 1 << 20))
+            if not chunk:
+                if size is None and got == 0:
+                    return None
+                raise EOFError("the pipe ends inside a message")
+            parts.append(chunk)
+            got += len(chunk)
+        data = b"".join(parts)
+        if size is not None:
+            return data
+        size = int.from_bytes(data, "little")
+        want, parts, got = size, [], 0
+
+
+def _serve(task_fd: int, result_fd: int) -> None:
+    """A worker's loop: run each task ``(fn, args)`` read from ``task_fd``,
+    write ``(True, result)`` or ``(False, exception)`` to ``result_fd``,
+    until ``task_fd`` ends."""
+    import pickle
+
+    while True:
+        data = _receive(task_fd)
+        if data is None:
+            return
+        fn, args = pickle.loads(data)
+        try:
+            out = (True, fn(*args))
+        except Exception as exc:  # noqa: BLE001 - raised again in the parent, by outcome()
+            out = (False, exc)
+        try:
+            payload = pickle.dumps(out, pickle.HIGHEST_PROTOCOL)
+        except Exception:  # noqa: BLE001 - an exception that does not pickle: its class and message
+            payload = pickle.dumps((False, TarprocError(f"{type(out[1]).__name__}: {out[1]}")), pickle.HIGHEST_PROTOCOL)
+        _send(result_fd, payload)
+
+
+@dataclasses.dataclass
+class _Worker:
+    pid: int
+    task_fd: int  # the parent's end of the pipe of tasks
+    result_fd: int  # the parent's end of the pipe of results
+
+
+def _fork_worker(others: list) -> _Worker:
+    """A worker process forked from this one (its signals are held: see
+    :func:`tarproc.guard.held_while_forking`); ``others``: the workers
+    forked before, whose pipe ends it closes."""
+    task_r, task_w = os.pipe()
+    result_r, result_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker: it ends here, whatever happens (no finalizer of the parent's runs)
+        status = 0
+        try:
+            os.close(task_w)
+            os.close(result_r)
+            for other in others:
+                os.close(other.task_fd)
+                os.close(other.result_fd)
+            guard.enter_reader()  # SIGINT ignored: the parent handles it and stops us
+            _serve(task_r, result_w)
+        except BaseException:  # noqa: BLE001 - a worker that fails says why on stderr and ends
+            import traceback
+
+            status = 1
+            traceback.print_exc()
+        finally:
+            os._exit(status)
+    os.close(task_r)
+    os.close(result_w)
+    return _Worker(pid, task_w, result_r)
+
+
 class ProcessPool:
-    """``jobs`` tasks at once in worker processes (``fork``), for CPU-bound
-    tasks in Python (:mod:`tarproc.jobs.engines.local` runs threads, for tasks
-    whose work is done by child processes); an engine
-    (:class:`tarproc.jobs.engines.Engine`) that is no option of its own. Workers
-    ignore SIGINT (the parent handles it and cancels them)."""
+    """``jobs`` tasks at once in worker processes forked from this one
+    (``fork(2)``: a worker imports nothing again and starts in about a
+    millisecond), for CPU-bound tasks in Python
+    (:mod:`tarproc.jobs.engines.local` runs threads, for tasks whose work is
+    done by child processes); an engine (:class:`tarproc.jobs.engines.Engine`)
+    that is no option of its own. Each worker reads tasks from a pipe and
+    writes results to another (pickled, one message each); a task waits
+    here until a worker is idle. Workers ignore SIGINT (the parent handles
+    it and stops them with SIGTERM).
+
+    :raises UsageError: ``jobs`` < 1
+    """
 
     name = "processes"
     shares_filesystem = True
     in_process = False
 
     def __init__(self, jobs: int):
-        import concurrent.futures
-        import multiprocessing
-
         if jobs < 1:
             raise UsageError(f"a process pool runs at least 1 task at once, not {jobs}")
         self.jobs = jobs
-        self._futures = concurrent.futures
-        self._executor = concurrent.futures.ProcessPoolExecutor(
-            max_workers=jobs, mp_context=multiprocessing.get_context("fork"), initializer=guard.enter_reader)
+        self._workers: list[_Worker] = []
+        self._idle: list[_Worker] = []
+        self._waiting: collections.deque = collections.deque()  # (future, task message) not handed out yet
+        self._busy: dict[int, tuple[_Worker, _Future]] = {}  # result fd -> its worker and task
 
     def start(self) -> None:
-        pass
+        """Fork the workers. The objects made so far are frozen meanwhile
+        (:func:`gc.freeze`), so a worker's garbage collections never touch
+        them: their pages stay shared instead of being copied into each worker."""
+        import gc
+
+        gc.freeze()
+        try:
+            with guard.held_while_forking():  # a Ctrl-C or SIGTERM meanwhile acts once all are started
+                while len(self._workers) < self.jobs:
+                    self._workers.append(_fork_worker(self._workers))
+        finally:
+            gc.unfreeze()
+        self._idle = list(self._workers)
 
     @property
     def window(self) -> int:
         return 2 * self.jobs
 
-    def submit(self, fn: Callable, *args):
-        return self._executor.submit(fn, *args)
+    def submit(self, fn: Callable, *args) -> _Future:
+        import pickle
+
+        future = _Future()
+        self._waiting.append((future, pickle.dumps((fn, args), pickle.HIGHEST_PROTOCOL)))
+        self._hand_out()
+        return future
+
+    def _hand_out(self) -> None:
+        while self._idle and self._waiting:
+            worker = self._idle.pop()
+            future, message = self._waiting.popleft()
+            self._busy[worker.result_fd] = (worker, future)
+            _send(worker.task_fd, message)
 
     def wait_any(self, futures: set) -> set:
-        done, _ = self._futures.wait(futures, return_when=self._futures.FIRST_COMPLETED)
-        return done
+        import pickle
+        import select
 
-    def outcome(self, future):
-        return future.result()
+        while True:
+            done = {f for f in futures if f.done}
+            if done or not self._busy:
+                return done
+            ready, _, _ = select.select(list(self._busy), [], [])
+            for fd in ready:
+                worker, future = self._busy.pop(fd)
+                future.done = True
+                try:
+                    message = _receive(fd)
+                except EOFError:
+                    message = None
+                if message is None:
+                    future.error = TarprocError(f"a worker process died while running a task ({self._reap(worker)})")
+                    continue
+                ok, value = pickle.loads(message)
+                if ok:
+                    future.value = value
+                else:
+                    future.error = value
+                self._idle.append(worker)
+            self._hand_out()
+
+    def _reap(self, worker: _Worker) -> str:
+        """Wait for a dead worker; how it ended, in words."""
+        self._workers.remove(worker)
+        os.close(worker.task_fd)
+        os.close(worker.result_fd)
+        _, status = os.waitpid(worker.pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+
+    def outcome(self, future: _Future):
+        if future.error is not None:
+            raise future.error
+        return future.value
 
     def close(self, cancel: bool = False) -> None:
-        if cancel:
-            for process in list(getattr(self._executor, "_processes", {}).values()):
-                process.terminate()
-        self._executor.shutdown(wait=True, cancel_futures=cancel)
+        """Stop the workers: at once (SIGTERM) when ``cancel`` (and those
+        still running a task), else once their task pipe ends."""
+        import signal
+
+        for worker in self._workers:
+            if cancel or worker.result_fd in self._busy:  # a busy worker could block writing its result
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGTERM)
+            os.close(worker.task_fd)
+        for worker in self._workers:
+            os.waitpid(worker.pid, 0)
+            os.close(worker.result_fd)
+        self._workers = self._idle = []
+        self._busy = {}
+        self._waiting.clear()
 
 
 def _check_item(item: tuple[int, str], options: CheckOptions) -> ShardReport:

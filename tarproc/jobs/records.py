@@ -31,7 +31,6 @@ from collections.abc import Iterable, Mapping
 
 from tarproc import __version__
 from tarproc.errors import SourceError
-from tarproc.io.sinks import write_bytes_atomic
 from tarproc.io.storage import is_url, read_bytes, size
 
 RECORD_SUFFIX = ".tarmap.json"
@@ -73,6 +72,8 @@ def make_record(task, *, input_identity: Mapping, samples: int, members: int, si
 
 def write_record(path: str, record: Mapping, storage_options: Mapping | None = None) -> None:
     """Write a record atomically. :raises OutputError:"""
+    from tarproc.io.sinks import write_bytes_atomic  # here: tools that only read records start faster
+
     data = (json.dumps(record, sort_keys=True) + "\n").encode()
     write_bytes_atomic(path, data, dict(storage_options or {}), makedirs=True)
 

@@ -24,7 +24,6 @@ import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from tarproc.jobs.tasks import TaskResult, client_sees_output
 from tarproc.jobs.engines import Engine, create
 
 
@@ -111,8 +110,11 @@ def run_all(
                     if on_error is None:
                         raise
                     result = on_error(item, exc)
-                if not pool.shares_filesystem and isinstance(result, TaskResult):
-                    result = client_sees_output(result, f"{pool.name} worker")  # not complete where it is not seen
+                if not pool.shares_filesystem:
+                    from tarproc.jobs.tasks import TaskResult, client_sees_output  # here: start-up stays short
+
+                    if isinstance(result, TaskResult):  # not complete where it is not seen
+                        result = client_sees_output(result, f"{pool.name} worker")
                 summary.results.append(result)
                 if on_result is not None:
                     on_result(item, result)
