@@ -102,7 +102,7 @@ def testdata() -> Path:
 from daskcluster import _dask_session, dask_cluster, share_nothing_cluster  # noqa: E402,F401
 from s3server import s3_server  # noqa: E402,F401
 from slurmcluster import slurm  # noqa: E402,F401
-from container import tarproc_image  # noqa: E402,F401
+from container import gm_env, tarproc_image  # noqa: E402,F401
 
 
 class FifoReader:

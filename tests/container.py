@@ -25,7 +25,9 @@ set to the current nofile and an nproc of at most 32768 (root lacks
 CAP_SYS_RESOURCE, so the runtime's setrlimit to podman's defaults fails), runtime runc and cgroupfs (crun
 refuses hybrid cgroups), the file events logger (no journald).
 
-Use the session fixture ``tarproc_image`` (registered in conftest.py)::
+Use the session fixtures ``tarproc_image`` and ``gm_env`` (the host's
+environment with GraphicsMagick, for the same run on the host), registered
+in conftest.py::
 
     def test_x(tarproc_image):
         tarproc_image.run(["tarproc", "--version"])     # podman run --rm --network none IMAGE ...
@@ -271,3 +273,17 @@ def tarproc_image(tmp_path_factory) -> Image:
         yield image
     finally:
         clean_leftovers(before)
+
+
+@pytest.fixture(scope="session")
+def gm_env() -> dict:
+    """The host's environment (the venv's tools first) with GraphicsMagick's
+    ``gm``, installed by ``.ci/container-tools`` when missing: the host side
+    of the image's runs. Skips, saying why, when gm cannot be had."""
+    from conftest import tool_env
+
+    if shutil.which("gm") is None:
+        subprocess.run([str(REPO / ".ci" / "container-tools")], capture_output=True, timeout=900)
+    if shutil.which("gm") is None:
+        pytest.skip("GraphicsMagick is not installed on the host (apt-get install graphicsmagick): no reference bytes")
+    return tool_env()

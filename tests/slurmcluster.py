@@ -70,13 +70,13 @@ def _free_port_pair() -> tuple[int, int]:
 class Slurm:
     """One controller and one node daemon; :meth:`stop` ends both."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, max_array: int = MAX_ARRAY_SIZE):
         self.root = root
         for sub in ("state", "spool"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         ctld_port, d_port = _free_port_pair()
         self.conf = root / "slurm.conf"
-        self.conf.write_text(CONF.format(ctld_port=ctld_port, d_port=d_port, dir=root, max_array=MAX_ARRAY_SIZE,
+        self.conf.write_text(CONF.format(ctld_port=ctld_port, d_port=d_port, dir=root, max_array=max_array,
                                          cpus=CPUS))
         self._log = open(root / "daemons.out", "wb")
         env = self.env()
@@ -150,17 +150,24 @@ def _slurm_available() -> str | None:
     return result.stderr.strip() or "Slurm is not available"
 
 
-@pytest.fixture(scope="session")
-def slurm(tmp_path_factory):
-    """A started one-node cluster (:class:`Slurm`), per xdist worker."""
+def started_cluster(tmp_path_factory, max_array: int = MAX_ARRAY_SIZE):
+    """Yield a started one-node cluster (:class:`Slurm`) whose
+    ``MaxArraySize`` is ``max_array``, stopped afterwards; skips, saying
+    why, when Slurm cannot be had or we are not root."""
     why = _slurm_available()
     if why:
         pytest.skip(why)
     if os.geteuid() != 0:
         pytest.skip("the test Slurm cluster runs its daemons as root (SlurmUser=root, no munge)")
-    cluster = Slurm(tmp_path_factory.mktemp("slurm"))
+    cluster = Slurm(tmp_path_factory.mktemp("slurm"), max_array)
     try:
         cluster.wait_idle()
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A started one-node cluster (:class:`Slurm`, ``MaxArraySize`` 5), per xdist worker."""
+    yield from started_cluster(tmp_path_factory)

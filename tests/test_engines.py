@@ -69,6 +69,7 @@ import concurrent.futures
 
 class SerialEngine:
     name = "serial"
+    label = "serial"
     shares_filesystem = True
     in_process = True
 

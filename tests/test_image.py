@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, run, tar_members, tool_env
+from conftest import run, tar_members, tool_env
 from makeshards import write_shard
 
 SEED = "gm convert sample.jpg sample.ppm; rm sample.jpg"
@@ -38,18 +38,6 @@ def host_reference(shard: Path, command: str, env: dict) -> bytes:
                                 timeout=120)
     assert result.returncode == 0, result.stderr
     return result.stdout
-
-
-@pytest.fixture(scope="module")
-def gm_env() -> dict:
-    """The host's environment with GraphicsMagick's gm (the reference run)."""
-    import shutil
-
-    if shutil.which("gm") is None:
-        subprocess.run([str(REPO / ".ci" / "container-tools")], capture_output=True, timeout=900)
-    if shutil.which("gm") is None:
-        pytest.skip("GraphicsMagick is not installed on the host (apt-get install graphicsmagick): no reference bytes")
-    return tool_env()
 
 
 def test_seed_pipeline_through_the_image_gives_the_hosts_bytes(tarproc_image, imagenet_shard_gz, gm_env, tmp_path):

@@ -6,8 +6,11 @@ The shards, the pipeline (``tarproc -c true -o -``) and the timing helpers
 are those of test_bench_tarmap.py (148 shards of 200 small samples;
 ``TARPROC_BENCH_TARMAP_SHARDS``, ``TARPROC_BENCH_TARMAP_ROUNDS``). The Slurm
 cluster is the tests' (tests/slurmcluster.py: slurmctld and slurmd on this
-machine); the array runs at most 2 tasks at once (``--parallelism 2``:
-``%2``), the parallelism of the other two. Its timing is from
+machine) with Slurm's default ``MaxArraySize`` of 1001, so that each task is
+an array index of its own (the tests' ``MaxArraySize`` 5 packs 148 tasks on 5
+indices, run 2 at a time: the last index then runs its 29 tasks alone); the
+array runs at most 2 tasks at once (``--parallelism 2``: ``%2``), the
+parallelism of the other two. Its timing is from
 ``tarmap --slurm-array ... --slurm-submit`` until ``squeue`` lists none of
 its tasks (polled every 0.1 s), as a user waits for it.
 
@@ -23,11 +26,24 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_bench_tarmap import (  # noqa: E402,F401 - fixtures and helpers of the tarmap benchmarks
     N_SHARDS, PIPELINE, ROUNDS, BIN, Runs, beside, gnu_parallel, report, scratch, shards, tarmap_args, verdict)
+
+SLURM_MAX_ARRAY_SIZE = 1001  # Slurm's default
+
+
+@pytest.fixture(scope="module")
+def slurm_1001(tmp_path_factory):
+    """The tests' one-node cluster with ``MaxArraySize=1001``."""
+    from slurmcluster import started_cluster
+
+    yield from started_cluster(tmp_path_factory, SLURM_MAX_ARRAY_SIZE)
+
 
 POLL = 'while [ -n "$(squeue -h -r -j "$job" 2>/dev/null)" ]; do sleep 0.1; done'
 
@@ -39,9 +55,10 @@ def slurm_runs(name: str, inputs, out: Path) -> Runs:
                 out)
 
 
-def test_tarmap_on_a_slurm_array_beside_j2_and_gnu_parallel(benchmark, shards, scratch, gnu_parallel, slurm,  # noqa: F811
-                                                            monkeypatch):
-    monkeypatch.setenv("SLURM_CONF", str(slurm.conf))  # the runs' environment (tool_env copies os.environ)
+def test_tarmap_on_a_slurm_array_beside_j2_and_gnu_parallel(benchmark, shards, scratch, gnu_parallel,  # noqa: F811
+                                                            slurm_1001, monkeypatch):
+    assert N_SHARDS <= SLURM_MAX_ARRAY_SIZE, "one array index per task"
+    monkeypatch.setenv("SLURM_CONF", str(slurm_1001.conf))  # the runs' environment (tool_env copies os.environ)
     monkeypatch.chdir(scratch)
     ours = slurm_runs("Slurm array %2", shards, scratch / "out-slurm")
     one = slurm_runs("Slurm array, 1 task", shards[:1], scratch / "out-slurm-1")

@@ -86,6 +86,7 @@ class Runs:
         self.name, self.args, self.out = name, args, out
         self.wall: list[float] = []
         self.cpu: list[float] = []
+        self.loads: list[float] = []  # the 1-minute load average as each run ended
 
     def fresh(self) -> None:
         shutil.rmtree(self.out, ignore_errors=True)
@@ -97,6 +98,7 @@ class Runs:
         _, status, usage = os.wait4(proc.pid, 0)  # the CPU of every process of the run, reaped below it
         self.wall.append(time.perf_counter() - started)
         self.cpu.append(usage.ru_utime + usage.ru_stime)
+        self.loads.append(os.getloadavg()[0])
         proc.returncode = os.waitstatus_to_exitcode(status)
         assert proc.returncode == 0, f"{self.name} exited with {proc.returncode}"
 
@@ -105,7 +107,8 @@ class Runs:
 
     def line(self) -> str:
         wall, cpu = self.best()
-        return f"{self.name}: {wall:.2f} s (CPU {cpu:.2f} s)"
+        rounds = ", ".join(f"{w:.2f} s at load {load:.1f}" for w, load in zip(self.wall, self.loads))
+        return f"{self.name}: {wall:.2f} s (CPU {cpu:.2f} s; rounds: {rounds})"
 
 
 def beside(benchmark, ours: Runs, peers: list[Runs], rounds: int = ROUNDS) -> list[float]:

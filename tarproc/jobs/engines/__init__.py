@@ -59,6 +59,7 @@ class Engine(Protocol):
     interprets it.
 
     :ivar name: the engine's name (its module's name: ``local``, ``dask``)
+    :ivar label: its name in messages (``local``, ``Dask``)
     :ivar shares_filesystem: whether the workers see this machine's file
         system (same paths, same files)
     :ivar in_process: whether items run in threads of this process
@@ -67,6 +68,7 @@ class Engine(Protocol):
     """
 
     name: str
+    label: str
     shares_filesystem: bool
     in_process: bool
 

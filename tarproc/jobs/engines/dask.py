@@ -66,6 +66,7 @@ class DaskEngine:
     """
 
     name = "dask"
+    label = "Dask"
     in_process = False
 
     def __init__(self, value: str, timeout: float | None = None):

@@ -22,6 +22,7 @@ class LocalEngine:
     """
 
     name = "local"
+    label = "local"
     shares_filesystem = True
     in_process = True
 

@@ -114,7 +114,7 @@ def run_all(
                     from tarproc.jobs.tasks import TaskResult, client_sees_output  # here: start-up stays short
 
                     if isinstance(result, TaskResult):  # not complete where it is not seen
-                        result = client_sees_output(result, f"{pool.name} worker")
+                        result = client_sees_output(result, f"{pool.label} worker")
                 summary.results.append(result)
                 if on_result is not None:
                     on_result(item, result)
