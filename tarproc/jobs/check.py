@@ -622,6 +622,7 @@ class ProcessPool:
     """
 
     name = "processes"
+    label = "worker-process"
     shares_filesystem = True
     in_process = False
 
