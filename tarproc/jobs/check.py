@@ -622,7 +622,7 @@ class ProcessPool:
     """
 
     name = "processes"
-    label = "worker-process"
+    label = "local process"
     shares_filesystem = True
     in_process = False
 
