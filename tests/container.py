@@ -157,9 +157,13 @@ class Image:
         self.timings = timings
         self.size = int(podman("image", "inspect", "--format", "{{.Size}}", name, text=True).stdout.strip())
 
-    def run_argv(self, argv: list[str], *options: str) -> list[str]:
-        """``podman run --rm -i --network none [options] IMAGE argv...``"""
-        return self.podman.argv("run", "--rm", "-i", "--network", "none", *options, self.name, *argv)
+    def run_argv(self, argv: list[str], *options: str, log_driver: str = "passthrough") -> list[str]:
+        """``podman run --rm -i --log-driver LOG_DRIVER --network none
+        [options] IMAGE argv...``: the README's recipe (passthrough hands the
+        container our own stdin and stdout, where the default ``k8s-file``
+        copies every byte of a tar stream into a log file as well)."""
+        return self.podman.argv("run", "--rm", "-i", "--log-driver", log_driver, "--network", "none", *options,
+                                self.name, *argv)
 
     def run(self, argv: list[str], *options: str, **kwargs) -> subprocess.CompletedProcess:
         kwargs.setdefault("capture_output", True)
