@@ -148,3 +148,71 @@ def test_slurm_options_are_checked_without_a_cluster(shards, tmp_path):
     printed = run(base + ["--slurm-array", "x", "--memory", "4Gi", "--cpu", "2"])
     assert printed.returncode == 0 and b"#SBATCH --mem=4G\n#SBATCH --cpus-per-task" not in printed.stdout
     assert b"#SBATCH --cpus-per-task=2\n#SBATCH --mem=4G\n" in printed.stdout, printed.stdout
+
+
+def test_tasks_packed_on_array_indices_run_each_task_once_and_a_resubmission_completes_the_failed_one(
+        slurm, shards, tmp_path):
+    expected = local_tarmap(shards, tmp_path / "local")
+    started = tmp_path / "started"
+    started.mkdir()
+    # task 5 fails permanently (exit 3: no retry) the first time; the pipeline's text stays the same
+    flaky = (f"touch {started}/$TARMAP_INDEX.$PPID.$$; if [ $TARMAP_INDEX = 5 ] && mkdir {tmp_path}/failed 2>/dev/null;"
+             f" then exit 3; fi; {PIPELINE}")
+    printed = run(["tarmap", *map(str, shards), "-o", f"{tmp_path}/out/{{stem}}.tar", "-c", flaky,
+                   "--slurm-array", "packed", "--tasks-per-index", "4", "--parallelism", "2", "-v"])
+    assert printed.returncode == 0, printed.stderr
+    script = printed.stdout.decode()
+    # 12 tasks, 4 per index: 3 array indices; index K runs tasks K, K+3, K+6, K+9 in one tarmap
+    assert "#SBATCH --array=0-2%2\n" in script and script.rstrip().endswith("--index env::3"), script
+    job = slurm.submit(script, f"--output={tmp_path}/%A_%a.log")
+    slurm.wait(job)
+    first = logs(tmp_path)
+    assert sorted(outputs(tmp_path / "out")) == sorted(name for name in expected if name != "in-05.tar"), first
+    assert "task 5 (" in first and "failed: pipeline exited with status 3" in first
+    assert f"{job}_2.log" in [p.name for p in tmp_path.glob("*.log") if "task 5 (" in p.read_text()]
+    ran = {k: [p.name.split(".")[1] for p in started.glob(f"{k}.*")] for k in range(12)}
+    assert all(len(parents) == 1 for parents in ran.values()), ran  # every task ran once
+    # ... in the one tarmap process of its array index
+    assert [{ran[k][0] for k in range(index, 12, 3)} for index in range(3)] == [{ran[index][0]} for index in range(3)]
+    assert len({ran[index][0] for index in range(3)}) == 3, ran
+    records = {name: (tmp_path / "out" / f"{name}.tarmap.json").read_text() for name in outputs(tmp_path / "out")}
+
+    again = slurm.submit(script, f"--output={tmp_path}/again-%a.log")
+    slurm.wait(again)
+    assert outputs(tmp_path / "out") == expected, logs(tmp_path)
+    # only task 5 ran again; the 11 complete tasks were skipped, their records untouched
+    assert len(list(started.glob("5.*"))) == 2 and len(list(started.glob("*"))) == 13
+    assert {name: (tmp_path / "out" / f"{name}.tarmap.json").read_text() for name in records} == records
+    assert json.loads((tmp_path / "out" / "in-05.tar.tarmap.json").read_text())["status"] == "complete"
+
+
+def test_tardedup_three_phases_as_chained_arrays_match_a_local_run(slurm, tmp_path):
+    from test_tardedup import make_dataset
+
+    (tmp_path / "in").mkdir()
+    paths, expected = make_dataset(tmp_path / "in")
+    local = run(["tardedup", *map(str, paths), "-o", f"{tmp_path}/local/{{stem}}.tar", "--partitions", "2", "-j", "2"])
+    assert local.returncode == 0, local.stderr
+    argv = ["tardedup", *map(str, paths), "-o", f"{tmp_path}/out/{{stem}}.tar", "--partitions", "2",
+            "--slurm-array", "dd", "--tasks-per-index", "2"]
+    printed = run(argv, cwd=tmp_path)
+    assert printed.returncode == 0, printed.stderr
+    script = printed.stdout.decode()
+    # hash, then reduce after it, then write after that
+    assert script.count('sbatch --parsable "${after[@]}"') == 3, script
+    assert script.index("dd-hash") < script.index("dd-reduce") < script.index("dd-write"), script
+    for phase, array in (("hash", "0-2"), ("reduce", "0-0"), ("write", "0-2")):
+        assert f"#SBATCH --job-name=dd-{phase}\n#SBATCH --array={array}\n" in script, (phase, script)
+    chain = subprocess.run(["bash"], input=script.encode(), env=slurm.env(), capture_output=True, cwd=tmp_path,
+                           timeout=60)
+    assert chain.returncode == 0, chain.stderr
+    slurm.wait(*chain.stdout.decode().split())
+    # once more here: every task skipped, the list written, the staging removed
+    final = run(argv[:-4] + ["-j", "2", "-v"])
+    assert final.returncode == 0, final.stderr
+    for line in (b"hash: 0 tasks done, 6 skipped", b"reduce: 0 tasks done, 2 skipped", b"write: 0 tasks done, 6 skipped"):
+        assert line in final.stderr, final.stderr
+    assert outputs(tmp_path / "out") == outputs(tmp_path / "local") != {}
+    assert (tmp_path / "out" / "removed.jsonl").read_bytes() == (tmp_path / "local" / "removed.jsonl").read_bytes()
+    assert len((tmp_path / "out" / "removed.jsonl").read_text().splitlines()) == len(expected)
+    assert not (tmp_path / "out" / "tardedup-staging").exists()

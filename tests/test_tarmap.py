@@ -422,6 +422,28 @@ def test_index_env_from_slurm_and_kubernetes(shards, tmp_path):
     assert result.stderr.count(b"\n") == 1
 
 
+def test_index_start_and_step_runs_those_tasks_one_after_another(shards, tmp_path):
+    out = tmp_path / "out"
+    argv = ["tarmap", *map(str, shards[:5]), "-o", f"{out}/{{index}}.tar", "-c", "cat", "-v"]
+    env = {**tool_env(), "SLURM_ARRAY_TASK_ID": "1"}
+    env.pop("JOB_COMPLETION_INDEX", None)
+    result = run(argv + ["--index", "env::2"], env=env)  # array index 1 of 2: tasks 1 and 3
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.glob("*.tar")) == ["1.tar", "3.tar"]
+    assert all((out / f"{i}.tar").read_bytes() == shards[i].read_bytes() for i in (1, 3))
+    assert b"task 1: complete\ntarmap: task 3: complete\n" in result.stderr
+    # a packed index whose first task fails permanently still runs the next, and exits 3
+    failing = run(argv[:-3] + ["-c", 'test "$TARMAP_INDEX" != 0 || exit 3; cat', "--index", "0::2", "--force"])
+    assert failing.returncode == 3
+    assert b"task 0 (" in failing.stderr and b"failed" in failing.stderr
+    assert sorted(p.name for p in out.glob("*.tar")) == ["1.tar", "2.tar", "3.tar", "4.tar"]
+    for bad in ("1::0", "1::", "::2", "-1", "x::2"):
+        result = run(argv + ["--index", bad])
+        assert result.returncode == 2 and b"expected I, env or I::STEP" in result.stderr, bad
+    result = run(argv + ["--index", "5::2"])
+    assert result.returncode == 2 and b"--index 5: there are 5 tasks" in result.stderr
+
+
 def test_force_redoes_complete_tasks(shards, tmp_path):
     out = tmp_path / "out"
     flag = tmp_path / "flag"

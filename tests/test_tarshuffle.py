@@ -186,6 +186,17 @@ def test_phase_and_index_run_one_task(inputs, tmp_path):
     bad = run([str(BIN / "tarshuffle"), *common, "--phase", "map", "--index", "3"])
     assert bad.returncode == 2 and "task 3: the map phase has 3 tasks (0..2); given with --index" in bad.stderr.decode()
 
+    # a packed index (a Slurm array task of --tasks-per-index): map tasks 0 and 2 in one process, then 1
+    packed = tmp_path / "packed"
+    common = [*few, "-o", f"{packed}/train-%04d.tar", "--shards", "2", "--seed", "7"]
+    for index in ("0::2", "1::2"):
+        result = run([str(BIN / "tarshuffle"), *common, "--phase", "map", "--index", index, "-v"])
+        assert result.returncode == 0, result.stderr.decode()
+        assert result.stderr.decode().count("map task ") == len(range(int(index[0]), 3, 2)), result.stderr
+    result = run([str(BIN / "tarshuffle"), *common, "--phase", "reduce", "--index", "0::1", "-v"])
+    assert result.returncode == 0 and "reduce task 1: complete" in result.stderr.decode(), result.stderr
+    assert shard_bytes(packed, 2) == shard_bytes(whole, 2)
+
 
 def test_k8s_jobs(inputs, tmp_path):
     result = run([str(BIN / "tarshuffle"), *inputs, "-o", "s3://b/train-{shard:04d}.tar", "-n", "40",

@@ -40,10 +40,12 @@ TaskInputs = Annotated[
 ]
 IndexOpt = Annotated[
     Optional[str],
-    typer.Option("--index", metavar="I|env", help="Run task I only ('env': JOB_COMPLETION_INDEX or SLURM_ARRAY_TASK_ID)."),
+    typer.Option("--index", metavar="I|env[::STEP]",
+                 help="Run task I only ('env': JOB_COMPLETION_INDEX or SLURM_ARRAY_TASK_ID);"
+                      " I::STEP: tasks I, I+STEP ... one after another."),
 ]
 K8S_ONLY = "--image, --parallelism, --cpu, --memory, --env, --env-from-secret go with --k8s-job"
-SLURM_ONLY = "--slurm-submit, --time-limit, --max-array-size go with --slurm-array"
+SLURM_ONLY = "--slurm-submit, --time-limit, --max-array-size, --tasks-per-index go with --slurm-array"
 
 
 def _opt(annotation, default, *names: str, **kwargs) -> Shared:
@@ -90,6 +92,9 @@ ENGINE: dict[str, Shared] = {
                        help="--slurm-array: time limit per array task (sbatch --time: 30, 2:00:00)."),
     "max_array_size": _opt(Optional[int], None, "--max-array-size", min=1, metavar="N",
                            help="--slurm-array: the cluster's MaxArraySize [default: scontrol's with --slurm-submit, else 1001]."),
+    "tasks_per_index": _opt(Optional[int], None, "--tasks-per-index", min=1, metavar="K",
+                            help="--slurm-array: tasks each array index runs one after another, for short tasks"
+                                 " [default: 1; more past MaxArraySize]."),
 }
 #: what an engine tool adds to a library error (or a stopped run) about a
 #: value one of these options gives (``Tool.run(hints)``, ``Tool.hinted``)
@@ -152,29 +157,65 @@ def check_engine(tool: Tool, *more: tuple[str, object]) -> None:
     if a.k8s_job is None and (a.image is not None or a.env or a.env_from_secret or (
             a.slurm_array is None and any(v is not None for v in (a.parallelism, a.cpu, a.memory)))):
         raise UsageError(K8S_ONLY)
-    if a.slurm_array is None and (a.slurm_submit or a.time_limit is not None or a.max_array_size is not None):
+    if a.slurm_array is None and (a.slurm_submit or a.time_limit is not None or a.max_array_size is not None
+                                  or a.tasks_per_index is not None):
         raise UsageError(SLURM_ONLY)
     if a.k8s_job is not None and not a.image:
         raise UsageError("--k8s-job needs --image IMAGE")
 
 
-def task_index(value: str) -> int:
-    """``--index I`` or ``--index env``. :raises UsageError:"""
-    label, expected = "--index", "a number or 'env'"
-    if value == "env":
-        for name in ("JOB_COMPLETION_INDEX", "SLURM_ARRAY_TASK_ID"):
-            if os.environ.get(name, "") != "":
-                label, expected, value = f"--index env: {name}", "a number", os.environ[name]
-                break
+_NUMBER = re.compile(r"[0-9]+")
+
+
+def task_indices(value: str, count: int, phase: str | None = None) -> list[int]:
+    """The tasks ``--index`` names, of ``count`` (of ``phase``, for the
+    message): ``I``; ``env`` (``JOB_COMPLETION_INDEX``, else
+    ``SLURM_ARRAY_TASK_ID``: a Kubernetes Indexed Job's pod, a Slurm array
+    task); ``I::STEP`` (``I`` a number or ``env``): tasks I, I+STEP,
+    I+2*STEP ... below ``count``, as Python's ``range(I, count, STEP)``
+    (:func:`tarproc.jobs.slurm.array_script` packs tasks on array indices so).
+
+    :raises UsageError: not of that form, or I out of range
+    """
+    start, packed, step_text = value.partition("::")
+    if start == "env":
+        name = next((n for n in ("JOB_COMPLETION_INDEX", "SLURM_ARRAY_TASK_ID") if os.environ.get(n, "") != ""), None)
+        if name is None:
+            raise UsageError(f"--index {value}: neither JOB_COMPLETION_INDEX nor SLURM_ARRAY_TASK_ID is set")
+        if not _NUMBER.fullmatch(os.environ[name]):
+            raise UsageError(f"--index {value}: {name} {os.environ[name]!r}: expected a number")
+        start = os.environ[name]
+    if not _NUMBER.fullmatch(start) or (packed and not (_NUMBER.fullmatch(step_text) and int(step_text) >= 1)):
+        raise UsageError(f"--index {value!r}: expected I, env or I::STEP (I a number >= 0 or env, STEP a number >= 1)")
+    index = int(start)
+    if index >= count:
+        if phase:
+            raise UsageError(f"task {index}: the {phase} phase has {count} tasks (0..{count - 1})", topic="task_index")
+        raise UsageError(f"--index {index}: there are {count} tasks (0..{count - 1})")
+    return list(range(index, count, int(step_text))) if packed else [index]
+
+
+def report_here(tool: Tool, results: Iterable[tasks.TaskResult], phase: str | None = None,
+                name: Callable[[tasks.TaskResult], str] | None = None) -> None:
+    """The end of an ``--index`` run (one task, or several packed on one
+    array index): for each task in order, ``[PHASE ]task I: STATUS`` on
+    stderr (with ``-vv`` its :func:`task_line` too), or for a failed one an
+    error naming it (``name(result)`` in parentheses) and why.
+
+    :raises typer.Exit: with the last failed task's exit status (1 a retry
+        may fix it, 3 bad input data) when any failed
+    """
+    prefix, status = f"{phase} " if phase else "", 0
+    for result in results:
+        if result.ok:
+            tool.info(prefix + task_line(result), level=2)
+            tool.info(f"{prefix}task {result.index}: {result.status}")
         else:
-            raise UsageError("--index env: neither JOB_COMPLETION_INDEX nor SLURM_ARRAY_TASK_ID is set")
-    try:
-        index = int(value)
-    except ValueError:
-        raise UsageError(f"{label} {value!r}: expected {expected}") from None
-    if index < 0:
-        raise UsageError(f"{label} {index}: must be >= 0")
-    return index
+            named = f" ({name(result)})" if name else ""
+            tool.error(f"{prefix}task {result.index}{named} failed: {tool.hinted(result.message, result.topic)}")
+            status = result.exit_status
+    if status:
+        raise typer.Exit(status)
 
 
 def retry_policy(tool: Tool) -> tasks.RetryPolicy:
@@ -297,7 +338,8 @@ def slurm_arrays(tool: Tool, phases: list[tuple[str, list[str], int]]) -> None:
         cpus = int(a.cpu)
     size = a.max_array_size or (slurm.max_array_size() if a.slurm_submit else slurm.DEFAULT_MAX_ARRAY_SIZE)
     scripts = [slurm.array_script(name, argv, count, parallelism=a.parallelism, time_limit=a.time_limit, cpus=cpus,
-                                  memory=a.memory, max_array_size=size, workdir=os.getcwd())
+                                  memory=a.memory, max_array_size=size, workdir=os.getcwd(),
+                                  tasks_per_index=a.tasks_per_index or 1)
                for name, argv, count in phases]
     if a.slurm_submit:
         ids = slurm.submit_chain(scripts)

@@ -45,13 +45,18 @@ Where tasks run: -j N local tasks at once [default: number of CPUs]; --dask
 tcp://HOST:8786 or local:N; --phase hash|reduce|write --index I runs one
 task of one phase here (--index env: JOB_COMPLETION_INDEX or
 SLURM_ARRAY_TASK_ID), the phases in that order, then this command once more
-(every task skipped) to write the list and remove the staging."""
+(every task skipped) to write the list and remove the staging.
+--slurm-array NAME prints a bash script submitting the three phases as
+Slurm job arrays, each after the previous one succeeded (NAME-hash,
+NAME-reduce, NAME-write; tarmap's Slurm options), or submits them with
+--slurm-submit; then run this command once more, as above."""
 
 EXAMPLES = """\
   tardedup 'train-{0000..0147}.tar' -o 'dedup/{stem}.tar' -j 8
   tardedup 'train-{0000..0147}.tar' --by jpg -o 'dedup/{stem}.tar' --removed dups.jsonl -v
   tardedup 's3://raw/part-{00000..39999}.tar' -o 's3://clean/{stem}.tar' --partitions 4000 --dask tcp://sched:8786
-  tardedup 'in-{000..099}.tar' -o 'out/{stem}.tar' --phase hash --index env"""
+  tardedup 'in-{000..099}.tar' -o 'out/{stem}.tar' --phase hash --index env
+  tardedup 'in-{000..099}.tar' -o 'out/{stem}.tar' --slurm-array dedup --slurm-submit"""
 
 EXIT_STATUS_NOTE = """\
 0    every task of the three phases is complete (done now or before) and
@@ -117,20 +122,21 @@ def tardedup(
                              a.strict, a.records_dir)
         options = tasks.TaskOptions(policy=engine.retry_policy(tool), storage_options=tool.storage_options,
                                     quiet=tool.quiet)
+        if a.slurm_array is not None:
+            argv = engine.pod_argv(tool, "tardedup") + [
+                "-o", job.pattern, "--removed", job.removed, "--staging", job.staging, "--partitions",
+                str(job.partitions), *(["--by", ",".join(job.by)] if job.by else []), *(["--strict"] if job.strict else [])]
+            engine.slurm_arrays(tool, [(f"{a.slurm_array}-{phase}", argv + ["--phase", phase],
+                                        job.partitions if phase == "reduce" else len(specs)) for phase in dedup.PHASES])
+            return
         say = (lambda m: None) if tool.quiet else (lambda m: tool.say(f"tardedup: {m}"))
         if a.index is not None:
-            i = engine.task_index(a.index)
-            count = len(specs) if phase != "reduce" else job.partitions
-            if i >= count:
-                raise UsageError(f"task {i}: the {phase} phase has {count} tasks (0..{count - 1})", topic="task_index")
+            indices = engine.task_indices(a.index, len(specs) if phase != "reduce" else job.partitions, phase)
             if phase != "hash":
                 job = job.with_fingerprint(tool.storage_options)
-            with tasks.TaskContext(tool.say) as context:  # its exit stops what runs on an interrupt
-                result = dedup.shufflejob.run_task(job.task(phase, i), options, say, context)
-            if not result.ok:
-                tool.error(f"{phase} task {i} failed: {tool.hinted(result.message, result.topic)}")
-                raise typer.Exit(result.exit_status)
-            tool.info(f"{phase} task {i}: {result.status}")
+            results = tasks.run_here([job.task(phase, i) for i in indices], options, say, tool.say,
+                                     attempt_fn=dedup.shufflejob.run_attempt)
+            engine.report_here(tool, results, phase)
             return
 
         engine.warn_local_paths(tool, runner, ("output", job.pattern), ("removed list", job.removed),

@@ -53,8 +53,10 @@ JOB_COMPLETION_INDEX, else SLURM_ARRAY_TASK_ID); --k8s-job NAME
 command with --index env (podFailurePolicy: FailIndex on exit status 3);
 --slurm-array NAME prints a Slurm job array (an sbatch script: pipe it to
 sbatch) whose array tasks run it with --index, or submits it with
---slurm-submit; with more tasks than MaxArraySize, array index K runs tasks
-K, K+M, K+2M ... one after another (M the array's size).
+--slurm-submit; with --tasks-per-index K, or more tasks than MaxArraySize,
+array index I runs tasks I, I+M, I+2M ... one after another in one process
+(--index env::M, M the array's size): for short tasks, where each array
+task's launch (about 0.2 s) would count.
 
 Object stores take credentials and endpoints from their standard
 environment (AWS_*, AWS_ENDPOINT_URL, GOOGLE_APPLICATION_CREDENTIALS,
@@ -69,6 +71,7 @@ EXAMPLES = """\
   tarmap 'https://host/imagenet_train-{0000..0147}.tgz' -o 's3://bucket/ppm/{stem}.tar' --dask tcp://scheduler:8786 -c '...'
   tarmap 'gs://b/in-{0..99}.tar' -o 'gs://b/out/{stem}.tar' -c '...' --k8s-job ppm --image repo/tarproc:1 | kubectl apply -f -
   tarmap 'in-{0..99}.tar' -o 'out/{stem}.tar' -c 'tarproc -c true -o -' --slurm-array ppm --parallelism 8 | sbatch
+  tarmap 'in-{0..999}.tar' -o 'out/{stem}.tar' -c '...' --slurm-array ppm --tasks-per-index 10 --slurm-submit
   tarmap 'in-{0..99}.tar' -o 'out/{stem}.tar' -c 'tarproc -c true -o -' --dry-run
   tarmap 'in-{0..99}.tar' -o 'out/{stem}.tar' -c 'tarproc -c true -o -' --summary"""
 
@@ -130,8 +133,8 @@ def tarmap(
         runner = engine.make_engine(tool)
         if runner.shares_filesystem and not summary:
             # inputs on this machine must exist (a worker of another machine may see other files)
-            check_inputs_exist([task_list[engine.task_index(a.index)].input] if a.index is not None and
-                               engine.task_index(a.index) < len(task_list) else specs)
+            check_inputs_exist(specs if a.index is None else
+                               [task_list[i].input for i in engine.task_indices(a.index, len(task_list))])
 
         if a.slurm_array is not None:
             argv = engine.pod_argv(tool, "tarmap") + ["-o", output, "-c", pipeline]
@@ -168,18 +171,11 @@ def tarmap(
         say = (lambda m: None) if tool.quiet else (lambda m: tool.say(f"tarmap: {m}"))
         context = tasks.TaskContext(line_writer=tool.say)
         if a.index is not None:
-            i = engine.task_index(a.index)
-            if i >= len(task_list):
-                raise UsageError(f"--index {i}: there are {len(task_list)} tasks (0..{len(task_list) - 1})")
-            with context:  # its exit stops the pipelines on an interrupt
-                result = tasks.run_task(task_list[i], options, say, context)
-            _report(tool, [result])
-            _finish(tool, [result], task_list, manifest, shard_index, failed_list, options)
-            if not result.ok:
-                tool.error(f"task {i} ({result.input}) failed: {tool.hinted(result.message, result.topic)}")
-                raise typer.Exit(result.exit_status)
-            tool.info(engine.task_line(result), level=2)
-            tool.info(f"task {i}: {result.status}")
+            results = tasks.run_here([task_list[i] for i in engine.task_indices(a.index, len(task_list))], options, say,
+                                     tool.say)
+            _report(tool, results)
+            _finish(tool, results, task_list, manifest, shard_index, failed_list, options)
+            engine.report_here(tool, results, name=lambda result: result.input)
             return
 
         engine.warn_local_paths(tool, runner, ("output", output), ("records", a.records_dir))

@@ -150,7 +150,7 @@ def tarshuffle(
         runner = engine.make_engine(tool)
         if runner.shares_filesystem and a.k8s_job is None:
             check_inputs_exist(specs if a.index is None or phase == "reduce" or maxcount else
-                               [specs[min(engine.task_index(a.index), len(specs) - 1)]])
+                               [specs[i] for i in engine.task_indices(a.index, len(specs), phase)])
         if shards is None:
             total = 0
             for spec in specs:
@@ -174,12 +174,9 @@ def tarshuffle(
 
         say = (lambda m: None) if tool.quiet else (lambda m: tool.say(f"tarshuffle: {m}"))
         if a.index is not None:
-            i = engine.task_index(a.index)
-            result = shufflejob.run_one(job, phase, i, options, say, tool.say)
-            if not result.ok:
-                tool.error(f"{phase} task {i} ({_name(phase, result)}) failed: {tool.hinted(result.message, result.topic)}")
-                raise typer.Exit(result.exit_status)
-            tool.info(f"{phase} task {i}: {result.status}")
+            count = len(job.inputs) if phase == "map" else job.partitions
+            results = shufflejob.run_here(job, phase, engine.task_indices(a.index, count, phase), options, say, tool.say)
+            engine.report_here(tool, results, phase, lambda result: _name(phase, result))
             return
 
         engine.warn_local_paths(tool, runner, ("output", job.pattern), ("staging", job.staging),

@@ -410,26 +410,25 @@ def run(
     return outcomes
 
 
-def run_one(job: ShuffleJob, phase: str, index: int, options: tasks.TaskOptions, say=None,
-            line_writer: Callable[[str], None] | None = None) -> tasks.TaskResult:
-    """Run one task of one phase here (``--phase P --index I``: a Kubernetes
-    pod, a Slurm array task), with retries. The last reduce task to complete
-    does not remove the staging (it cannot know the others are done): run
-    the whole command once more for that (every task is skipped).
+def run_here(job: ShuffleJob, phase: str, indices: Sequence[int], options: tasks.TaskOptions, say=None,
+             line_writer: Callable[[str], None] | None = None) -> list[tasks.TaskResult]:
+    """Run tasks of one phase here, one after another (``--phase P --index
+    I``, or ``I::STEP`` for several: a Kubernetes pod, a Slurm array task),
+    with retries (:func:`tarproc.jobs.tasks.run_here`). The last reduce task
+    to complete does not remove the staging (it cannot know the others are
+    done): run the whole command once more for that (every task is skipped).
 
-    :raises UsageError: the index is out of range
+    :raises UsageError: an index is out of range
     """
     task_list_len = len(job.inputs) if phase == "map" else job.partitions
-    if not 0 <= index < task_list_len:
-        raise UsageError(f"task {index}: the {phase} phase has {task_list_len} tasks (0..{task_list_len - 1})",
-                         topic="task_index")
+    for index in indices:
+        if not 0 <= index < task_list_len:
+            raise UsageError(f"task {index}: the {phase} phase has {task_list_len} tasks (0..{task_list_len - 1})",
+                             topic="task_index")
     if phase == "reduce":
         job = job.with_fingerprint(options.storage_options)
-        task = job.reduce_task(index)
-    else:
-        task = job.map_task(index)
-    with tasks.TaskContext(line_writer) as context:  # its exit stops what runs on an interrupt
-        return run_task(task, options, say, context)
+    return tasks.run_here([job.reduce_task(i) if phase == "reduce" else job.map_task(i) for i in indices], options,
+                          say, line_writer, attempt_fn=run_attempt)
 
 
-__all__ = ["NO_INPUT", "ShuffleJob", "default_staging", "inputs_fingerprint", "run", "run_one"]
+__all__ = ["NO_INPUT", "ShuffleJob", "default_staging", "inputs_fingerprint", "run", "run_here"]

@@ -47,7 +47,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from tarproc import procs
 from tarproc.jobs import records
@@ -747,3 +747,20 @@ def run_task_quiet(task: Task, options: TaskOptions) -> TaskResult:
     own (for Dask workers, whose callers cannot pass a callback or a
     context)."""
     return run_task(task, options, say=lambda m: print(f"tarmap: {m}", file=sys.stderr, flush=True))
+
+
+def run_here(task_list: Sequence[Task], options: TaskOptions = TaskOptions(), say: Say | None = None,
+             line_writer: Callable[[str], None] | None = None, *,
+             attempt_fn: Callable[[Task, int, TaskOptions, TaskContext], dict] | None = None) -> list[TaskResult]:
+    """Run tasks one after another in this process, each as :func:`run_task`
+    does (skip when complete, retries), in one :class:`TaskContext` whose
+    exit stops what runs on an interrupt: ``--index``, in a Kubernetes pod or
+    a Slurm array task running one task or several packed on its index
+    (:func:`tarproc.jobs.slurm.array_script`). A failed task does not stop
+    the next; an interrupt (KeyboardInterrupt, :class:`tarproc.errors.Interrupted`)
+    stops them all.
+
+    :returns: one result per task, in order
+    """
+    with TaskContext(line_writer) as context:
+        return [run_task(task, options, say, context, attempt_fn=attempt_fn) for task in task_list]
