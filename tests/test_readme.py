@@ -37,7 +37,7 @@ SKIP = [
     (r"\bkubetpl\b", "the old way: needs kubetpl and a cluster"),
     (r"\|\s*display\b", "needs an X display"),
     (r"\bpodman\b|\bbuildah\b|\bdocker\b", "needs a container engine: tests/test_image.py runs it"),
-    (r"\bsbatch\b|\bsrun\b|--slurm-submit", "needs a Slurm controller: tests/test_slurm.py runs it"),
+    (r"\bsbatch\b|\bsrun\b|--slurm-submit|--slurm-array .*\|\s*bash$", "needs a Slurm controller: tests/test_slurm.py runs it"),
     (r"^dask (scheduler|worker)\b", "starts a Dask cluster: tests/test_dask_share_nothing.py runs one"),
     (r"^tarmix 'laion-\{0000\.\.0999\}",
      "needs a dataset of 1,000,000 samples: the tarmix lines after it run the same on small shards"),
